@@ -1,0 +1,229 @@
+"""AdderNet layers: ``Y = -sum |X - W|^p`` with the papers' training gradients.
+
+Forward: l1 distance (p = 1) for inference, l_p (1 <= p <= 2) while training with the
+l2 -> l1 schedule (Universal Adder Neural Networks, eq. 26).
+Backward: full-precision weight gradient ``X - W`` (eq. 23) and input gradient
+``HardTanh(W - X)`` for p = 1, ``sign(W - X) |W - X|^(p-1)`` for p > 1 (eq. 27).
+The per-layer adaptive learning rate (eq. 33) is applied at the optimizer level
+(:mod:`adderize.train`), never inside ``backward``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import FunctionCtx
+
+from adderize.kernels.l1 import DEFAULT_MAX_TEMP_BYTES, l1_forward, l1_grad_a, l1_grad_b
+from adderize.nn._base import Conv2dLike, LinearLike
+
+__all__ = ["Adder2d", "AdderLinear", "adder2d", "adder_linear"]
+
+
+@dataclass(frozen=True)
+class _ConvRows:
+    """Maps a padded NCHW input to the ``[G, M, K]`` rows of the kernels, and back."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        return (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        cols = F.unfold(x, self.kernel, dilation=self.dilation, stride=self.stride)
+        k_total, length = cols.shape[1], cols.shape[2]
+        g = self.groups
+        cols = cols.reshape(n, g, k_total // g, length).permute(1, 0, 3, 2)
+        return cols.reshape(g, n * length, k_total // g)
+
+    def rows_to_input(self, grad_rows: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        n, _, h, w = x_shape
+        g, _, kg = grad_rows.shape
+        oh, ow = self.out_hw(h, w)
+        cols = grad_rows.reshape(g, n, oh * ow, kg).permute(1, 0, 3, 2).reshape(n, g * kg, -1)
+        return F.fold(cols, (h, w), self.kernel, dilation=self.dilation, stride=self.stride)
+
+    def rows_to_output(self, out_rows: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        n, _, h, w = x_shape
+        g, _, tg = out_rows.shape
+        oh, ow = self.out_hw(h, w)
+        return out_rows.reshape(g, n, oh, ow, tg).permute(1, 0, 4, 2, 3).reshape(n, g * tg, oh, ow)
+
+    def output_to_rows(self, grad_out: torch.Tensor) -> torch.Tensor:
+        n, c, oh, ow = grad_out.shape
+        g = self.groups
+        return grad_out.reshape(n, g, c // g, oh * ow).permute(1, 0, 3, 2).reshape(g, -1, c // g)
+
+    def weight_rows(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.reshape(self.groups, weight.shape[0] // self.groups, -1)
+
+
+@dataclass(frozen=True)
+class _LinearRows:
+    """Maps ``[..., in_features]`` inputs to ``[1, M, K]`` rows, and back."""
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(1, -1, x.shape[-1])
+
+    def rows_to_input(self, grad_rows: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        return grad_rows.reshape(x_shape)
+
+    def rows_to_output(self, out_rows: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        return out_rows.reshape(*x_shape[:-1], out_rows.shape[-1])
+
+    def output_to_rows(self, grad_out: torch.Tensor) -> torch.Tensor:
+        return grad_out.reshape(1, -1, grad_out.shape[-1])
+
+    def weight_rows(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.unsqueeze(0)
+
+
+class _AdderFunction(torch.autograd.Function):
+    """Adder forward/backward for any layout. Saves the (small) input, not its unfolding."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        layout: _ConvRows | _LinearRows,
+        p: float,
+        max_temp_bytes: int,
+    ) -> torch.Tensor:
+        out = l1_forward(layout.rows(x), layout.weight_rows(weight), p, max_temp_bytes)
+        ctx.save_for_backward(x, weight)
+        ctx.layout, ctx.p, ctx.max_temp_bytes = layout, p, max_temp_bytes  # type: ignore[attr-defined]
+        return layout.rows_to_output(out, x.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        layout = ctx.layout
+        a = layout.rows(x)  # recomputed: cheaper than keeping K x M values alive
+        b = layout.weight_rows(weight)
+        g = layout.output_to_rows(grad_out.contiguous())
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = layout.rows_to_input(l1_grad_a(a, b, g, ctx.p, ctx.max_temp_bytes), x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = l1_grad_b(a, b, g).reshape(weight.shape)
+        return grad_x, grad_w, None, None, None
+
+
+def _check_p(p: float) -> float:
+    p = float(p)
+    if not 1.0 <= p <= 2.0:
+        raise ValueError(f"p must be in [1, 2] (l1 ... l2 AdderNet), got {p}")
+    return p
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    # bf16/fp16 (autocast) inputs are computed in the weight's precision: cdist and the
+    # distance sums lose too much in half precision.
+    return torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
+
+
+def adder2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: tuple[int, int] = (1, 1),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    p: float = 1.0,
+    max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
+) -> torch.Tensor:
+    """Adder convolution of an already padded NCHW ``x`` with an OIHW ``weight``."""
+    layout = _ConvRows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)  # type: ignore[arg-type]
+    dtype = _compute_dtype(x, weight)
+    out = _AdderFunction.apply(x.to(dtype), weight.to(dtype), layout, _check_p(p), max_temp_bytes)
+    if bias is not None:
+        out = out + bias.to(dtype).reshape(1, -1, 1, 1)
+    return out
+
+
+def adder_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    p: float = 1.0,
+    max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
+) -> torch.Tensor:
+    """``out[..., t] = -sum_k |x[..., k] - weight[t, k]|^p (+ bias[t])``."""
+    dtype = _compute_dtype(x, weight)
+    out = _AdderFunction.apply(
+        x.to(dtype), weight.to(dtype), _LinearRows(), _check_p(p), max_temp_bytes
+    )
+    if bias is not None:
+        out = out + bias.to(dtype)
+    return out
+
+
+class Adder2d(Conv2dLike):
+    """Drop-in for ``nn.Conv2d`` computing ``-sum |X - W|^p`` over each patch.
+
+    Args: as ``nn.Conv2d`` (all padding forms and modes, groups incl. depthwise), plus
+        p: distance exponent in [1, 2]; 1 (default) is the multiplication-free l1 AdderNet,
+            larger values are used early in training (:class:`adderize.train.LpSchedule`).
+        max_temp_bytes: cap on the backward pass's chunked temporary (see
+            :mod:`adderize.kernels.l1` for the memory bound).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        p: float = 1.0,
+        max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.p = _check_p(p)
+        self.max_temp_bytes = int(max_temp_bytes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return adder2d(
+            self._pad(x),
+            self.weight,
+            self.bias,
+            self.stride,  # type: ignore[arg-type]
+            self.dilation,  # type: ignore[arg-type]
+            self.groups,
+            self.p,
+            self.max_temp_bytes,
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", p={self.p:g}"
+
+
+class AdderLinear(LinearLike):
+    """Drop-in for ``nn.Linear``: ``out[t] = -sum_k |x[k] - W[t, k]|^p (+ bias)``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        p: float = 1.0,
+        max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.p = _check_p(p)
+        self.max_temp_bytes = int(max_temp_bytes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return adder_linear(x, self.weight, self.bias, self.p, self.max_temp_bytes)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", p={self.p:g}"

@@ -1,0 +1,72 @@
+"""DeepShift-style power-of-two layers (Elhoushi et al., "DeepShift", CVPRW 2021).
+
+Weights are rounded to ``sign(W) * 2^round(log2|W|)``, the exponent clamped to
+``[min_exp, max_exp]`` (default ``[-14, 0]``: DeepShift's 5-bit shift range), so every
+multiplication becomes a bit shift (and a sign flip). Exact zeros stay zero. The latent float
+weight gets a straight-through gradient. Activations stay full precision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from adderize.nn._base import Conv2dLike, LinearLike
+
+__all__ = ["ShiftConv2d", "ShiftLinear", "round_power_of_two"]
+
+
+def round_power_of_two(w: torch.Tensor, min_exp: int = -14, max_exp: int = 0) -> torch.Tensor:
+    """``sign(w) * 2^clamp(round(log2|w|), min_exp, max_exp)`` with a straight-through gradient."""
+    wd = w.detach()
+    exp = torch.log2(wd.abs().clamp_min(2.0 ** (min_exp - 1))).round_().clamp_(min_exp, max_exp)
+    q = torch.sign(wd) * torch.exp2(exp)
+    return w + (q - w).detach()
+
+
+def _check_exps(min_exp: int, max_exp: int) -> tuple[int, int]:
+    if int(min_exp) > int(max_exp):
+        raise ValueError(f"min_exp must be <= max_exp, got min_exp={min_exp}, max_exp={max_exp}")
+    return int(min_exp), int(max_exp)
+
+
+class ShiftConv2d(Conv2dLike):
+    """Drop-in for ``nn.Conv2d`` with power-of-two (bit-shift) weights."""
+
+    def __init__(self, *args: Any, min_exp: int = -14, max_exp: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_exp, self.max_exp = _check_exps(min_exp, max_exp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = round_power_of_two(self.weight, self.min_exp, self.max_exp)
+        return F.conv2d(self._pad(x), w, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", shift_range=[{self.min_exp}, {self.max_exp}]"
+
+
+class ShiftLinear(LinearLike):
+    """Drop-in for ``nn.Linear`` with power-of-two (bit-shift) weights."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        min_exp: int = -14,
+        max_exp: int = 0,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.min_exp, self.max_exp = _check_exps(min_exp, max_exp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = round_power_of_two(self.weight, self.min_exp, self.max_exp)
+        return F.linear(x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", shift_range=[{self.min_exp}, {self.max_exp}]"
