@@ -1,0 +1,167 @@
+"""``OpMapping``: which op each layer should become (what the user asks for).
+
+Precedence, lowest to highest (as ``torch.ao.quantization.QConfigMapping``)::
+
+    default  <  type  <  regex  <  name
+
+* ``default``: the op of every convertible layer not matched below.
+* ``types``: class name (``"Linear"``) or dotted path (``"timm.layers.Linear"``) of the
+  layer's class or any base class; the nearest class in the MRO wins.
+* ``regex``: ``re.fullmatch`` against the module's qualified name; the first matching
+  pattern, in insertion order, wins.
+* ``names``: exact qualified module names.
+
+``keep_first`` / ``keep_last`` keep the model's first and last layers as they are (full
+precision); they override default, type and regex rules, never an exact ``names`` entry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adderize.passes.registry import get_op
+
+__all__ = ["OpMapping"]
+
+FORMAT_VERSION = 1
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@dataclass
+class OpMapping:
+    """What the user wants each layer to become. See the module docstring for precedence."""
+
+    default: str = "adder"
+    types: dict[str, str] = field(default_factory=dict)
+    regex: dict[str, str] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    keep_first: bool = True
+    keep_last: bool = True
+    insert_norm: bool = True
+
+    def __post_init__(self) -> None:
+        get_op(self.default)
+        for table in (self.types, self.regex, self.names):
+            if not isinstance(table, dict):
+                raise TypeError(f"expected a mapping of name -> op, got {table!r}")
+            for op in table.values():
+                get_op(op)
+        for pattern in self.regex:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"invalid regex {pattern!r} in OpMapping: {e}") from None
+        for flag in ("keep_first", "keep_last", "insert_norm"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+
+    # -- chainable setters -------------------------------------------------------------
+    def set_default(self, op: str) -> OpMapping:
+        get_op(op)
+        self.default = op
+        return self
+
+    def set_type(self, type_: type | str, op: str) -> OpMapping:
+        get_op(op)
+        self.types[type_ if isinstance(type_, str) else _qualname(type_)] = op
+        return self
+
+    def set_regex(self, pattern: str, op: str) -> OpMapping:
+        get_op(op)
+        self.regex[pattern] = op
+        self.__post_init__()
+        return self
+
+    def set_name(self, name: str, op: str) -> OpMapping:
+        get_op(op)
+        self.names[name] = op
+        return self
+
+    def with_names(self, names: dict[str, str]) -> OpMapping:
+        """A copy with extra exact-name entries (the original is untouched)."""
+        return replace(
+            self, names={**self.names, **names}, types=dict(self.types), regex=dict(self.regex)
+        )
+
+    # -- resolution ----------------------------------------------------------------------
+    def resolve(self, name: str, cls: type) -> tuple[str, str]:
+        """``(op, rule)`` for module ``name`` of class ``cls`` ignoring first/last keeping.
+
+        ``rule`` says which entry decided, e.g. ``"regex 'layer4\\..*'"``.
+        """
+        if name in self.names:
+            return self.names[name], f"name {name!r}"
+        for pattern, op in self.regex.items():
+            if re.fullmatch(pattern, name):
+                return op, f"regex {pattern!r}"
+        for base in cls.__mro__:
+            for key in (_qualname(base), base.__name__):
+                if key in self.types:
+                    return self.types[key], f"type {key!r}"
+        return self.default, "default"
+
+    def type_matches(self, key: str, cls: type) -> bool:
+        return any(key in (_qualname(b), b.__name__) for b in cls.__mro__)
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OpMapping:
+        if not isinstance(data, dict):
+            raise TypeError(f"an OpMapping is read from a mapping, got {type(data).__name__}")
+        data = dict(data)
+        version = data.pop("version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"OpMapping version {version!r} is not supported (this adderize reads "
+                f"version {FORMAT_VERSION})"
+            )
+        valid = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ValueError(
+                f"unknown OpMapping key(s) {unknown}; valid keys: {sorted(valid | {'version'})}"
+            )
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> OpMapping:
+        return cls.from_dict(yaml.safe_load(text) or {})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | Path) -> OpMapping:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"op mapping file not found: {p}")
+        return cls.from_yaml(p.read_text())
+
+    @classmethod
+    def coerce(cls, ops: OpMapping | str | dict[str, Any] | None) -> OpMapping:
+        """Accept an OpMapping, an op name (the default op), a dict, or None (all adder)."""
+        if ops is None:
+            return cls()
+        if isinstance(ops, OpMapping):
+            return ops
+        if isinstance(ops, str):
+            return cls(default=ops)
+        if isinstance(ops, dict):
+            return cls.from_dict(ops)
+        raise TypeError(
+            f"ops must be an OpMapping, an op name, a dict or None, got {type(ops).__name__}"
+        )

@@ -1,0 +1,183 @@
+"""What can become what: the source layers the pass understands and the ops it can build.
+
+Two separate tables, as torch.ao separates ``BackendConfig`` from ``QConfigMapping``:
+
+* :func:`classify` says what a module *is* (a 2-D conv, a linear layer, or a special case
+  that cannot be converted, with the reason);
+* the op registry (:func:`register_op`, :func:`get_op`) says what each op name builds from a
+  ``nn.Conv2d`` / ``nn.Linear``. The user's :class:`~adderize.passes.mapping.OpMapping`
+  only picks op names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from adderize.nn import (
+    Adder2d,
+    AdderLinear,
+    BinaryConv2d,
+    BinaryLinear,
+    Conv2dLike,
+    LinearLike,
+    ShiftConv2d,
+    ShiftLinear,
+)
+
+__all__ = ["OpSpec", "Source", "classify", "get_op", "op_names", "register_op"]
+
+Kind = Literal["conv2d", "linear"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a module is, for the pass. ``kind`` is None when it cannot be converted."""
+
+    kind: Kind | None
+    reason: str = ""
+    dynamic_same: bool = False
+
+
+def _timm_classes(*names: str) -> tuple[type, ...]:
+    import timm.layers as tl
+
+    return tuple(getattr(tl, n) for n in names if hasattr(tl, n))
+
+
+_SAME_PAD = ("Conv2dSame", "Conv2dSameExport")
+_WEIGHT_STD = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+# subclasses whose overridden forward is the parent's computation (verified by reading them)
+_PLAIN_LINEAR = ("Linear",)  # timm.layers.Linear: casts dtypes only under TorchScript
+
+
+def classify(module: nn.Module) -> Source | None:
+    """Classify ``module``; None for modules that are neither convs nor linear layers."""
+    cls = type(module)
+    if isinstance(module, (Conv2dLike, LinearLike)):
+        return Source(None, f"already multiplication-free ({cls.__name__})")
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module, _timm_classes(*_WEIGHT_STD)):
+            return Source(
+                None,
+                f"{cls.__name__} standardises its weights at every forward; an adder over "
+                "standardised weights is not the papers' layer",
+            )
+        if isinstance(module, _timm_classes(*_SAME_PAD)):
+            return Source("conv2d", dynamic_same=True)
+        if cls.forward is nn.Conv2d.forward:
+            return Source("conv2d")
+        return Source(
+            None,
+            f"{cls.__name__} overrides nn.Conv2d.forward; a layer swap cannot preserve it",
+        )
+    if isinstance(module, nn.Linear):
+        if cls.forward is nn.Linear.forward or isinstance(module, _timm_classes(*_PLAIN_LINEAR)):
+            return Source("linear")
+        return Source(
+            None, f"{cls.__name__} overrides nn.Linear.forward; a layer swap cannot preserve it"
+        )
+    if isinstance(module, _ConvNd):
+        return Source(None, f"{cls.__name__}: only 2-D convolutions and linear layers convert")
+    return None
+
+
+Builder = Callable[[nn.Module, Source], nn.Module]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """An op the pass can build.
+
+    Attributes:
+        name: the name used in mappings, reports and the CLI.
+        conv2d: builds the replacement of an ``nn.Conv2d`` (None: keep the original).
+        linear: builds the replacement of an ``nn.Linear`` (None: keep the original).
+        needs_norm: insert a BatchNorm after the new layer when none follows it.
+        description: one line for ``--help`` and error messages.
+    """
+
+    name: str
+    conv2d: Builder | None
+    linear: Builder | None
+    needs_norm: bool
+    description: str
+
+    @property
+    def keeps_float(self) -> bool:
+        return self.conv2d is None and self.linear is None
+
+    def build(self, module: nn.Module, source: Source) -> nn.Module:
+        builder = self.conv2d if source.kind == "conv2d" else self.linear
+        if builder is None:
+            return module
+        return builder(module, source)
+
+
+_OPS: dict[str, OpSpec] = {}
+
+
+def register_op(spec: OpSpec) -> OpSpec:
+    """Add an op (e.g. a user's own layer) under ``spec.name``; names are unique."""
+    if spec.name in _OPS:
+        raise ValueError(f"op {spec.name!r} is already registered")
+    _OPS[spec.name] = spec
+    return spec
+
+
+def get_op(name: str) -> OpSpec:
+    """The registered op called ``name``; ValueError naming the valid ops otherwise."""
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise ValueError(f"unknown op {name!r}; valid ops: {', '.join(op_names())}") from None
+
+
+def op_names() -> tuple[str, ...]:
+    return tuple(_OPS)
+
+
+def _conv_builder(cls: type[Conv2dLike]) -> Builder:
+    def build(module: nn.Module, source: Source) -> nn.Module:
+        kwargs: dict[str, Any] = {"dynamic_same": True} if source.dynamic_same else {}
+        return cls.from_float(module, **kwargs)  # type: ignore[arg-type]
+
+    return build
+
+
+def _linear_builder(cls: type[LinearLike]) -> Builder:
+    return lambda module, source: cls.from_float(module)  # type: ignore[arg-type]
+
+
+register_op(OpSpec("conv", None, None, False, "keep the original multiply-accumulate layer"))
+register_op(
+    OpSpec(
+        "adder",
+        _conv_builder(Adder2d),
+        _linear_builder(AdderLinear),
+        True,
+        "AdderNet l1-distance layer (Adder2d / AdderLinear)",
+    )
+)
+register_op(
+    OpSpec(
+        "binary",
+        _conv_builder(BinaryConv2d),
+        _linear_builder(BinaryLinear),
+        False,
+        "XNOR-Net binary activations and weights (BinaryConv2d / BinaryLinear)",
+    )
+)
+register_op(
+    OpSpec(
+        "shift",
+        _conv_builder(ShiftConv2d),
+        _linear_builder(ShiftLinear),
+        False,
+        "DeepShift power-of-two weights (ShiftConv2d / ShiftLinear)",
+    )
+)

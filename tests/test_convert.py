@@ -1,0 +1,277 @@
+"""The conversion pass on hand-built models: mapping, first/last, BN insertion, graph cases."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+import adderize
+from adderize import OpMapping
+from adderize.kernels.reference import adder2d_reference
+from adderize.nn import Adder2d, AdderLinear, BinaryConv2d, ShiftConv2d, WithNorm
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+        )
+        self.proj = nn.Conv2d(16, 16, 1)  # no norm after it: BN must be inserted
+        self.fc1 = nn.Linear(16, 16)  # no norm after it
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(F.relu(self.bn0(self.stem(x))))
+        x = F.relu(self.proj(x)).mean((2, 3))
+        return self.fc(F.relu(self.fc1(x)))
+
+
+def _records(report):
+    return {r.name: r for r in report.records}
+
+
+def test_default_conversion_keeps_first_and_last_by_graph_position():
+    model = SmallNet()
+    ann, report = adderize.adderize(model, return_report=True)
+    rec = _records(report)
+    assert rec["stem"].action == "kept" and "first layer (graph position)" in rec["stem"].reason
+    assert rec["fc"].action == "kept" and "last layer (graph position)" in rec["fc"].reason
+    for name in ("body.0", "body.3", "proj", "fc1"):
+        assert rec[name].action == "replaced", name
+    assert isinstance(ann.body[0], Adder2d) and isinstance(ann.body[3], Adder2d)
+    assert type(ann.stem) is nn.Conv2d and type(ann.fc) is nn.Linear
+    # BN inserted exactly where no normalisation follows
+    assert {r.name for r in report.inserted} == {"proj.norm", "fc1.norm"}
+    assert isinstance(ann.proj, WithNorm) and isinstance(ann.proj.op, Adder2d)
+    assert isinstance(ann.fc1, WithNorm) and isinstance(ann.fc1.op, AdderLinear)
+    assert type(ann) is SmallNet  # class and methods preserved
+    assert type(model.body[0]) is nn.Conv2d  # the original is untouched (not inplace)
+    x = torch.randn(2, 3, 8, 8)
+    ann(x).sum().backward()
+    assert ann.body[0].weight.grad is not None
+
+
+def test_converted_weights_come_from_the_float_model():
+    model = SmallNet()
+    ann = adderize.adderize(model)
+    assert torch.equal(ann.body[0].weight, model.body[0].weight)
+    assert torch.equal(ann.proj.op.weight, model.proj.weight)
+
+
+def test_report_table_and_json():
+    _, report = adderize.adderize(SmallNet(), return_report=True)
+    text = str(report)
+    for word in ("module", "original", "action", "body.0", "Adder2d", "inserted", "tracing: fx"):
+        assert word in text
+    data = json.loads(report.to_json())
+    assert data["tracing"] == "fx"
+    assert len(data["records"]) == len(report.records)
+    assert {r["action"] for r in data["records"]} == {"replaced", "kept", "inserted"}
+
+
+def test_mapping_precedence_default_type_regex_name():
+    mapping = (
+        OpMapping(default="binary")
+        .set_type("Linear", "adder")
+        .set_regex(r"body\.\d", "shift")
+        .set_name("body.3", "adder")
+    )
+    ann, report = adderize.adderize(SmallNet(), mapping, return_report=True)
+    assert isinstance(ann.body[0], ShiftConv2d)  # regex beats default
+    assert isinstance(ann.body[3], Adder2d)  # name beats regex
+    assert isinstance(ann.proj, BinaryConv2d)  # default (binary needs no inserted BN)
+    assert isinstance(ann.fc1.op, AdderLinear)  # type
+    rec = _records(report)
+    assert "regex" in rec["body.0"].reason and "name 'body.3'" in rec["body.3"].reason
+
+
+def test_name_entry_overrides_keep_first_and_keep_to_preserve():
+    ann = adderize.adderize(SmallNet(), OpMapping().set_name("stem", "adder"), keep=["body.0"])
+    assert isinstance(ann.stem, Adder2d)
+    assert type(ann.body[0]) is nn.Conv2d
+    ann = adderize.adderize(SmallNet(), OpMapping(keep_first=False, keep_last=False))
+    assert isinstance(ann.stem, Adder2d) and isinstance(ann.fc, WithNorm)
+
+
+def test_insert_norm_can_be_disabled():
+    ann, report = adderize.adderize(SmallNet(), OpMapping(insert_norm=False), return_report=True)
+    assert not report.inserted and isinstance(ann.proj, Adder2d)
+
+
+def test_op_mapping_yaml_round_trip(tmp_path):
+    mapping = OpMapping(default="shift", keep_last=False).set_regex("a.*", "adder")
+    mapping.set_type(nn.Linear, "conv")
+    path = tmp_path / "ops.yaml"
+    mapping.save(path)
+    assert OpMapping.load(path) == mapping
+    assert "version: 1" in path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "match"),
+    [
+        ({"default": "mul"}, ValueError, "unknown op 'mul'; valid ops: conv, adder, binary"),
+        ({"defualt": "adder"}, ValueError, r"unknown OpMapping key\(s\) \['defualt'\]"),
+        ({"regex": {"(": "adder"}}, ValueError, "invalid regex"),
+        ({"version": 9}, ValueError, "version 9 is not supported"),
+        ({"keep_first": "yes"}, TypeError, "keep_first must be a bool"),
+    ],
+)
+def test_op_mapping_rejects_bad_input(data, error, match):
+    with pytest.raises(error, match=match):
+        OpMapping.from_dict(data)
+
+
+def test_bad_inputs_name_the_value_and_the_choices():
+    with pytest.raises(TypeError, match=r"expects a torch\.nn\.Module, got str"):
+        adderize.adderize("resnet18")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown op 'xnor'"):
+        adderize.adderize(SmallNet(), "xnor")
+    with pytest.raises(ValueError, match=r"regex 'layer4\.\*' matches no conv/linear layer"):
+        adderize.adderize(SmallNet(), OpMapping().set_regex(r"layer4.*", "conv"))
+    with pytest.raises(ValueError, match=r"'body\.9'.*did you mean \['body\.3', 'body\.0'\]"):
+        adderize.adderize(SmallNet(), keep=["body.9"])
+    with pytest.raises(ValueError, match=r"type 'Conv3d' matches no layer.*'Conv2d', 'Linear'"):
+        adderize.adderize(SmallNet(), OpMapping().set_type("Conv3d", "adder"))
+    with pytest.raises(ValueError, match=r"has no nn\.Conv2d / nn\.Linear layer"):
+        adderize.adderize(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3)))
+
+
+class WithStdConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import StdConv2d
+
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.std = StdConv2d(4, 4, 3)
+        self.conv = nn.Conv2d(4, 4, 3)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(self.std(self.stem(x))))
+
+
+def test_skips_are_reported_and_strict_raises_before_any_change():
+    model = WithStdConv()
+    _, report = adderize.adderize(model, return_report=True)
+    rec = _records(report)
+    assert rec["std"].action == "skipped" and "standardises its weights" in rec["std"].reason
+    assert [r.name for r in report.unmet] == ["std"]
+    with pytest.raises(ValueError, match=r"(?s)strict=True: 1 layer\(s\).*std \(StdConv2d\)"):
+        adderize.adderize(model, strict=True, inplace=True)
+    assert type(model.conv) is nn.Conv2d  # nothing changed
+
+
+def test_converting_twice_is_a_no_op_with_reasons():
+    ann = adderize.adderize(SmallNet())
+    _, report = adderize.adderize(ann, return_report=True, strict=True)
+    assert not report.replaced
+    assert any("already multiplication-free" in r.reason for r in report.kept)
+
+
+class WithAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.mid = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h, _ = self.attn(h, h, h)
+        return self.out(self.mid(h))
+
+
+def test_layers_used_functionally_by_their_parent_are_not_swapped():
+    ann, report = adderize.adderize(WithAttention(), return_report=True)
+    rec = _records(report)
+    assert rec["attn.out_proj"].action == "skipped"
+    assert "uses the weights directly" in rec["attn.out_proj"].reason
+    assert type(ann.attn.out_proj) is not AdderLinear
+    assert isinstance(ann.mid.op, AdderLinear)
+    assert ann(torch.randn(2, 5, 4)).shape == (2, 5, 3)
+
+
+class Functional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(6, 2, 3, 3))
+        self.b = nn.Parameter(torch.randn(6))
+        self.register_buffer("blur", torch.ones(6, 1, 3, 3) / 9)
+        self.bn = nn.BatchNorm2d(6)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.bn(F.conv2d(x, self.w, self.b, stride=1, padding=1, groups=2))
+        x = F.conv2d(x, self.blur, padding=1, groups=6)
+        return self.head(x)
+
+
+def test_functional_calls_on_parameters_are_rewritten():
+    torch.manual_seed(0)
+    model = Functional().eval()
+    ann, report = adderize.adderize(model, return_report=True)
+    rec = _records(report)
+    assert rec["w"].action == "replaced" and rec["w"].original == "F.conv2d"
+    assert rec["blur"].action == "skipped" and "fixed buffer" in rec["blur"].reason
+    assert isinstance(ann, fx.GraphModule) and "GraphModule" in report.result_type
+    assert "w" not in dict(ann.named_parameters())  # the old parameter is gone
+    x = torch.randn(2, 3, 6, 6)
+    h = model.stem(x)
+    expected = adder2d_reference(h, model.w, model.b, padding=1, groups=2)
+    expected = model.head(F.conv2d(model.bn(expected), model.blur, padding=1, groups=6))
+    torch.testing.assert_close(ann(x), expected)
+    assert not report.inserted  # a BN follows the functional conv
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.b = nn.Conv2d(4, 4, 3)
+        self.c = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: fx cannot trace this
+            x = x * 2
+        return self.c(self.b(self.bn(self.a(x))))
+
+
+def test_untraceable_models_fall_back_to_module_walk_and_say_so():
+    ann, report = adderize.adderize(Untraceable(), return_report=True)
+    assert report.tracing == "module-walk" and "could not trace" in report.note
+    assert "module-walk" in report.summary()
+    assert type(ann.a) is nn.Conv2d and type(ann.c) is nn.Conv2d  # first/last by order
+    assert isinstance(ann.b, WithNorm)  # next sibling is not a norm
+    assert ann(torch.randn(1, 3, 7, 7)).shape == (1, 2, 3, 3)
+
+
+def test_converted_model_state_dict_and_torch_save():
+    ann = adderize.adderize(SmallNet())
+    fresh = adderize.adderize(SmallNet())
+    fresh.load_state_dict(ann.state_dict())
+    buf = io.BytesIO()
+    torch.save(ann, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    x = torch.randn(2, 3, 8, 8)
+    ann.eval(), loaded.eval(), fresh.eval()
+    torch.testing.assert_close(loaded(x), ann(x))
+    torch.testing.assert_close(fresh(x), ann(x))
