@@ -1,0 +1,21 @@
+"""adderize: turn PyTorch/timm CNNs into multiplication-free networks.
+
+import timm, adderize
+ann, report = adderize.adderize(timm.create_model("resnet50"), return_report=True)
+"""
+
+from adderize._version import __version__
+from adderize.io import create_float_model, create_model, load, save
+from adderize.passes import LayerRecord, OpMapping, RewriteReport, adderize
+
+__all__ = [
+    "LayerRecord",
+    "OpMapping",
+    "RewriteReport",
+    "__version__",
+    "adderize",
+    "create_float_model",
+    "create_model",
+    "load",
+    "save",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from adderize.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""``adderize`` command line (also ``python -m adderize``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _mapping_arg(value: str | None) -> Any:
+    """``--ops``: a YAML mapping file, or an op name applied to every layer."""
+    from adderize.passes.mapping import OpMapping
+    from adderize.passes.registry import op_names
+
+    if value is None:
+        return None
+    if value in op_names():
+        return value
+    path = Path(value)
+    if not path.is_file():
+        ops = ", ".join(op_names())
+        raise ValueError(f"--ops {value!r} is neither a mapping file nor an op name (ops: {ops})")
+    return OpMapping.load(path)
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    return kwargs
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import adderize
+
+    model, report = adderize.create_model(
+        args.model,
+        _mapping_arg(args.ops),
+        keep=args.keep,
+        pretrained_file=args.pretrained_file,
+        strict=args.strict,
+        return_report=True,
+        **_model_kwargs(args),
+    )
+    if args.json:
+        print(report.to_json())
+    elif args.report:
+        print(report)
+    else:
+        print(report.summary())
+    if args.out:
+        path = adderize.save(model, args.out)
+        print(f"saved {path} (reload with adderize.load({str(path)!r}))", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    import adderize
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    print(f"converting timm {args.model} (random init, {args.image_size}px) ...")
+    model, report = adderize.create_model(args.model, return_report=True)
+    print(report)
+    x = torch.randn(1, 3, args.image_size, args.image_size)
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        y = model(x)
+    print(
+        f"\nforward of the converted model: output {tuple(y.shape)} in "
+        f"{time.perf_counter() - start:.2f}s"
+    )
+    path = adderize.save(model, out / f"{args.model}-adder.safetensors")
+    reloaded = adderize.load(path).eval()
+    with torch.no_grad():
+        same = torch.equal(reloaded(x), y)
+    print(f"saved {path}; reloaded without pickle, identical output: {same}")
+    (out / "report.json").write_text(report.to_json())
+    print(f"report written to {out / 'report.json'}")
+    return 0 if same else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from adderize._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="adderize", description="Turn timm/PyTorch CNNs into multiplication-free networks."
+    )
+    parser.add_argument("--version", action="version", version=f"adderize {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    conv = sub.add_parser("convert", help="convert a timm model and report every layer")
+    conv.add_argument("model", help="timm model name, e.g. resnet50")
+    conv.add_argument("--out", help="write the converted model here (safetensors, no pickle)")
+    conv.add_argument(
+        "--ops", help="op mapping YAML file, or one op for every layer (adder, binary, shift, conv)"
+    )
+    conv.add_argument(
+        "--keep", nargs="+", default=[], metavar="NAME", help="module names to keep full precision"
+    )
+    conv.add_argument("--report", action="store_true", help="print the per-layer table")
+    conv.add_argument("--json", action="store_true", help="print the report as JSON")
+    conv.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if a layer the mapping asks to convert cannot be",
+    )
+    conv.add_argument("--pretrained-file", help="local weights (safetensors or state dict)")
+    conv.add_argument("--num-classes", type=int, help="classifier size passed to timm")
+    conv.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
+    conv.set_defaults(func=_cmd_convert)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job on an embedded default: convert, run, save and reload a timm model",
+    )
+    demo.add_argument("--model", default="resnet18")
+    demo.add_argument("--image-size", type=int, default=224)
+    demo.add_argument("--out", default="runs/demo", help="output folder")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"adderize: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

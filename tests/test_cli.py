@@ -1,0 +1,78 @@
+"""The command line, in-process and as `python -m adderize`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import adderize
+from adderize.cli import main
+from adderize.nn import BinaryConv2d
+
+
+def test_convert_prints_summary_report_and_json(capsys, tmp_path):
+    assert main(["convert", "resnet18", "--num-classes", "4"]) == 0
+    assert "replaced 19 layer(s) (19 Adder2d); kept 2" in capsys.readouterr().out
+    assert main(["convert", "resnet18", "--report"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.conv1" in out and "first layer" in out
+    assert main(["convert", "resnet18", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert sum(r["action"] == "replaced" for r in data["records"]) == 19
+
+
+def test_convert_with_mapping_file_keep_and_out(capsys, tmp_path):
+    ops = tmp_path / "ops.yaml"
+    adderize.OpMapping(default="binary").set_name("layer1.0.conv2", "adder").save(ops)
+    out = tmp_path / "ann.safetensors"
+    code = main(
+        [
+            "convert",
+            "resnet18",
+            "--ops",
+            str(ops),
+            "--keep",
+            "layer2.0.conv1",
+            "--num-classes",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    model = adderize.load(out)
+    assert isinstance(model.layer1[0].conv1, BinaryConv2d)
+    assert type(model.layer2[0].conv1).__name__ == "Conv2d"
+    assert "saved" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["convert", "resnet1x"], "unknown timm model 'resnet1x'"),
+        (["convert", "resnet18", "--ops", "mul"], "neither a mapping file nor an op name"),
+        (["convert", "resnet18", "--keep", "conv9"], "did you mean ['conv1']"),
+        (["convert", "resnet18", "--model-kwargs", "[1]"], "must be a JSON object"),
+        # 53 StdConv2d; the stem is the first layer (kept), so 52 requested conversions fail
+        (["convert", "resnetv2_50x1_bit", "--strict"], "strict=True: 52 layer(s)"),
+    ],
+)
+def test_errors_exit_2_with_a_clear_message(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run(
+        [sys.executable, "-m", "adderize", "--version"], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == f"adderize {adderize.__version__}"
+
+
+def test_import_does_not_pull_optional_heavy_packages():
+    code = "import sys, adderize; print(sorted(m for m in ('tvm', 'nni') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
