@@ -1,0 +1,88 @@
+"""One training step of a timm model, conv vs adderized, side by side in one run.
+
+Each variant runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
+Prints time and peak memory per variant and the adder/conv ratios.
+
+    python benchmarks/train_step.py --model resnet18 --batch 32 --size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def _step(model_name: str, variant: str, batch: int, size: int, steps: int) -> dict[str, float]:
+    import timm
+    import torch
+
+    import adderize
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=1000)
+    if variant == "adder":
+        model = adderize.adderize(model, inplace=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 1000, (batch,))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss in KiB)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"seconds": min(times), "peak_gib": peak, "before_gib": base}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--child", choices=["conv", "adder"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_step(args.model, args.child, args.batch, args.size, args.steps)))
+        return
+    results = {}
+    for variant in ("conv", "adder"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+            "--size",
+            str(args.size),
+            "--steps",
+            str(args.steps),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        results[variant] = json.loads(out.strip().splitlines()[-1])
+        r = results[variant]
+        print(
+            f"{args.model} {variant:5s} batch {args.batch} {args.size}px: "
+            f"step {r['seconds']:.2f} s, peak RSS {r['peak_gib']:.2f} GiB",
+            flush=True,
+        )
+    c, a = results["conv"], results["adder"]
+    print(
+        f"adder / conv: time {a['seconds'] / c['seconds']:.1f}x, "
+        f"peak memory {a['peak_gib'] / c['peak_gib']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
