@@ -103,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     conv = sub.add_parser("convert", help="convert a timm model and report every layer")
     conv.add_argument("model", help="timm model name, e.g. resnet50")
-    conv.add_argument("--out", help="write the converted model here (safetensors, no pickle)")
+    conv.add_argument(
+        "--out",
+        help="write the converted model here (safetensors format, whatever the suffix; no pickle)",
+    )
     conv.add_argument(
         "--ops", help="op mapping YAML file, or one op for every layer (adder, binary, shift, conv)"
     )

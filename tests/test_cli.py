@@ -76,3 +76,11 @@ def test_import_does_not_pull_optional_heavy_packages():
     code = "import sys, adderize; print(sorted(m for m in ('tvm', 'nni') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_demo_converts_runs_saves_and_reloads(capsys, tmp_path):
+    assert main(["demo", "--image-size", "64", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "identical output: True" in out and "replaced 19 layer(s)" in out
+    assert (tmp_path / "resnet18-adder.safetensors").is_file()
+    assert (tmp_path / "report.json").is_file()
