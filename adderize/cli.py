@@ -62,6 +62,43 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_size(value: str) -> tuple[int, ...]:
+    """``224`` -> (1, 3, 224, 224); ``1,3,160,160`` -> as given."""
+    try:
+        parts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--input-size takes 224 or N,C,H,W (e.g. 1,3,224,224), got {value!r}"
+        ) from None
+    return (1, 3, parts[0], parts[0]) if len(parts) == 1 else parts
+
+
+def _cmd_energy(args: argparse.Namespace) -> int:
+    import adderize
+    from adderize.energy import energy_report
+
+    path = Path(args.model)
+    if path.suffix == ".safetensors" or path.is_file():
+        if args.ops or args.keep:
+            raise ValueError("--ops/--keep apply to a timm model name, not a saved model")
+        model = adderize.load(path)
+    else:
+        model = adderize.create_model(
+            args.model, _mapping_arg(args.ops), keep=args.keep, **_model_kwargs(args)
+        )
+    bits = int(args.bits) if args.bits.isdigit() else args.bits
+    report = energy_report(model, _input_size(args.input_size), table=args.table, bits=bits)
+    if args.json:
+        print(report.to_json())
+    else:
+        print(report.table_str(max_rows=args.rows))
+        print()
+        print(report.summary())
+    if args.plot:
+        print(f"plot written to {report.plot(args.plot)}", file=sys.stderr)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -124,6 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--num-classes", type=int, help="classifier size passed to timm")
     conv.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     conv.set_defaults(func=_cmd_convert)
+
+    energy = sub.add_parser("energy", help="op counts and energy per layer, vs all-conv")
+    energy.add_argument(
+        "model",
+        help="timm model name (converted with --ops) or a file saved by adderize convert --out",
+    )
+    energy.add_argument("--ops", help="op mapping YAML file, or one op for every layer")
+    energy.add_argument("--keep", nargs="+", default=[], metavar="NAME")
+    energy.add_argument(
+        "--bits",
+        default="32",
+        help="8, 16, 32 (int8, fp16, fp32) or a precision name: fp32, fp16, int32, int8",
+    )
+    energy.add_argument("--input-size", default="224", help="224 or N,C,H,W")
+    energy.add_argument("--table", help="energy table YAML (default: Horowitz 45 nm)")
+    energy.add_argument("--json", action="store_true", help="print the report as JSON")
+    energy.add_argument("--plot", help="write a PNG of per-layer energy here")
+    energy.add_argument("--rows", type=int, default=None, help="print at most this many rows")
+    energy.add_argument("--num-classes", type=int)
+    energy.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
+    energy.set_defaults(func=_cmd_energy)
 
     demo = sub.add_parser(
         "demo",

@@ -24,3 +24,15 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     text = " ".join(line.lstrip("# ").strip() for line in shown.group(1).splitlines())
     assert " ".join(namespace["report"].summary().split()) == " ".join(text.split())
     assert (tmp_path / "runs/readme/resnet18-adder.safetensors").is_file()
+
+
+def test_readme_energy_output_is_what_the_command_prints(capsys):
+    from adderize.cli import main
+
+    block = re.search(
+        r"\$ adderize energy resnet50 --rows 8[^\n]*\n(.*?)```", README.read_text(), flags=re.S
+    )
+    assert block, "the README shows the output of adderize energy resnet50 --rows 8"
+    assert main(["energy", "resnet50", "--rows", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == block.group(1).strip()

@@ -1,0 +1,134 @@
+"""From counts to energy: one function prices a node; the search's cost table reuses it.
+
+Memory (a documented, deliberately simple hierarchy, charged alike to every node type):
+every node reads its input activations and writes its output once; conv / linear-like
+layers also read their weights once. Each bit moved costs the energy of the level the table
+places it in (default: weights in DRAM, activations in an on-chip SRAM buffer). No
+operator fusion is assumed. Weight widths: conv and adder layers use the layer precision;
+binary layers 1 bit (+ a 32-bit scale per output channel); shift layers 5 bits (sign and a
+4-bit exponent in [-14, 0]). Activations use the layer precision for every op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from adderize.energy.count import OpCount
+from adderize.energy.tables import PRECISIONS, EnergyTable
+
+__all__ = ["LAYER_OPS", "CostTable", "compute_breakdown", "layer_counts", "node_energy"]
+
+#: The ops a conv / linear layer can be priced as.
+LAYER_OPS = ("conv", "adder", "binary", "shift")
+_SHIFT_WEIGHT_BITS = 5
+
+
+def layer_counts(c: OpCount, op: str | None = None) -> dict[str, int]:
+    """Operation counts of node ``c``; conv/linear layers as ``op`` (default: its own)."""
+    if not c.parametric:
+        return dict(c.counts)
+    op = op or c.op
+    m = c.macs
+    if op == "conv":
+        counts = {"mult": m, "add": m}
+    elif op == "adder":
+        counts = {"add": 2 * m}
+    elif op == "binary":
+        counts = {"xnor": m, "popcount": m, "mult": c.out_numel}
+    elif op == "shift":
+        counts = {"shift": m, "add": m}
+    else:
+        raise ValueError(f"unknown layer op {op!r}; valid: {LAYER_OPS}")
+    if c.bias:
+        counts["add"] = counts.get("add", 0) + c.out_numel
+    return counts
+
+
+def _weight_bits(c: OpCount, op: str, precision: str) -> int:
+    if op == "binary":
+        return c.weight_numel + 32 * c.out_channels
+    if op == "shift":
+        return _SHIFT_WEIGHT_BITS * c.weight_numel
+    return PRECISIONS[precision] * c.weight_numel
+
+
+def compute_breakdown(
+    c: OpCount, table: EnergyTable, precision: str, op: str | None = None
+) -> dict[str, float]:
+    """Compute energy (pJ) of node ``c`` by op kind; compares are priced as adds."""
+    out: dict[str, float] = {}
+    for kind, n in layer_counts(c, op).items():
+        if n:
+            priced = "add" if kind == "compare" else kind
+            out[priced] = out.get(priced, 0.0) + n * table.op_pj(priced, precision)
+    return out
+
+
+def node_energy(
+    c: OpCount, table: EnergyTable, precision: str, op: str | None = None
+) -> tuple[float, float]:
+    """``(compute_pj, memory_pj)`` of node ``c`` (conv/linear priced as ``op``)."""
+    op = op or c.op
+    compute = sum(compute_breakdown(c, table, precision, op).values())
+    act_bits = PRECISIONS[precision] * (c.in_numel + c.out_numel)
+    memory = act_bits * table.bit_pj("activations")
+    if c.parametric:
+        memory += _weight_bits(c, op, precision) * table.bit_pj("weights")
+    return compute, memory
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Energy of every conv / linear layer under every op, precomputed for the search.
+
+    ``costs[i, j]`` is the energy (pJ, compute + memory) of layer ``layers[i]`` as
+    ``ops[j]``; ``fixed_pj`` is everything else (norms, activations, pooling, ...). The
+    energy of an assignment is ``fixed_pj + sum_i costs[i, a_i]``: no model rebuild.
+    """
+
+    layers: tuple[str, ...]
+    ops: tuple[str, ...]
+    costs: np.ndarray
+    fixed_pj: float
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Sequence[OpCount],
+        table: EnergyTable,
+        precision: str,
+        ops: Sequence[str] = LAYER_OPS,
+    ) -> CostTable:
+        rows: dict[str, list[float]] = {}
+        fixed = 0.0
+        for c in counts:
+            if c.parametric:
+                row = [sum(node_energy(c, table, precision, op)) for op in ops]
+                prev = rows.get(c.name)
+                rows[c.name] = (
+                    row if prev is None else [a + b for a, b in zip(prev, row, strict=True)]
+                )
+            else:
+                fixed += sum(node_energy(c, table, precision))
+        return cls(
+            tuple(rows), tuple(ops), np.asarray(list(rows.values()), dtype=np.float64), fixed
+        )
+
+    def index(self, assignment: Mapping[str, str]) -> np.ndarray:
+        """Op indices of an assignment ``{layer: op}`` (layers not named: 'conv')."""
+        unknown = set(assignment) - set(self.layers)
+        if unknown:
+            raise ValueError(f"layers not in the cost table: {sorted(unknown)[:5]}")
+        bad = {op for op in assignment.values() if op not in self.ops}
+        if bad:
+            raise ValueError(f"unknown op(s) {sorted(bad)}; valid: {self.ops}")
+        pos = {op: j for j, op in enumerate(self.ops)}
+        return np.array([pos[assignment.get(n, "conv")] for n in self.layers], dtype=np.intp)
+
+    def energy(self, choice: Mapping[str, str] | np.ndarray | Sequence[int]) -> float:
+        """Total pJ of an assignment: ``{layer: op}``, or one op index per layer."""
+        idx = self.index(choice) if isinstance(choice, Mapping) else np.asarray(choice)
+        return self.fixed_pj + float(self.costs[np.arange(len(self.layers)), idx].sum())
