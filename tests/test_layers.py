@@ -160,12 +160,13 @@ def test_chunk_size_does_not_change_results():
         torch.testing.assert_close(l1_forward(a, b, p, 1), l1_forward(a, b, p, 1 << 30))
 
 
-def test_peak_temporary_is_bounded():
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_peak_temporary_is_bounded(backend):
     """No Cout x K x M temporary: allocations during forward+backward stay far below it."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
-    layer = Adder2d(32, 64, 3, padding=1, p=1.0, max_temp_bytes=1 << 20)
+    layer = Adder2d(32, 64, 3, padding=1, p=1.0, max_temp_bytes=1 << 20, backend=backend)
     x = torch.randn(8, 32, 16, 16, requires_grad=True)
     full = 64 * 32 * 9 * 8 * 16 * 16 * 4  # the broadcast temporary: 151 MB
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -21,21 +21,81 @@ row when a single row is larger. Peak extra
 memory of a layer is therefore the unfolded input (``K x M`` values, as im2col for a conv),
 its gradient, and ``max_temp_bytes``.
 
-These are the fallback kernels; :mod:`adderize.kernels.reference` holds the independent
-definition the tests compare against.
+Backends: for p = 1 on float32 CPU tensors, ``backend="auto"`` (the default) uses the
+TVM-generated kernels of :mod:`adderize.kernels.tvm_l1` (forward and input gradient, about
+2x a matrix product) and falls back to the plain-PyTorch code here, with a one-time
+warning, when TVM cannot be imported. ``"torch"`` forces the fallback, ``"tvm"`` requires
+TVM. :mod:`adderize.kernels.reference` holds the independent definition the tests compare
+against.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import torch
 
-__all__ = ["DEFAULT_MAX_TEMP_BYTES", "l1_forward", "l1_grad_a", "l1_grad_b"]
+from adderize.kernels import tvm_l1
+
+__all__ = ["BACKENDS", "DEFAULT_MAX_TEMP_BYTES", "l1_forward", "l1_grad_a", "l1_grad_b"]
+
+BACKENDS = ("auto", "tvm", "torch")
+_WARNED: set[str] = set()
 
 #: Default cap on the difference temporary of the input-gradient kernel (bytes).
-#: Measured in ``benchmarks/bench_chunk.py``: chunks that fit in L2 cache are fastest.
+#: Hand-timed here (2 threads): 1-4 MiB chunks ran alike, 64 MiB ones up to 2x slower.
 DEFAULT_MAX_TEMP_BYTES = 4 * 2**20
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _tvm_usable(p: float, backend: str) -> bool:
+    """p = 1 and TVM importable (warn once / raise per ``backend`` when it is not)."""
+    if backend == "torch" or p != 1.0:
+        return False
+    if not tvm_l1.available():
+        if backend == "tvm":
+            raise RuntimeError(
+                f"backend='tvm' but TVM is unavailable: {tvm_l1.unavailable_reason()}"
+            )
+        if "tvm" not in _WARNED:
+            _WARNED.add("tvm")
+            warnings.warn(
+                "adderize: TVM is unavailable, adder layers use the slower PyTorch kernels "
+                f"({tvm_l1.unavailable_reason()})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return False
+    return True
+
+
+def _use_tvm(a: torch.Tensor, b: torch.Tensor, p: float, backend: str) -> bool:
+    return _tvm_usable(p, backend) and tvm_l1.supported(a, b)
+
+
+def use_direct_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    p: float,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    backend: str,
+) -> bool:
+    """Whether an adder conv runs on the direct TVM conv kernels (no im2col): p = 1, square
+    stride and dilation, per-group channels multiples of 8, float32 on CPU."""
+    return (
+        stride[0] == stride[1]
+        and dilation[0] == dilation[1]
+        and _tvm_usable(p, backend)
+        and tvm_l1.conv_supported(x, weight, groups)
+    )
 
 
 def _row_chunks(a: torch.Tensor, b: torch.Tensor, max_temp_bytes: int) -> Iterator[slice]:
@@ -48,13 +108,19 @@ def _row_chunks(a: torch.Tensor, b: torch.Tensor, max_temp_bytes: int) -> Iterat
 
 
 def l1_forward(
-    a: torch.Tensor, b: torch.Tensor, p: float, max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES
+    a: torch.Tensor,
+    b: torch.Tensor,
+    p: float,
+    max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """``-sum_k |a - b|^p`` for ``a: [G, M, K]``, ``b: [G, T, K]`` -> ``[G, M, T]``.
 
     p = 1 and p = 2 reduce without temporaries (``torch.cdist``); other p use row chunks
     (``cdist``'s generic-p path is 4x slower than the chunked broadcast).
     """
+    if _use_tvm(a, b, p, backend):
+        return tvm_l1.forward(a, b)
     if p in (1.0, 2.0):
         d = torch.cdist(a, b, p=p)
         return d.neg_() if p == 1.0 else d.square_().neg_()
@@ -78,6 +144,7 @@ def l1_grad_a(
     grad_out: torch.Tensor,
     p: float,
     max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Input gradient (eq. 27): HardTanh for p = 1, signed ``|d|^(p-1)`` for p > 1.
 
@@ -86,6 +153,8 @@ def l1_grad_a(
     if p == 2.0:  # phi_2 is the identity: sum_t G (b - a) is linear, two products suffice
         g_sum = grad_out.sum(dim=2, keepdim=True)  # [G, M, 1]
         return torch.baddbmm(a * g_sum, grad_out, b, beta=-1.0)
+    if _use_tvm(a, b, p, backend):
+        return tvm_l1.grad_a(a, b, grad_out)
     out = torch.empty_like(a)
     b_ = b.unsqueeze(1)  # [G, 1, T, K]
     for sl in _row_chunks(a, b, max_temp_bytes):

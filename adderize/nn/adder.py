@@ -10,6 +10,7 @@ The per-layer adaptive learning rate (eq. 33) is applied at the optimizer level
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
 
-from adderize.kernels.l1 import DEFAULT_MAX_TEMP_BYTES, l1_forward, l1_grad_a, l1_grad_b
+from adderize.kernels import tvm_l1
+from adderize.kernels.l1 import (
+    DEFAULT_MAX_TEMP_BYTES,
+    check_backend,
+    l1_forward,
+    l1_grad_a,
+    l1_grad_b,
+    use_direct_conv,
+)
 from adderize.nn._base import Conv2dLike, LinearLike
 
 __all__ = ["Adder2d", "AdderLinear", "adder2d", "adder_linear"]
@@ -97,25 +106,63 @@ class _AdderFunction(torch.autograd.Function):
         layout: _ConvRows | _LinearRows,
         p: float,
         max_temp_bytes: int,
+        backend: str,
     ) -> torch.Tensor:
-        out = l1_forward(layout.rows(x), layout.weight_rows(weight), p, max_temp_bytes)
+        direct = isinstance(layout, _ConvRows) and use_direct_conv(
+            x, weight, p, layout.stride, layout.dilation, layout.groups, backend
+        )
         ctx.save_for_backward(x, weight)
         ctx.layout, ctx.p, ctx.max_temp_bytes = layout, p, max_temp_bytes  # type: ignore[attr-defined]
-        return layout.rows_to_output(out, x.shape)
+        ctx.backend, ctx.direct = backend, direct  # type: ignore[attr-defined]
+        # inputs arrive in float32 (see _compute_dtype); helper ops must stay there too
+        autocast_off = (
+            torch.autocast(device_type=x.device.type, enabled=False)
+            if x.device.type in ("cpu", "cuda")
+            else contextlib.nullcontext()  # e.g. "meta" (shape propagation), no autocast
+        )
+        with autocast_off:
+            if direct:
+                return tvm_l1.conv_forward(
+                    x, weight, layout.stride[0], layout.dilation[0], layout.groups
+                )
+            out = l1_forward(layout.rows(x), layout.weight_rows(weight), p, max_temp_bytes, backend)
+            return layout.rows_to_output(out, x.shape)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         layout = ctx.layout
+        if ctx.direct:
+            return (*_direct_conv_backward(ctx, x, weight, grad_out), None, None, None, None)
         a = layout.rows(x)  # recomputed: cheaper than keeping K x M values alive
         b = layout.weight_rows(weight)
         g = layout.output_to_rows(grad_out.contiguous())
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = layout.rows_to_input(l1_grad_a(a, b, g, ctx.p, ctx.max_temp_bytes), x.shape)
+            grad_a = l1_grad_a(a, b, g, ctx.p, ctx.max_temp_bytes, ctx.backend)
+            grad_x = layout.rows_to_input(grad_a, x.shape)
         if ctx.needs_input_grad[1]:
             grad_w = l1_grad_b(a, b, g).reshape(weight.shape)
-        return grad_x, grad_w, None, None, None
+        return grad_x, grad_w, None, None, None, None
+
+
+def _direct_conv_backward(
+    ctx: Any, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Eq. 27 input gradient on the direct TVM kernel; eq. 23 weight gradient
+    ``sum G (X - W)`` as a conv weight gradient (oneDNN) minus ``W sum G``."""
+    layout = ctx.layout
+    grad_x = grad_w = None
+    if ctx.needs_input_grad[0]:
+        grad_x = tvm_l1.conv_grad_input(
+            x, weight, grad_out, layout.stride[0], layout.dilation[0], layout.groups
+        )
+    if ctx.needs_input_grad[1]:
+        grad_w = torch.nn.grad.conv2d_weight(
+            x, weight.shape, grad_out, layout.stride, 0, layout.dilation, layout.groups
+        )
+        grad_w -= weight * grad_out.sum((0, 2, 3)).reshape(-1, 1, 1, 1)
+    return grad_x, grad_w
 
 
 def _check_p(p: float) -> float:
@@ -140,11 +187,14 @@ def adder2d(
     groups: int = 1,
     p: float = 1.0,
     max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Adder convolution of an already padded NCHW ``x`` with an OIHW ``weight``."""
     layout = _ConvRows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)  # type: ignore[arg-type]
     dtype = _compute_dtype(x, weight)
-    out = _AdderFunction.apply(x.to(dtype), weight.to(dtype), layout, _check_p(p), max_temp_bytes)
+    out = _AdderFunction.apply(
+        x.to(dtype), weight.to(dtype), layout, _check_p(p), max_temp_bytes, backend
+    )
     if bias is not None:
         out = out + bias.to(dtype).reshape(1, -1, 1, 1)
     return out
@@ -156,11 +206,12 @@ def adder_linear(
     bias: torch.Tensor | None = None,
     p: float = 1.0,
     max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """``out[..., t] = -sum_k |x[..., k] - weight[t, k]|^p (+ bias[t])``."""
     dtype = _compute_dtype(x, weight)
     out = _AdderFunction.apply(
-        x.to(dtype), weight.to(dtype), _LinearRows(), _check_p(p), max_temp_bytes
+        x.to(dtype), weight.to(dtype), _LinearRows(), _check_p(p), max_temp_bytes, backend
     )
     if bias is not None:
         out = out + bias.to(dtype)
@@ -173,8 +224,9 @@ class Adder2d(Conv2dLike):
     Args: as ``nn.Conv2d`` (all padding forms and modes, groups incl. depthwise), plus
         p: distance exponent in [1, 2]; 1 (default) is the multiplication-free l1 AdderNet,
             larger values are used early in training (:class:`adderize.train.LpSchedule`).
-        max_temp_bytes: cap on the backward pass's chunked temporary (see
+        max_temp_bytes: cap on the chunked temporary of the PyTorch kernels (see
             :mod:`adderize.kernels.l1` for the memory bound).
+        backend: "auto" (TVM kernels when available, else PyTorch), "tvm" or "torch".
     """
 
     def __init__(
@@ -182,11 +234,13 @@ class Adder2d(Conv2dLike):
         *args: Any,
         p: float = 1.0,
         max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
+        backend: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.p = _check_p(p)
         self.max_temp_bytes = int(max_temp_bytes)
+        self.backend = check_backend(backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return adder2d(
@@ -198,6 +252,7 @@ class Adder2d(Conv2dLike):
             self.groups,
             self.p,
             self.max_temp_bytes,
+            self.backend,
         )
 
     def extra_repr(self) -> str:
@@ -217,13 +272,15 @@ class AdderLinear(LinearLike):
         *,
         p: float = 1.0,
         max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
+        backend: str = "auto",
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.p = _check_p(p)
         self.max_temp_bytes = int(max_temp_bytes)
+        self.backend = check_backend(backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return adder_linear(x, self.weight, self.bias, self.p, self.max_temp_bytes)
+        return adder_linear(x, self.weight, self.bias, self.p, self.max_temp_bytes, self.backend)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", p={self.p:g}"

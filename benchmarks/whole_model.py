@@ -1,9 +1,10 @@
-"""One training step of a timm model, conv vs adderized, side by side in one run.
+"""Whole timm model, conv vs adderized, side by side in one run: a training step at
+--batch and inference latency at batch 1.
 
 Each variant runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
 Prints time and peak memory per variant and the adder/conv ratios.
 
-    python benchmarks/train_step.py --model resnet18 --batch 32 --size 224
+    python benchmarks/whole_model.py --model resnet18 --batch 32 --size 224
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ def _step(model_name: str, variant: str, batch: int, size: int, steps: int) -> d
         opt.step()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"seconds": min(times), "peak_gib": peak, "before_gib": base}
+    model.eval()
+    one = x[:1]
+    latencies = []
+    with torch.no_grad():
+        for _ in range(12):
+            start = time.perf_counter()
+            model(one)
+            latencies.append(time.perf_counter() - start)
+    latency = sorted(latencies[2:])[len(latencies[2:]) // 2]  # median after warm-up
+    return {"seconds": min(times), "peak_gib": peak, "before_gib": base, "latency": latency}
 
 
 def main() -> None:
@@ -47,7 +57,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2, help="training steps (min is kept)")
     parser.add_argument("--child", choices=["conv", "adder"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -73,14 +83,16 @@ def main() -> None:
         results[variant] = json.loads(out.strip().splitlines()[-1])
         r = results[variant]
         print(
-            f"{args.model} {variant:5s} batch {args.batch} {args.size}px: "
-            f"step {r['seconds']:.2f} s, peak RSS {r['peak_gib']:.2f} GiB",
+            f"{args.model} {variant:5s} {args.size}px: train step (batch {args.batch}) "
+            f"{r['seconds']:.2f} s, peak RSS {r['peak_gib']:.2f} GiB; inference (batch 1) "
+            f"{r['latency'] * 1e3:.1f} ms",
             flush=True,
         )
     c, a = results["conv"], results["adder"]
     print(
-        f"adder / conv: time {a['seconds'] / c['seconds']:.1f}x, "
-        f"peak memory {a['peak_gib'] / c['peak_gib']:.2f}x"
+        f"adder / conv: train step {a['seconds'] / c['seconds']:.1f}x, peak memory "
+        f"{a['peak_gib'] / c['peak_gib']:.2f}x, inference latency "
+        f"{a['latency'] / c['latency']:.1f}x"
     )
 
 

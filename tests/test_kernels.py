@@ -1,0 +1,178 @@
+"""TVM kernels against the independent reference; backend selection; cache; CUDA build."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from adderize.kernels import l1 as l1_mod
+from adderize.kernels import tvm_l1
+from adderize.kernels.reference import adder2d_reference, adder_rows_reference
+from adderize.nn import Adder2d, AdderLinear
+
+pytestmark = pytest.mark.tvm
+if not tvm_l1.available():
+    pytest.skip(f"TVM unavailable: {tvm_l1.unavailable_reason()}", allow_module_level=True)
+
+
+@pytest.mark.parametrize(
+    ("groups", "m", "t", "k"),
+    [
+        (1, 50, 64, 72),  # tiles of 32 columns, row tail (50 % 6)
+        (2, 33, 16, 40),  # groups, 16-wide tiles
+        (1, 7, 24, 9),  # 8-wide output tiles, K padded to 16 in the gradient
+        (1, 10, 20, 27),  # T padded to 32 in the forward
+    ],
+)
+def test_tvm_kernels_match_the_reference(groups, m, t, k):
+    torch.manual_seed(0)
+    a = torch.randn(groups, m, k)
+    b = torch.randn(groups, t, k) * 0.7
+    g = torch.randn(groups, m, t)
+    assert tvm_l1.supported(a, b)
+    out = tvm_l1.forward(a, b)
+    grad = tvm_l1.grad_a(a, b, g)
+    for i in range(groups):
+        ai = a[i].clone().requires_grad_()
+        ref = adder_rows_reference(ai, b[i], 1.0)
+        ref.backward(g[i])
+        torch.testing.assert_close(out[i], ref, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(grad[i], ai.grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [(16, 32, 3, 1, 1, 1), (8, 24, 3, 2, 1, 1), (16, 32, 3, 1, 2, 2)])
+def test_layers_tvm_and_torch_backends_agree(case):
+    cin, cout, k, stride, pad, dil = case
+    torch.manual_seed(0)
+    tvm_layer = Adder2d(cin, cout, k, stride, pad, dil, backend="tvm")
+    torch_layer = Adder2d(cin, cout, k, stride, pad, dil, backend="torch")
+    torch_layer.load_state_dict(tvm_layer.state_dict())
+    x1 = torch.randn(2, cin, 9, 9, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y1, y2 = tvm_layer(x1), torch_layer(x2)
+    torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-3)
+    grad = torch.randn_like(y1)
+    y1.backward(grad)
+    y2.backward(grad)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(tvm_layer.weight.grad, torch_layer.weight.grad, rtol=1e-4, atol=1e-3)
+    ref = adder2d_reference(
+        x1.detach(), tvm_layer.weight.detach(), tvm_layer.bias.detach(), stride, pad, dil
+    )
+    torch.testing.assert_close(y1.detach(), ref, rtol=1e-5, atol=1e-3)
+
+
+def test_adder_linear_uses_tvm_and_matches_torch():
+    torch.manual_seed(0)
+    a = AdderLinear(40, 24, backend="tvm")
+    b = AdderLinear(40, 24, backend="torch")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 5, 40)
+    torch.testing.assert_close(a(x), b(x), rtol=1e-5, atol=1e-3)
+
+
+def test_dispatch_uses_tvm_only_where_it_applies(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        tvm_l1,
+        "forward",
+        lambda a, b: calls.append("tvm") or torch.zeros(a.shape[0], a.shape[1], b.shape[1]),
+    )
+    a, b = torch.randn(1, 10, 16), torch.randn(1, 16, 16)
+    l1_mod.l1_forward(a, b, 1.0)
+    assert calls == ["tvm"]
+    l1_mod.l1_forward(a, b, 1.5)  # l_p: PyTorch kernels
+    l1_mod.l1_forward(a.double(), b.double(), 1.0)  # float64: PyTorch kernels
+    l1_mod.l1_forward(a, b[:, :4], 1.0)  # 4 output channels: too narrow to vectorise
+    l1_mod.l1_forward(a, b, 1.0, backend="torch")
+    assert calls == ["tvm"]
+
+
+def test_unavailable_tvm_warns_once_and_tvm_backend_raises(monkeypatch):
+    monkeypatch.setitem(tvm_l1._STATE, "ok", False)
+    monkeypatch.setitem(tvm_l1._STATE, "error", "ImportError: no tvm")
+    monkeypatch.setattr(l1_mod, "_WARNED", set())
+    layer = Adder2d(16, 16, 3, padding=1)
+    x = torch.randn(1, 16, 6, 6)
+    with pytest.warns(RuntimeWarning, match="TVM is unavailable.*no tvm"):
+        layer(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(x)  # only once
+    layer.backend = "tvm"
+    with pytest.raises(RuntimeError, match="backend='tvm' but TVM is unavailable"):
+        layer(x)
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'tvm', 'torch'\)"):
+        Adder2d(2, 2, 1, backend="cuda")
+
+
+def test_kernels_are_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(tvm_l1, "_KERNELS", {})
+    a, b = torch.randn(1, 11, 24), torch.randn(1, 16, 24)
+    first = tvm_l1.forward(a, b)
+    files = list((tmp_path / "adderize" / "kernels").glob("forward-*.so"))
+    assert len(files) == 1
+    monkeypatch.setattr(tvm_l1, "_KERNELS", {})
+
+    def no_build(*args):
+        raise AssertionError("rebuilt a kernel that is in the disk cache")
+
+    monkeypatch.setattr(tvm_l1, "_build", no_build)
+    torch.testing.assert_close(tvm_l1.forward(a, b), first)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("kind", ["forward", "grad_a"])
+def test_cuda_build_compile_only(kind, arch):
+    """No GPU here: the kernels must compile for CUDA so a GPU user gets them."""
+    executable = tvm_l1.cuda_executable(kind, 256, 64, 576, arch)
+    (device,) = executable.mod.imports
+    assert device.kind == "cuda"
+    assert "__global__" in device.inspect_source()
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "h", "t", "k", "stride", "dil", "groups"),
+    [
+        (2, 16, 9, 32, 3, 1, 1, 1),
+        (2, 16, 10, 32, 3, 2, 1, 1),  # stride 2: zero-dilated gradient
+        (2, 16, 9, 16, 3, 1, 2, 2),  # dilation, groups
+        (1, 8, 7, 24, 1, 1, 1, 1),  # pointwise, 8-wide tiles
+        (2, 32, 8, 64, 3, 2, 1, 2),
+    ],
+)
+def test_direct_conv_kernels_match_the_reference(n, c, h, t, k, stride, dil, groups, monkeypatch):
+    torch.manual_seed(0)
+    pad = (k // 2) * dil
+    layer = Adder2d(c, t, k, stride, pad, dil, groups, bias=True, backend="tvm")
+    taken = []
+    original = tvm_l1.conv_forward
+    monkeypatch.setattr(tvm_l1, "conv_forward", lambda *a: taken.append(1) or original(*a))
+    x = torch.randn(n, c, h, h, requires_grad=True)
+    y = layer(x)
+    assert taken, "the direct conv kernel was not used"
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    ref = adder2d_reference(x2, w2, layer.bias.detach(), stride, pad, dil, groups)
+    ref.backward(grad)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_prepared_weights_follow_in_place_updates():
+    """The weight re-layout cache must see optimizer steps (in-place updates)."""
+    torch.manual_seed(0)
+    layer = Adder2d(16, 16, 3, padding=1, backend="tvm")
+    reference = Adder2d(16, 16, 3, padding=1, backend="torch")
+    x = torch.randn(1, 16, 6, 6)
+    layer(x)
+    with torch.no_grad():
+        layer.weight.add_(0.5)
+    reference.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-3)
