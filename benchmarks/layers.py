@@ -1,5 +1,7 @@
 """Per-layer speed of Adder2d vs torch conv2d, side by side in one run (ratios to conv).
 
+Each ratio pairs measurements taken in alternation (best of 3 rounds).
+
 Columns: adder with the default kernels (TVM), adder with the PyTorch fallback kernels, and
 two peer techniques re-implemented from the paper's math: the official AdderNet forward
 (unfold + broadcast |X - W| + sum: a Cout x Cin*k*k x N*H*W temporary; skipped when that
@@ -19,22 +21,25 @@ import torch.nn.functional as F
 
 from adderize.nn import Adder2d
 
-# (label, batch, Cin, Cout, kernel, stride, H)
+# (label, batch, Cin, Cout, kernel, stride, H, groups)
 SHAPES = [
-    ("resnet20 s1 3x3", 64, 16, 16, 3, 1, 32),
-    ("resnet20 s2 3x3", 64, 32, 32, 3, 1, 16),
-    ("resnet20 s3 3x3", 64, 64, 64, 3, 1, 8),
+    ("resnet20 s1 3x3", 64, 16, 16, 3, 1, 32, 1),
+    ("resnet20 s2 3x3", 64, 32, 32, 3, 1, 16, 1),
+    ("resnet20 s3 3x3", 64, 64, 64, 3, 1, 8, 1),
     *[
-        (f"resnet50 {c}x{c} 3x3 @{h} b{b}", b, c, c, 3, 1, h)
+        (f"resnet50 {c}x{c} 3x3 @{h} b{b}", b, c, c, 3, 1, h, 1)
         for b in (1, 32)
         for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))
     ],
-    ("resnet50 256->64 1x1 @56 b32", 32, 256, 64, 1, 1, 56),
+    ("resnet50 256->64 1x1 @56 b32", 32, 256, 64, 1, 1, 56, 1),
+    ("mobilenetv2 dw 96 3x3 @56 b32", 32, 96, 96, 3, 1, 56, 96),
+    ("efficientnet dw 480 3x3 @14 b32", 32, 480, 480, 3, 1, 14, 480),
 ]
 
 
 def bench(fn: Callable[[], object], min_time: float = 0.3) -> float:
-    """Median seconds per call, after a warm-up call (which also compiles kernels)."""
+    """Fastest call in ``min_time`` seconds (at least 3 calls) after a warm-up call, which
+    also compiles kernels. The minimum is the measure least disturbed by other load."""
     fn()
     times: list[float] = []
     start = time.perf_counter()
@@ -44,7 +49,16 @@ def bench(fn: Callable[[], object], min_time: float = 0.3) -> float:
         times.append(time.perf_counter() - t0)
         if len(times) >= 50:
             break
-    return sorted(times)[len(times) // 2]
+    return min(times)
+
+
+def paired(
+    conv: Callable[[], object], other: Callable[[], object], rounds: int = 3
+) -> tuple[float, float]:
+    """Times of ``conv`` and ``other`` measured in alternation, best of ``rounds``, so a
+    burst of load on this shared machine hits both sides of a ratio."""
+    pairs = [(bench(conv, 0.1), bench(other, 0.1)) for _ in range(rounds)]
+    return min(p[0] for p in pairs), min(p[1] for p in pairs)
 
 
 def official_forward(x: torch.Tensor, w: torch.Tensor, pad: int) -> torch.Tensor:
@@ -89,34 +103,47 @@ def main() -> None:
 
 
 def measure(
-    label: str, n: int, cin: int, cout: int, k: int, stride: int, h: int, max_gib: float
+    label: str,
+    n: int,
+    cin: int,
+    cout: int,
+    k: int,
+    stride: int,
+    h: int,
+    groups: int,
+    max_gib: float,
 ) -> str:
     """One table row: times of conv, adder (default / fallback kernels) and peers."""
     torch.manual_seed(0)
     pad = k // 2
-    conv = torch.nn.Conv2d(cin, cout, k, stride, pad, bias=False)
+    conv = torch.nn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=False)
     adder = Adder2d.from_float(conv)
     fallback = Adder2d.from_float(conv, backend="torch")
     x = torch.randn(n, cin, h, h)
     xg = x.clone().requires_grad_()
+    peers = groups == 1  # the peer re-implementations are for dense convs
+    temp_gib = cout * cin * k * k * n * h * h * 4 / 2**30
+    nan = float("nan")
     with torch.no_grad():
-        c_f = bench(lambda: conv(x))
-        a_f = bench(lambda: adder(x))
+        c_f, a_f = paired(lambda: conv(x), lambda: adder(x))
         t_f = bench(lambda: fallback(x))
-        temp_gib = cout * cin * k * k * n * h * h * 4 / 2**30
         o_f = (
             bench(lambda: official_forward(x, conv.weight, pad))
-            if temp_gib <= max_gib
-            else float("nan")
+            if peers and temp_gib <= max_gib
+            else nan
         )
-        d_f = bench(lambda: cdist_forward(x, conv.weight, pad))
-    c_fb = bench(lambda: conv(xg).sum().backward())
-    a_fb = bench(lambda: adder(xg).sum().backward())
+        d_f = bench(lambda: cdist_forward(x, conv.weight, pad)) if peers else nan
+    c_fb, a_fb = paired(lambda: conv(xg).sum().backward(), lambda: adder(xg).sum().backward())
     t_fb = bench(lambda: fallback(xg).sum().backward(), min_time=0.1)
-    official = f"{o_f / c_f:8.1f}x" if o_f == o_f else f"{'OOM>' + str(max_gib):>9s}"
+    official = (
+        f"{o_f / c_f:8.1f}x"
+        if o_f == o_f
+        else f"{'OOM>' + str(max_gib) if groups == 1 else 'n/a':>9s}"
+    )
+    cdist = f"{d_f / c_f:6.1f}x" if d_f == d_f else f"{'n/a':>7s}"
     return (
         f"{label:34s} {c_f * 1e3:7.2f}ms {a_f / c_f:6.2f}x {t_f / c_f:9.1f}x "
-        f"{official} {d_f / c_f:6.1f}x | {c_fb * 1e3:7.2f}ms {a_fb / c_fb:6.2f}x "
+        f"{official} {cdist} | {c_fb * 1e3:7.2f}ms {a_fb / c_fb:6.2f}x "
         f"{t_fb / c_fb:9.1f}x"
     )
 

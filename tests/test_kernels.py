@@ -142,6 +142,9 @@ def test_cuda_build_compile_only(kind, arch):
         (2, 16, 9, 16, 3, 1, 2, 2),  # dilation, groups
         (1, 8, 7, 24, 1, 1, 1, 1),  # pointwise, 8-wide tiles
         (2, 32, 8, 64, 3, 2, 1, 2),
+        (2, 16, 9, 16, 3, 1, 1, 16),  # depthwise: channel-vectorised kernels
+        (2, 24, 10, 24, 3, 2, 1, 24),  # depthwise, stride 2
+        (1, 32, 9, 32, 5, 1, 2, 32),  # depthwise 5x5, dilation 2
     ],
 )
 def test_direct_conv_kernels_match_the_reference(n, c, h, t, k, stride, dil, groups, monkeypatch):

@@ -43,7 +43,7 @@ __all__ = [
     "supported",
 ]
 
-KERNEL_VERSION = 2
+KERNEL_VERSION = 3
 _LOCK = threading.Lock()
 _KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _STATE: dict[str, Any] = {}
@@ -52,13 +52,16 @@ _STATE: dict[str, Any] = {}
 def available() -> bool:
     """Whether TVM can be imported (checked once; the import takes a few seconds).
 
-    Before TVM's first import its thread pool is sized to torch's thread count and told not
-    to pin threads (its default here is one pinned thread, which also slows torch down);
+    Before TVM's first import its thread pool is sized to torch's thread count, told not
+    to pin threads (its default here is one pinned thread, which also slows torch down) and
+    not to spin when idle (spinning workers slow the torch ops between adder layers);
     a process that imported TVM earlier keeps its own settings.
     """
     if "ok" not in _STATE:
         os.environ.setdefault("TVM_NUM_THREADS", str(max(1, torch.get_num_threads())))
         os.environ.setdefault("TVM_BIND_THREADS", "0")
+        # idle workers block at once instead of spinning on the cores torch needs next
+        os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
         try:
             import tvm  # noqa: F401
             from tvm import s_tir, te  # noqa: F401
@@ -219,6 +222,69 @@ def conv_grad_input_compute(
     return [xn, wt, gd, gs, out]
 
 
+def depthwise_forward_compute(
+    n: int, c: int, hp: int, wp: int, kh: int, kw: int, stride: int, dil: int
+) -> list[Any]:
+    """Depthwise adder conv, NHWC, channels vectorised:
+    ``out[n, oh, ow, c] = sx + sw[c] - 2 sum_{i, j} max(x[n, oh*s + i*d, ow*s + j*d, c],
+    w[i, j, c])``. Shapes: x [N, Hp, Wp, C], w [kh, kw, C], sx [N, OH, OW, C], sw [C]."""
+    from tvm import te
+
+    oh = (hp - dil * (kh - 1) - 1) // stride + 1
+    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    x = te.placeholder((n, hp, wp, c), name="x")
+    w = te.placeholder((kh, kw, c), name="w")
+    sx = te.placeholder((n, oh, ow, c), name="sx")
+    sw = te.placeholder((c,), name="sw")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+    mx = te.compute(
+        (n, oh, ow, c),
+        lambda b, y, z, ch: te.sum(
+            te.max(x[b, y * stride + ri * dil, z * stride + rj * dil, ch], w[ri, rj, ch]),
+            axis=[ri, rj],
+        ),
+        name="mx",
+    )
+    out = te.compute(
+        (n, oh, ow, c),
+        lambda b, y, z, ch: sx[b, y, z, ch] + sw[ch] - 2.0 * mx[b, y, z, ch],
+        name="out",
+        tag="adder_depthwise_conv2d_nhwc",
+    )
+    return [x, w, sx, sw, out]
+
+
+def depthwise_grad_input_compute(
+    n: int, c: int, hp: int, wp: int, kh: int, kw: int, dil: int
+) -> list[Any]:
+    """Input gradient of the depthwise adder conv (eq. 27, p = 1), NHWC, as
+    :func:`conv_grad_input_compute` with one channel per group. Shapes: xn [N, Hp, Wp, C],
+    w [kh, kw, C], gd [N, Hp + d(kh-1), Wp + d(kw-1), C], gs [N, Hp, Wp, C]."""
+    from tvm import te
+
+    xn = te.placeholder((n, hp, wp, c), name="xn")
+    w = te.placeholder((kh, kw, c), name="w")
+    gd = te.placeholder((n, hp + dil * (kh - 1), wp + dil * (kw - 1), c), name="gd")
+    gs = te.placeholder((n, hp, wp, c), name="gs")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+
+    def term(b: Any, y: Any, z: Any, ch: Any) -> Any:
+        xv = xn[b, y, z, ch]
+        grad = gd[b, y + dil * (kh - 1) - ri * dil, z + dil * (kw - 1) - rj * dil, ch]
+        return te.sum(grad * te.min(te.max(w[ri, rj, ch], xv - 1.0), xv + 1.0), axis=[ri, rj])
+
+    acc = te.compute((n, hp, wp, c), term, name="acc")
+    out = te.compute(
+        (n, hp, wp, c),
+        lambda b, y, z, ch: acc[b, y, z, ch] - xn[b, y, z, ch] * gs[b, y, z, ch],
+        name="out",
+        tag="adder_depthwise_conv2d_grad_input_nhwc",
+    )
+    return [xn, w, gd, gs, out]
+
+
 # -- CPU schedule ----------------------------------------------------------------------
 def _cpu_schedule(
     tensors: list[Any],
@@ -340,6 +406,23 @@ def _build(kind: str, *shape: int) -> Any:
         cols, _ = _tile(t // g)
         rows = _row_tile(ow, (7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6))
         mod = _cpu_schedule(conv_forward_compute(*shape), "mx", 3, 2, rows, cols, True)
+    elif kind == "depthwise_forward":
+        *_, wp, _, kw, stride, dil = shape
+        ow = (wp - dil * (kw - 1) - 1) // stride + 1
+        cols, _ = _tile(shape[1])
+        mod = _cpu_schedule(
+            depthwise_forward_compute(*shape), "mx", 2, 2, _row_tile(ow, (8, 7, 6, 5, 4)), cols
+        )
+    elif kind == "depthwise_grad_input":
+        cols, _ = _tile(shape[1])
+        mod = _cpu_schedule(
+            depthwise_grad_input_compute(*shape),
+            "acc",
+            2,
+            2,
+            _row_tile(shape[3], (4, 5, 6, 7, 3)),
+            cols,
+        )
     else:  # conv_grad_input
         _, c, _, wp, *_, g = shape
         cols, _ = _tile(c // g)
@@ -409,40 +492,55 @@ def _prepared(
 
 
 def conv_supported(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
-    """Whether the direct conv kernels apply: float32 CPU, per-group in/out channels
-    multiples of 8 (the vector tiles). Depthwise and narrow grouped convs use the fallback."""
-    cg, tg = weight.shape[1], weight.shape[0] // groups
-    return (
+    """Whether the direct conv kernels apply: float32 CPU, and per-group in/out channels
+    multiples of 8 (the vector tiles) or depthwise with channels a multiple of 8. Narrow
+    grouped convs (e.g. ResNeXt's 4 channels per group) use the fallback."""
+    if not (
         x.dtype == weight.dtype == torch.float32
         and x.device.type == "cpu"
         and weight.device.type == "cpu"
-        and cg % 8 == 0
-        and tg % 8 == 0
-    )
+    ):
+        return False
+    cg, tg = weight.shape[1], weight.shape[0] // groups
+    return (cg % 8 == 0 and tg % 8 == 0) or _depthwise(weight, groups)
+
+
+def _depthwise(weight: torch.Tensor, groups: int) -> bool:
+    """One input and one output channel per group, channels a multiple of 8."""
+    return weight.shape[1] == 1 and weight.shape[0] == groups and groups % 8 == 0
 
 
 def conv_forward(
     xp: torch.Tensor, weight: torch.Tensor, stride: int, dil: int, groups: int
 ) -> torch.Tensor:
     """``-sum |X - W|`` adder conv of a padded NCHW input; the result is NCHW in
-    channels-last memory (no copy)."""
+    channels-last memory (no copy). Depthwise convs use the channel-vectorised kernel."""
     n, c, hp, wp = xp.shape
     t, cg, kh, kw = weight.shape
     tg = t // groups
-    fn = _kernel("conv_forward", n, c, hp, wp, t, kh, kw, stride, dil, groups)
-    wt, sw, ones = _prepared(
-        weight,
-        "forward",
-        lambda: (
-            weight.detach().reshape(groups, tg, cg, kh, kw).permute(0, 2, 3, 4, 1).contiguous(),
-            weight.detach().sum((1, 2, 3)),
-            weight.new_ones(groups, cg, kh, kw),
-        ),
-    )
+    dw = _depthwise(weight, groups)
+
+    def prepare() -> tuple[torch.Tensor, ...]:
+        w = weight.detach()
+        wt = (
+            w.reshape(t, kh, kw).permute(1, 2, 0)
+            if dw
+            else w.reshape(groups, tg, cg, kh, kw).permute(0, 2, 3, 4, 1)
+        )
+        return wt.contiguous(), w.sum((1, 2, 3)), weight.new_ones(groups, cg, kh, kw)
+
+    wt, sw, ones = _prepared(weight, "forward", prepare)
     sx = F.conv2d(xp, ones, stride=stride, dilation=dil, groups=groups)
     oh, ow = sx.shape[-2:]
+    sx = sx.permute(0, 2, 3, 1).contiguous()
+    if dw:
+        out = xp.new_empty(n, oh, ow, t)
+        fn = _kernel("depthwise_forward", n, c, hp, wp, kh, kw, stride, dil)
+        fn(xp.permute(0, 2, 3, 1).contiguous(), wt, sx, sw, out)
+        return out.permute(0, 3, 1, 2)
     out = xp.new_empty(n, oh, ow, groups, tg)
-    fn(xp.contiguous(), wt, sx.permute(0, 2, 3, 1).contiguous(), sw, out)
+    fn = _kernel("conv_forward", n, c, hp, wp, t, kh, kw, stride, dil, groups)
+    fn(xp.contiguous(), wt, sx, sw, out)
     return out.view(n, oh, ow, t).permute(0, 3, 1, 2)
 
 
@@ -459,7 +557,6 @@ def conv_grad_input(
     t, cg, kh, kw = weight.shape
     tg = t // groups
     oh, ow = grad_out.shape[-2:]
-    fn = _kernel("conv_grad_input", n, c, hp, wp, t, kh, kw, dil, groups)
     top, left = dil * (kh - 1), dil * (kw - 1)
     gd = grad_out.new_zeros(n, hp + top, wp + left, t)
     gd[
@@ -468,15 +565,22 @@ def conv_grad_input(
     ones = weight.new_ones(groups, 1, kh, kw)
     gsum = gd.view(n, hp + top, wp + left, groups, tg).sum(-1).permute(0, 3, 1, 2)
     gs = F.conv2d(gsum, ones, dilation=dil, groups=groups).permute(0, 2, 3, 1).contiguous()
-    (wt,) = _prepared(
-        weight,
-        "grad_input",
-        lambda: (
-            weight.detach().reshape(groups, tg, cg, kh, kw).permute(0, 3, 4, 1, 2).contiguous(),
-        ),
-    )
+    dw = _depthwise(weight, groups)
+
+    def prepare() -> tuple[torch.Tensor, ...]:
+        w = weight.detach()
+        if dw:
+            return (w.reshape(t, kh, kw).permute(1, 2, 0).contiguous(),)
+        return (w.reshape(groups, tg, cg, kh, kw).permute(0, 3, 4, 1, 2).contiguous(),)
+
+    (wt,) = _prepared(weight, "grad_input", prepare)
+    xn = xp.permute(0, 2, 3, 1).contiguous()
+    if dw:
+        out = xp.new_empty(n, hp, wp, c)
+        _kernel("depthwise_grad_input", n, c, hp, wp, kh, kw, dil)(xn, wt, gd, gs, out)
+        return out.permute(0, 3, 1, 2)
     out = xp.new_empty(n, hp, wp, groups, cg)
-    fn(xp.permute(0, 2, 3, 1).contiguous(), wt, gd, gs, out)
+    _kernel("conv_grad_input", n, c, hp, wp, t, kh, kw, dil, groups)(xn, wt, gd, gs, out)
     return out.view(n, hp, wp, c).permute(0, 3, 1, 2)
 
 
