@@ -79,6 +79,8 @@ def test_hand_computed_tiny_model_exactly():
     assert adder.compute_pj == pytest.approx(800 * 0.9)
     assert adder.memory_pj == pytest.approx(16 * 32 * 20 + 200 * 32 * 5 / 32)
     assert adder.baseline_compute_pj == pytest.approx(400 * (3.7 + 0.9))
+    assert adder.weight_bytes == 16 * 4 and adder.activation_bytes == 200 * 4
+    assert by["act"].weight_bytes == 0 and by["act"].activation_bytes == 200 * 4
     assert report.total_pj == pytest.approx(sum(x.total_pj for x in report.layers))
 
 

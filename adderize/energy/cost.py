@@ -67,16 +67,20 @@ def compute_breakdown(
     return out
 
 
+def bits_moved(c: OpCount, precision: str, op: str | None = None) -> tuple[int, int]:
+    """``(weight_bits, activation_bits)`` node ``c`` moves (conv/linear priced as ``op``)."""
+    act = PRECISIONS[precision] * (c.in_numel + c.out_numel)
+    return (_weight_bits(c, op or c.op, precision) if c.parametric else 0), act
+
+
 def node_energy(
     c: OpCount, table: EnergyTable, precision: str, op: str | None = None
 ) -> tuple[float, float]:
     """``(compute_pj, memory_pj)`` of node ``c`` (conv/linear priced as ``op``)."""
     op = op or c.op
     compute = sum(compute_breakdown(c, table, precision, op).values())
-    act_bits = PRECISIONS[precision] * (c.in_numel + c.out_numel)
-    memory = act_bits * table.bit_pj("activations")
-    if c.parametric:
-        memory += _weight_bits(c, op, precision) * table.bit_pj("weights")
+    weight_bits, act_bits = bits_moved(c, precision, op)
+    memory = act_bits * table.bit_pj("activations") + weight_bits * table.bit_pj("weights")
     return compute, memory
 
 

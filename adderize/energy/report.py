@@ -11,7 +11,13 @@ from typing import Any
 
 from torch import nn
 
-from adderize.energy.cost import CostTable, compute_breakdown, layer_counts, node_energy
+from adderize.energy.cost import (
+    CostTable,
+    bits_moved,
+    compute_breakdown,
+    layer_counts,
+    node_energy,
+)
 from adderize.energy.count import OpCount, count_ops
 from adderize.energy.tables import HOROWITZ_45NM, EnergyTable, resolve_precision
 
@@ -40,6 +46,8 @@ class LayerEnergy:
     baseline_memory_pj: float
     compute_by_op: dict[str, float]
     baseline_compute_by_op: dict[str, float]
+    weight_bytes: float
+    activation_bytes: float
 
     @property
     def total_pj(self) -> float:
@@ -122,6 +130,8 @@ class EnergyReport:
             f"memory {uj(self.memory_pj)}; total {uj(self.total_pj)} (all-conv "
             f"{uj(self.baseline_total_pj)}, ratio "
             f"{self.total_pj / max(self.baseline_total_pj, 1e-30):.3f})",
+            f"moved: weights {self._sum('weight_bytes') / 2**20:.4g} MiB, activations "
+            f"{self._sum('activation_bytes') / 2**20:.4g} MiB (each node's input and output)",
             f"counting: {self.conventions}",
         ]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
@@ -158,6 +168,8 @@ class EnergyReport:
             "notes": self.notes,
             "totals": {
                 "macs": self.macs,
+                "weight_bytes": self._sum("weight_bytes"),
+                "activation_bytes": self._sum("activation_bytes"),
                 "compute_pj": self.compute_pj,
                 "memory_pj": self.memory_pj,
                 "total_pj": self.total_pj,
@@ -224,6 +236,7 @@ def energy_report(
         )
         by_op = compute_breakdown(c, table, precision)
         base_by_op = compute_breakdown(c, table, precision, "conv") if c.parametric else by_op
+        weight_bits, act_bits = bits_moved(c, precision)
         layers.append(
             LayerEnergy(
                 c.name,
@@ -239,6 +252,8 @@ def energy_report(
                 base_m,
                 by_op,
                 base_by_op,
+                weight_bits / 8,
+                act_bits / 8,
             )
         )
     notes = []
