@@ -112,7 +112,8 @@ def test_insert_norm_can_be_disabled():
 
 
 def test_op_mapping_yaml_round_trip(tmp_path):
-    mapping = OpMapping(default="shift", keep_last=False).set_regex("a.*", "adder")
+    mapping = OpMapping(keep_last=False).set_default("shift").set_regex("a.*", "adder")
+    assert mapping.default == "shift"
     mapping.set_type(nn.Linear, "conv")
     path = tmp_path / "ops.yaml"
     mapping.save(path)
