@@ -147,10 +147,14 @@ def test_cuda_build_compile_only(kind, arch):
         (1, 32, 9, 32, 5, 1, 2, 32),  # depthwise 5x5, dilation 2
     ],
 )
-def test_direct_conv_kernels_match_the_reference(n, c, h, t, k, stride, dil, groups, monkeypatch):
+@pytest.mark.parametrize("p", [1.0, 1.6])
+def test_direct_conv_kernels_match_the_reference(
+    n, c, h, t, k, stride, dil, groups, p, monkeypatch
+):
+    """p = 1 kernels and the l_p kernels (vectorised |d|^p, p passed at run time)."""
     torch.manual_seed(0)
     pad = (k // 2) * dil
-    layer = Adder2d(c, t, k, stride, pad, dil, groups, bias=True, backend="tvm")
+    layer = Adder2d(c, t, k, stride, pad, dil, groups, bias=True, p=p, backend="tvm")
     taken = []
     original = tvm_l1.conv_forward
     monkeypatch.setattr(tvm_l1, "conv_forward", lambda *a: taken.append(1) or original(*a))
@@ -161,10 +165,11 @@ def test_direct_conv_kernels_match_the_reference(n, c, h, t, k, stride, dil, gro
     y.backward(grad)
     x2 = x.detach().clone().requires_grad_()
     w2 = layer.weight.detach().clone().requires_grad_()
-    ref = adder2d_reference(x2, w2, layer.bias.detach(), stride, pad, dil, groups)
+    ref = adder2d_reference(x2, w2, layer.bias.detach(), stride, pad, dil, groups, p)
     ref.backward(grad)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    # l_p: |d|^(p-1) by a polynomial with about 3e-6 relative error per term
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4 if p == 1.0 else 3e-4)
     torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
 
 

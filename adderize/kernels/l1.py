@@ -88,12 +88,13 @@ def use_direct_conv(
     groups: int,
     backend: str,
 ) -> bool:
-    """Whether an adder conv runs on the direct TVM conv kernels (no im2col): p = 1, square
-    stride and dilation, per-group channels multiples of 8, float32 on CPU."""
+    """Whether an adder conv runs on the direct TVM conv kernels (no im2col), for any p:
+    square stride and dilation, per-group channels multiples of 8 or depthwise, float32 on
+    CPU."""
     return (
         stride[0] == stride[1]
         and dilation[0] == dilation[1]
-        and _tvm_usable(p, backend)
+        and _tvm_usable(1.0, backend)
         and tvm_l1.conv_supported(x, weight, groups)
     )
 

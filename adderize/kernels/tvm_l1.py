@@ -43,7 +43,7 @@ __all__ = [
     "supported",
 ]
 
-KERNEL_VERSION = 4
+KERNEL_VERSION = 5
 _LOCK = threading.Lock()
 _KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _STATE: dict[str, Any] = {}
@@ -98,6 +98,50 @@ def _tile(n: int) -> tuple[int, int]:
 
 
 # -- compute definitions ---------------------------------------------------------------
+_LN2 = 0.6931471805599453
+
+
+def pow_nonneg(d: Any, p: Any) -> Any:
+    """``d ** p`` for ``d >= 0`` as vectorisable float32 arithmetic (LLVM turns ``pow`` and
+    ``exp``/``log`` into scalar libm calls): ``log2 d`` from the exponent bits plus an
+    atanh series for the mantissa, ``2 ** y`` from a degree-6 polynomial and the exponent
+    bits. Relative error about 3e-6; ``0 ** p = 0``."""
+    from tvm import tirx
+
+    i32 = "int32"
+    bits = tirx.reinterpret(i32, d)
+    exponent = tirx.shift_right(bits, tirx.const(23, i32)) - 127
+    low = tirx.bitwise_and(bits, tirx.const(0x7FFFFF, i32))
+    mantissa = tirx.reinterpret("float32", tirx.bitwise_or(low, tirx.const(0x3F800000, i32)))
+    t = (mantissa - 1.0) / (mantissa + 1.0)
+    t2 = t * t
+    ln_m = 2.0 * t * (1.0 + t2 * (1.0 / 3 + t2 * (1.0 / 5 + t2 * (1.0 / 7 + t2 / 9))))
+    log2d = exponent.astype("float32") + ln_m * (1.0 / _LN2)
+    y = tirx.max(p * log2d, tirx.const(-126.0, "float32"))
+    whole = tirx.floor(y)
+    g = (y - whole) * _LN2
+    poly = 1.0 + g * (1.0 + g * (0.5 + g * (1.0 / 6 + g * (1.0 / 24 + g * (1.0 / 120 + g / 720)))))
+    biased = tirx.shift_left(whole.astype(i32) + 127, tirx.const(23, i32))
+    scale = tirx.reinterpret("float32", biased)
+    return tirx.Select(d > 0.0, poly * scale, tirx.const(0.0, "float32"))
+
+
+def _lp_terms(lp: bool) -> tuple[Any, Any, Any]:
+    """``(p, distance term, input-gradient term)``: the l1 kernels' (``p`` None) or the l_p
+    kernels' (``p`` a runtime float32 argument, so changing p never recompiles)."""
+    from tvm import te, tirx
+
+    if not lp:
+        return None, te.abs, None
+    p = te.var("p", dtype="float32")
+
+    def grad(d: Any) -> Any:  # eq. 27 for p > 1: sign(d) |d|^(p-1), d = w - x
+        mag = pow_nonneg(te.abs(d), p - 1.0)
+        return tirx.Select(d < 0.0, -mag, mag)
+
+    return p, (lambda d: pow_nonneg(te.abs(d), p)), grad
+
+
 def l1_forward_compute(m: int, t: int, k: int) -> list[Any]:
     """``out[m, t] = -sum_k |a[m, k] - bT[k, t]|``.
 
@@ -137,7 +181,17 @@ def l1_grad_a_compute(m: int, t: int, k: int) -> list[Any]:
 
 
 def conv_forward_compute(
-    n: int, c: int, hp: int, wp: int, t: int, kh: int, kw: int, stride: int, dil: int, g: int
+    n: int,
+    c: int,
+    hp: int,
+    wp: int,
+    t: int,
+    kh: int,
+    kw: int,
+    stride: int,
+    dil: int,
+    g: int,
+    lp: bool = False,
 ) -> list[Any]:
     """Direct adder conv, NCHW input (already padded) -> NHWC output, p = 1:
     ``out[n, oh, ow, g, t] = -sum_{c, i, j} |x[n, g*Cg + c, oh*s + i*d, ow*s + j*d] -
@@ -149,6 +203,7 @@ def conv_forward_compute(
     cg, tg = c // g, t // g
     oh = (hp - dil * (kh - 1) - 1) // stride + 1
     ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    p, dist, _ = _lp_terms(lp)
     x = te.placeholder((n, c, hp, wp), name="x")
     wt = te.placeholder((g, cg, kh, kw, tg), name="wt")
     rc = te.reduce_axis((0, cg), name="rc")
@@ -157,7 +212,7 @@ def conv_forward_compute(
     acc = te.compute(
         (n, oh, ow, g, tg),
         lambda b, y, z, gg, o: te.sum(
-            te.abs(
+            dist(
                 x[b, gg * cg + rc, y * stride + ri * dil, z * stride + rj * dil]
                 - wt[gg, rc, ri, rj, o]
             ),
@@ -171,24 +226,36 @@ def conv_forward_compute(
         name="out",
         tag="adder_conv2d_nchw_nhwc",
     )
-    return [x, wt, out]
+    return [x, wt, out] + ([p] if lp else [])
 
 
 def conv_grad_input_compute(
-    n: int, c: int, hp: int, wp: int, t: int, kh: int, kw: int, dil: int, g: int
+    n: int,
+    c: int,
+    hp: int,
+    wp: int,
+    t: int,
+    kh: int,
+    kw: int,
+    dil: int,
+    g: int,
+    lp: bool = False,
 ) -> list[Any]:
-    """Input gradient of the adder conv (eq. 27, p = 1) as a direct correlation, NHWC.
+    """Input gradient of the adder conv (eq. 27) as a direct correlation, NHWC.
 
-    ``HardTanh(W - X)`` depends on X at the input position itself, so
+    The eq. 27 term depends on X at the input position itself, so
     ``gx[n, h, w, g, c] = sum_{t, i, j} gd[n, h + d(kh-1) - i d, w + d(kw-1) - j d, g*Tg + t]
-    clamp(wt[g, i, j, t, c], x - 1, x + 1) - x gs[n, h, w, g]`` with ``gd`` the output
-    gradient zero-dilated by the stride and padded, ``gs`` its window sums, ``x`` the padded
-    input at ``[n, h, w, g*Cg + c]``. Shapes: xn [N, Hp, Wp, C], wt [G, kh, kw, Tg, Cg],
-    gd [N, Hp + d(kh-1), Wp + d(kw-1), T], gs [N, Hp, Wp, G] -> out [N, Hp, Wp, G, Cg].
+    phi(wt[g, i, j, t, c] - x)`` with ``gd`` the output gradient zero-dilated by the stride
+    and padded, and ``x`` the padded input at ``[n, h, w, g*Cg + c]``. For p = 1,
+    ``phi = HardTanh`` is computed as ``clamp(w, x - 1, x + 1) - x``, the ``- x`` summed
+    through ``gs`` (window sums of ``gd``); for l_p, ``phi(d) = sign(d) |d|^(p-1)``.
+    Shapes: xn [N, Hp, Wp, C], wt [G, kh, kw, Tg, Cg], gd [N, Hp + d(kh-1), Wp + d(kw-1), T],
+    gs [N, Hp, Wp, G] (p = 1 only) -> out [N, Hp, Wp, G, Cg]; then ``p`` for l_p.
     """
     from tvm import te
 
     cg, tg = c // g, t // g
+    p, _, phi = _lp_terms(lp)
     xn = te.placeholder((n, hp, wp, c), name="xn")
     wt = te.placeholder((g, kh, kw, tg, cg), name="wt")
     gd = te.placeholder((n, hp + dil * (kh - 1), wp + dil * (kw - 1), t), name="gd")
@@ -199,12 +266,20 @@ def conv_grad_input_compute(
 
     def term(b: Any, y: Any, z: Any, gg: Any, cc: Any) -> Any:
         xv = xn[b, y, z, gg * cg + cc]
+        w = wt[gg, ri, rj, rt, cc]
         grad = gd[b, y + dil * (kh - 1) - ri * dil, z + dil * (kw - 1) - rj * dil, gg * tg + rt]
-        return te.sum(
-            grad * te.min(te.max(wt[gg, ri, rj, rt, cc], xv - 1.0), xv + 1.0), axis=[rt, ri, rj]
-        )
+        step = phi(w - xv) if lp else te.min(te.max(w, xv - 1.0), xv + 1.0)
+        return te.sum(grad * step, axis=[rt, ri, rj])
 
     acc = te.compute((n, hp, wp, g, cg), term, name="acc")
+    if lp:
+        out = te.compute(
+            (n, hp, wp, g, cg),
+            lambda b, y, z, gg, cc: acc[b, y, z, gg, cc],
+            name="out",
+            tag="adder_conv2d_grad_input_lp_nhwc",
+        )
+        return [xn, wt, gd, out, p]
     out = te.compute(
         (n, hp, wp, g, cg),
         lambda b, y, z, gg, cc: acc[b, y, z, gg, cc] - xn[b, y, z, gg * cg + cc] * gs[b, y, z, gg],
@@ -215,7 +290,7 @@ def conv_grad_input_compute(
 
 
 def depthwise_forward_compute(
-    n: int, c: int, hp: int, wp: int, kh: int, kw: int, stride: int, dil: int
+    n: int, c: int, hp: int, wp: int, kh: int, kw: int, stride: int, dil: int, lp: bool = False
 ) -> list[Any]:
     """Depthwise adder conv, NHWC, channels vectorised:
     ``out[n, oh, ow, c] = -sum_{i, j} |x[n, oh*s + i*d, ow*s + j*d, c] - w[i, j, c]|``.
@@ -224,6 +299,7 @@ def depthwise_forward_compute(
 
     oh = (hp - dil * (kh - 1) - 1) // stride + 1
     ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    p, dist, _ = _lp_terms(lp)
     x = te.placeholder((n, hp, wp, c), name="x")
     w = te.placeholder((kh, kw, c), name="w")
     ri = te.reduce_axis((0, kh), name="ri")
@@ -231,7 +307,7 @@ def depthwise_forward_compute(
     acc = te.compute(
         (n, oh, ow, c),
         lambda b, y, z, ch: te.sum(
-            te.abs(x[b, y * stride + ri * dil, z * stride + rj * dil, ch] - w[ri, rj, ch]),
+            dist(x[b, y * stride + ri * dil, z * stride + rj * dil, ch] - w[ri, rj, ch]),
             axis=[ri, rj],
         ),
         name="acc",
@@ -242,17 +318,18 @@ def depthwise_forward_compute(
         name="out",
         tag="adder_depthwise_conv2d_nhwc",
     )
-    return [x, w, out]
+    return [x, w, out] + ([p] if lp else [])
 
 
 def depthwise_grad_input_compute(
-    n: int, c: int, hp: int, wp: int, kh: int, kw: int, dil: int
+    n: int, c: int, hp: int, wp: int, kh: int, kw: int, dil: int, lp: bool = False
 ) -> list[Any]:
-    """Input gradient of the depthwise adder conv (eq. 27, p = 1), NHWC, as
+    """Input gradient of the depthwise adder conv (eq. 27), NHWC, as
     :func:`conv_grad_input_compute` with one channel per group. Shapes: xn [N, Hp, Wp, C],
-    w [kh, kw, C], gd [N, Hp + d(kh-1), Wp + d(kw-1), C], gs [N, Hp, Wp, C]."""
+    w [kh, kw, C], gd [N, Hp + d(kh-1), Wp + d(kw-1), C], gs [N, Hp, Wp, C] (p = 1 only)."""
     from tvm import te
 
+    p, _, phi = _lp_terms(lp)
     xn = te.placeholder((n, hp, wp, c), name="xn")
     w = te.placeholder((kh, kw, c), name="w")
     gd = te.placeholder((n, hp + dil * (kh - 1), wp + dil * (kw - 1), c), name="gd")
@@ -263,9 +340,18 @@ def depthwise_grad_input_compute(
     def term(b: Any, y: Any, z: Any, ch: Any) -> Any:
         xv = xn[b, y, z, ch]
         grad = gd[b, y + dil * (kh - 1) - ri * dil, z + dil * (kw - 1) - rj * dil, ch]
-        return te.sum(grad * te.min(te.max(w[ri, rj, ch], xv - 1.0), xv + 1.0), axis=[ri, rj])
+        step = phi(w[ri, rj, ch] - xv) if lp else te.min(te.max(w[ri, rj, ch], xv - 1.0), xv + 1.0)
+        return te.sum(grad * step, axis=[ri, rj])
 
     acc = te.compute((n, hp, wp, c), term, name="acc")
+    if lp:
+        out = te.compute(
+            (n, hp, wp, c),
+            lambda b, y, z, ch: acc[b, y, z, ch],
+            name="out",
+            tag="adder_depthwise_conv2d_grad_input_lp_nhwc",
+        )
+        return [xn, w, gd, out, p]
     out = te.compute(
         (n, hp, wp, c),
         lambda b, y, z, ch: acc[b, y, z, ch] - xn[b, y, z, ch] * gs[b, y, z, ch],
@@ -382,6 +468,8 @@ def _row_tile(extent: int, choices: tuple[int, ...]) -> int:
 def _build(kind: str, *shape: int) -> Any:
     import tvm
 
+    lp = kind.endswith("_lp")  # l_p variant: same shapes, p a runtime argument
+    kind = kind.removesuffix("_lp")
     if kind == "forward":
         m, t, k = shape
         cols, _ = _tile(t)
@@ -395,18 +483,23 @@ def _build(kind: str, *shape: int) -> Any:
         ow = (wp - dil * (kw - 1) - 1) // stride + 1
         cols, _ = _tile(t // g)
         rows = _row_tile(ow, (7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6))
-        mod = _cpu_schedule(conv_forward_compute(*shape), "acc", 3, 2, rows, cols, True)
+        mod = _cpu_schedule(conv_forward_compute(*shape, lp=lp), "acc", 3, 2, rows, cols, True)
     elif kind == "depthwise_forward":
         *_, wp, _, kw, stride, dil = shape
         ow = (wp - dil * (kw - 1) - 1) // stride + 1
         cols, _ = _tile(shape[1])
         mod = _cpu_schedule(
-            depthwise_forward_compute(*shape), "acc", 2, 2, _row_tile(ow, (8, 7, 6, 5, 4)), cols
+            depthwise_forward_compute(*shape, lp=lp),
+            "acc",
+            2,
+            2,
+            _row_tile(ow, (8, 7, 6, 5, 4)),
+            cols,
         )
     elif kind == "depthwise_grad_input":
         cols, _ = _tile(shape[1])
         mod = _cpu_schedule(
-            depthwise_grad_input_compute(*shape),
+            depthwise_grad_input_compute(*shape, lp=lp),
             "acc",
             2,
             2,
@@ -417,7 +510,7 @@ def _build(kind: str, *shape: int) -> Any:
         _, c, _, wp, *_, g = shape
         cols, _ = _tile(c // g)
         rows = _row_tile(wp, (4, 5, 3, 6) if cols == 32 else (8, 7, 6, 5, 4))
-        mod = _cpu_schedule(conv_grad_input_compute(*shape), "acc", 3, 2, rows, cols, True)
+        mod = _cpu_schedule(conv_grad_input_compute(*shape, lp=lp), "acc", 3, 2, rows, cols, True)
     return tvm.compile(mod, target=_target())
 
 
@@ -497,10 +590,11 @@ def _depthwise(weight: torch.Tensor, groups: int) -> bool:
 
 
 def conv_forward(
-    xp: torch.Tensor, weight: torch.Tensor, stride: int, dil: int, groups: int
+    xp: torch.Tensor, weight: torch.Tensor, stride: int, dil: int, groups: int, p: float = 1.0
 ) -> torch.Tensor:
-    """``-sum |X - W|`` adder conv of a padded NCHW input; the result is NCHW in
-    channels-last memory (no copy). Depthwise convs use the channel-vectorised kernel."""
+    """``-sum |X - W|^p`` adder conv of a padded NCHW input; the result is NCHW in
+    channels-last memory (no copy). Depthwise convs use the channel-vectorised kernel;
+    p != 1 uses the l_p kernels (p passed at run time, no recompilation)."""
     n, c, hp, wp = xp.shape
     t, cg, kh, kw = weight.shape
     tg = t // groups
@@ -515,13 +609,15 @@ def conv_forward(
         return (w.reshape(groups, tg, cg, kh, kw).permute(0, 2, 3, 4, 1).contiguous(),)
 
     (wt,) = _prepared(weight, "forward", prepare)
+    suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
     if dw:
         out = xp.new_empty(n, oh, ow, t)
-        fn = _kernel("depthwise_forward", n, c, hp, wp, kh, kw, stride, dil)
-        fn(xp.permute(0, 2, 3, 1).contiguous(), wt, out)
+        fn = _kernel("depthwise_forward" + suffix, n, c, hp, wp, kh, kw, stride, dil)
+        fn(xp.permute(0, 2, 3, 1).contiguous(), wt, out, *extra)
         return out.permute(0, 3, 1, 2)
     out = xp.new_empty(n, oh, ow, groups, tg)
-    _kernel("conv_forward", n, c, hp, wp, t, kh, kw, stride, dil, groups)(xp.contiguous(), wt, out)
+    fn = _kernel("conv_forward" + suffix, n, c, hp, wp, t, kh, kw, stride, dil, groups)
+    fn(xp.contiguous(), wt, out, *extra)
     return out.view(n, oh, ow, t).permute(0, 3, 1, 2)
 
 
@@ -532,8 +628,9 @@ def conv_grad_input(
     stride: int,
     dil: int,
     groups: int,
+    p: float = 1.0,
 ) -> torch.Tensor:
-    """Eq. 27 input gradient (p = 1) of :func:`conv_forward` w.r.t. the padded input."""
+    """Eq. 27 input gradient of :func:`conv_forward` w.r.t. the padded input."""
     n, c, hp, wp = xp.shape
     t, cg, kh, kw = weight.shape
     tg = t // groups
@@ -543,9 +640,6 @@ def conv_grad_input(
     gd[
         :, top : top + (oh - 1) * stride + 1 : stride, left : left + (ow - 1) * stride + 1 : stride
     ] = grad_out.permute(0, 2, 3, 1)
-    ones = weight.new_ones(groups, 1, kh, kw)
-    gsum = gd.view(n, hp + top, wp + left, groups, tg).sum(-1).permute(0, 3, 1, 2)
-    gs = F.conv2d(gsum, ones, dilation=dil, groups=groups).permute(0, 2, 3, 1).contiguous()
     dw = _depthwise(weight, groups)
 
     def prepare() -> tuple[torch.Tensor, ...]:
@@ -556,12 +650,22 @@ def conv_grad_input(
 
     (wt,) = _prepared(weight, "grad_input", prepare)
     xn = xp.permute(0, 2, 3, 1).contiguous()
+    if p == 1.0:  # HardTanh form: needs the window sums of the gradient
+        ones = weight.new_ones(groups, 1, kh, kw)
+        gsum = gd.view(n, hp + top, wp + left, groups, tg).sum(-1).permute(0, 3, 1, 2)
+        gs = F.conv2d(gsum, ones, dilation=dil, groups=groups).permute(0, 2, 3, 1).contiguous()
+        suffix, args = "", (gs,)
+    else:
+        suffix, args = "_lp", ()
+    extra = () if p == 1.0 else (float(p),)
     if dw:
         out = xp.new_empty(n, hp, wp, c)
-        _kernel("depthwise_grad_input", n, c, hp, wp, kh, kw, dil)(xn, wt, gd, gs, out)
+        fn = _kernel("depthwise_grad_input" + suffix, n, c, hp, wp, kh, kw, dil)
+        fn(xn, wt, gd, *args, out, *extra)
         return out.permute(0, 3, 1, 2)
     out = xp.new_empty(n, hp, wp, groups, cg)
-    _kernel("conv_grad_input", n, c, hp, wp, t, kh, kw, dil, groups)(xn, wt, gd, gs, out)
+    fn = _kernel("conv_grad_input" + suffix, n, c, hp, wp, t, kh, kw, dil, groups)
+    fn(xn, wt, gd, *args, out, *extra)
     return out.view(n, hp, wp, c).permute(0, 3, 1, 2)
 
 

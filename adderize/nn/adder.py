@@ -123,7 +123,7 @@ class _AdderFunction(torch.autograd.Function):
         with autocast_off:
             if direct:
                 return tvm_l1.conv_forward(
-                    x, weight, layout.stride[0], layout.dilation[0], layout.groups
+                    x, weight, layout.stride[0], layout.dilation[0], layout.groups, p
                 )
             out = l1_forward(layout.rows(x), layout.weight_rows(weight), p, max_temp_bytes, backend)
             return layout.rows_to_output(out, x.shape)
@@ -155,7 +155,7 @@ def _direct_conv_backward(
     grad_x = grad_w = None
     if ctx.needs_input_grad[0]:
         grad_x = tvm_l1.conv_grad_input(
-            x, weight, grad_out, layout.stride[0], layout.dilation[0], layout.groups
+            x, weight, grad_out, layout.stride[0], layout.dilation[0], layout.groups, ctx.p
         )
     if ctx.needs_input_grad[1]:
         grad_w = torch.nn.grad.conv2d_weight(
