@@ -43,7 +43,7 @@ __all__ = [
     "supported",
 ]
 
-KERNEL_VERSION = 5
+KERNEL_VERSION = 6
 _LOCK = threading.Lock()
 _KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _STATE: dict[str, Any] = {}
@@ -269,7 +269,7 @@ def conv_grad_input_compute(
         w = wt[gg, ri, rj, rt, cc]
         grad = gd[b, y + dil * (kh - 1) - ri * dil, z + dil * (kw - 1) - rj * dil, gg * tg + rt]
         step = phi(w - xv) if lp else te.min(te.max(w, xv - 1.0), xv + 1.0)
-        return te.sum(grad * step, axis=[rt, ri, rj])
+        return te.sum(grad * step, axis=[ri, rj, rt])
 
     acc = te.compute((n, hp, wp, g, cg), term, name="acc")
     if lp:
