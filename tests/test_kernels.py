@@ -184,3 +184,27 @@ def test_prepared_weights_follow_in_place_updates():
         layer.weight.add_(0.5)
     reference.load_state_dict(layer.state_dict())
     torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_tuned_schedules_are_used_when_present(tmp_path, monkeypatch):
+    """MetaSchedule tuning of one small kernel (builder workers pre-warmed: TVM's
+    tensor-intrinsic import takes over a minute here), then a build that uses the record."""
+    import torch.nn.functional as F
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(tvm_l1, "_KERNELS", {})
+    shape = (1, 16, 10, 10, 32, 3, 3, 1, 1, 1)
+    assert tvm_l1._tuned_module("conv_forward", *shape) is None  # nothing tuned yet
+    database = tvm_l1.tune("conv_forward", *shape, trials=8)
+    assert (database / "database_tuning_record.json").stat().st_size > 0
+    assert tvm_l1._tuned_module("conv_forward", *shape) is not None
+    used = []
+    original = tvm_l1._tuned_module
+    monkeypatch.setattr(tvm_l1, "_tuned_module", lambda *a: used.append(a) or original(*a))
+    torch.manual_seed(0)
+    x, w = torch.randn(1, 16, 8, 8), torch.randn(32, 16, 3, 3)
+    xp = F.pad(x, (1, 1, 1, 1))
+    y = tvm_l1.conv_forward(xp, w, 1, 1, 1)
+    assert used, "the kernel was not rebuilt against the tuning database"
+    torch.testing.assert_close(y, adder2d_reference(xp, w), rtol=1e-5, atol=1e-3)

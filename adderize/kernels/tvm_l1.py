@@ -41,6 +41,7 @@ __all__ = [
     "forward",
     "grad_a",
     "supported",
+    "tune",
 ]
 
 KERNEL_VERSION = 6
@@ -438,7 +439,7 @@ def _kernel(kind: str, *shape: int) -> Callable[..., Any]:
         import tvm
 
         target = _target()
-        ident = f"{key}-{KERNEL_VERSION}-{target}-{tvm.__version__}"
+        ident = f"{key}-{KERNEL_VERSION}-{target}-{tvm.__version__}-{_tuning_stamp()}"
         path = _cache_dir() / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:24]}.so"
         lib = None
         if path.is_file():
@@ -465,9 +466,8 @@ def _row_tile(extent: int, choices: tuple[int, ...]) -> int:
     return next((r for r in choices if extent % r == 0), min(choices[0], extent))
 
 
-def _build(kind: str, *shape: int) -> Any:
-    import tvm
-
+def _hand_module(kind: str, *shape: int) -> Any:
+    """The kernel's hand-scheduled IRModule."""
     lp = kind.endswith("_lp")  # l_p variant: same shapes, p a runtime argument
     kind = kind.removesuffix("_lp")
     if kind == "forward":
@@ -511,7 +511,98 @@ def _build(kind: str, *shape: int) -> Any:
         cols, _ = _tile(c // g)
         rows = _row_tile(wp, (4, 5, 3, 6) if cols == 32 else (8, 7, 6, 5, 4))
         mod = _cpu_schedule(conv_grad_input_compute(*shape, lp=lp), "acc", 3, 2, rows, cols, True)
+    return mod
+
+
+def _computes(kind: str, *shape: int) -> list[Any]:
+    """The compute definition (tensors) behind kernel ``kind``."""
+    lp = kind.endswith("_lp")
+    base = kind.removesuffix("_lp")
+    if base in ("forward", "grad_a"):
+        return (l1_forward_compute if base == "forward" else l1_grad_a_compute)(*shape)
+    fn = {
+        "conv_forward": conv_forward_compute,
+        "conv_grad_input": conv_grad_input_compute,
+        "depthwise_forward": depthwise_forward_compute,
+        "depthwise_grad_input": depthwise_grad_input_compute,
+    }[base]
+    return fn(*shape, lp=lp)
+
+
+def _tuning_dir() -> Path:
+    return _cache_dir().parent / "tuning"
+
+
+def _tuning_stamp() -> str:
+    """Changes whenever the tuning database does (part of the kernel cache key)."""
+    records = _tuning_dir() / "database_tuning_record.json"
+    return f"{records.stat().st_mtime_ns}" if records.is_file() else "untuned"
+
+
+def _tuned_module(kind: str, *shape: int) -> Any | None:
+    """The best MetaSchedule schedule recorded for this kernel, if the database has one."""
+    records = _tuning_dir() / "database_tuning_record.json"
+    if not records.is_file():
+        return None
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(work_dir=str(_tuning_dir()))
+    mod = tvm.IRModule({"main": te.create_prim_func(_computes(kind, *shape))})
+    sch = database.query_schedule(mod, _target(), workload_name="main")
+    return None if sch is None else sch.mod
+
+
+def _build(kind: str, *shape: int) -> Any:
+    """Compile a kernel: the tuned schedule when the tuning database has one, else the
+    hand schedule."""
+    import tvm
+
+    mod = _tuned_module(kind, *shape) or _hand_module(kind, *shape)
     return tvm.compile(mod, target=_target())
+
+
+def _warm_builder() -> None:
+    """Builder-worker initializer: pay TVM's slow tensor-intrinsic import once per worker
+    (about 77 s here) instead of timing out every build."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def tune(kind: str, *shape: int, trials: int = 64, timeout_sec: float = 60.0) -> Path:
+    """Tune one kernel with MetaSchedule into the tuning database, which later builds of
+    that kernel use (``~/.cache/adderize/tuning``; interrupted runs keep their records).
+
+    ``kind`` and ``shape`` are those of the kernel cache (e.g. ``"conv_forward", N, C, Hp,
+    Wp, T, kh, kw, stride, dilation, groups``). Returns the database directory.
+    """
+    import importlib.util
+
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    if importlib.util.find_spec("psutil") is None:
+        raise RuntimeError("MetaSchedule tuning needs psutil: pip install 'adderize[tune]'")
+    # xgboost's cost model guides the search; without it the search samples at random
+    cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
+    work_dir = _tuning_dir()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    mod = tvm.IRModule({"main": te.create_prim_func(_computes(kind, *shape))})
+    builder = ms.builder.LocalBuilder(
+        max_workers=1, timeout_sec=timeout_sec, initializer=_warm_builder
+    )
+    ms.tir_integration.tune_tir(
+        mod,
+        _target(),
+        str(work_dir),
+        max_trials_global=trials,
+        num_trials_per_iter=min(trials, 16),
+        builder=builder,
+        cost_model=cost_model,
+    )
+    _KERNELS.pop((kind, *shape), None)
+    return work_dir
 
 
 def _pad_last(x: torch.Tensor, n: int) -> torch.Tensor:
