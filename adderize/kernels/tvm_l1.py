@@ -194,10 +194,10 @@ def conv_forward_compute(
     g: int,
     lp: bool = False,
 ) -> list[Any]:
-    """Direct adder conv, NCHW input (already padded) -> NHWC output, p = 1:
+    """Direct adder conv, NCHW input (already padded) -> NHWC output:
     ``out[n, oh, ow, g, t] = -sum_{c, i, j} |x[n, g*Cg + c, oh*s + i*d, ow*s + j*d] -
-    wt[g, c, i, j, t]|``. Shapes: x [N, C, Hp, Wp], wt [G, Cg, kh, kw, Tg]
-    -> out [N, OH, OW, G, Tg].
+    wt[g, c, i, j, t]|`` (to the power ``p``, a trailing run-time argument, with ``lp``).
+    Shapes: x [N, C, Hp, Wp], wt [G, Cg, kh, kw, Tg] -> out [N, OH, OW, G, Tg].
     """
     from tvm import te
 
@@ -294,7 +294,8 @@ def depthwise_forward_compute(
     n: int, c: int, hp: int, wp: int, kh: int, kw: int, stride: int, dil: int, lp: bool = False
 ) -> list[Any]:
     """Depthwise adder conv, NHWC, channels vectorised:
-    ``out[n, oh, ow, c] = -sum_{i, j} |x[n, oh*s + i*d, ow*s + j*d, c] - w[i, j, c]|``.
+    ``out[n, oh, ow, c] = -sum_{i, j} |x[n, oh*s + i*d, ow*s + j*d, c] - w[i, j, c]|``
+    (to the power ``p``, a trailing run-time argument, with ``lp``).
     Shapes: x [N, Hp, Wp, C], w [kh, kw, C] -> out [N, OH, OW, C]."""
     from tvm import te
 
