@@ -73,19 +73,24 @@ def _input_size(value: str) -> tuple[int, ...]:
     return (1, 3, parts[0], parts[0]) if len(parts) == 1 else parts
 
 
-def _cmd_energy(args: argparse.Namespace) -> int:
+def _model_for(args: argparse.Namespace) -> Any:
+    """A saved model file, or a timm model name converted with ``--ops`` / ``--keep``."""
     import adderize
-    from adderize.energy import energy_report
 
     path = Path(args.model)
     if path.suffix == ".safetensors" or path.is_file():
         if args.ops or args.keep:
             raise ValueError("--ops/--keep apply to a timm model name, not a saved model")
-        model = adderize.load(path)
-    else:
-        model = adderize.create_model(
-            args.model, _mapping_arg(args.ops), keep=args.keep, **_model_kwargs(args)
-        )
+        return adderize.load(path)
+    return adderize.create_model(
+        args.model, _mapping_arg(args.ops), keep=args.keep, **_model_kwargs(args)
+    )
+
+
+def _cmd_energy(args: argparse.Namespace) -> int:
+    from adderize.energy import energy_report
+
+    model = _model_for(args)
     bits = int(args.bits) if args.bits.isdigit() else args.bits
     report = energy_report(model, _input_size(args.input_size), table=args.table, bits=bits)
     if args.json:
@@ -96,6 +101,55 @@ def _cmd_energy(args: argparse.Namespace) -> int:
         print(report.summary())
     if args.plot:
         print(f"plot written to {report.plot(args.plot)}", file=sys.stderr)
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from adderize.kernels import tvm_l1
+
+    if not tvm_l1.available():
+        raise ValueError(f"tuning needs TVM, which is unavailable: {tvm_l1.unavailable_reason()}")
+    if args.trials < 1:
+        raise ValueError(f"--trials must be >= 1, got {args.trials}")
+    size = _input_size(args.input_size)
+    if args.train and size[0] < 2:
+        raise ValueError(
+            f"--train runs a training step: BatchNorm needs a batch of at least "
+            f"2, got --input-size {','.join(map(str, size))}"
+        )
+    model = _model_for(args)
+    x = torch.randn(*size)
+
+    def run() -> None:
+        if args.train:
+            model.train()
+            model(x).float().sum().backward()
+        else:
+            model.eval()
+            with torch.no_grad():
+                model(x)
+
+    tasks = tvm_l1.workloads(run)
+    todo = [t for t in tasks if args.retune or not tvm_l1.tuned(*t)]
+    print(
+        f"{len(tasks)} adder kernels ({'forward + backward' if args.train else 'forward'}, "
+        f"input {size}); {len(tasks) - len(todo)} already tuned; database "
+        f"{tvm_l1.tuning_dir()}"
+    )
+    deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
+    done = 0
+    for i, task in enumerate(todo, 1):
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"time budget of {args.minutes} min reached: run again to continue")
+            break
+        start = time.perf_counter()
+        print(f"[{i}/{len(todo)}] {task[0]} {task[1:]} ...", end=" ", flush=True)
+        tvm_l1.tune(*task, trials=args.trials)
+        done += 1
+        print(f"{time.perf_counter() - start:.0f} s", flush=True)
+    print(f"tuned {done} kernel(s); later builds of them use the tuned schedules")
     return 0
 
 
@@ -186,6 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
     energy.add_argument("--num-classes", type=int)
     energy.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     energy.set_defaults(func=_cmd_energy)
+
+    tune = sub.add_parser(
+        "tune",
+        help="tune a model's adder kernels with MetaSchedule "
+        "(needs the 'tune' extra); later runs reuse the records",
+    )
+    tune.add_argument("model", help="timm model name (converted with --ops) or a saved file")
+    tune.add_argument("--ops", help="op mapping YAML file, or one op for every layer")
+    tune.add_argument("--keep", nargs="+", default=[], metavar="NAME")
+    tune.add_argument("--input-size", default="1,3,224,224", help="224 or N,C,H,W")
+    tune.add_argument(
+        "--train", action="store_true", help="also tune the backward kernels (a training step)"
+    )
+    tune.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per kernel")
+    tune.add_argument("--minutes", type=float, help="stop starting new kernels after this")
+    tune.add_argument("--retune", action="store_true", help="tune kernels already tuned")
+    tune.add_argument("--num-classes", type=int)
+    tune.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
+    tune.set_defaults(func=_cmd_tune)
 
     demo = sub.add_parser(
         "demo",

@@ -208,3 +208,43 @@ def test_tuned_schedules_are_used_when_present(tmp_path, monkeypatch):
     y = tvm_l1.conv_forward(xp, w, 1, 1, 1)
     assert used, "the kernel was not rebuilt against the tuning database"
     torch.testing.assert_close(y, adder2d_reference(xp, w), rtol=1e-5, atol=1e-3)
+
+
+def test_workloads_lists_forward_and_backward_kernels_once():
+    import adderize
+
+    model = adderize.create_model("resnet18", num_classes=4)
+    x = torch.randn(2, 3, 32, 32)
+    tasks = tvm_l1.workloads(lambda: model(x).sum().backward())
+    kinds = {t[0] for t in tasks}
+    assert {"conv_forward", "conv_grad_input"} <= kinds
+    assert len(tasks) == len(set(tasks))
+    assert all(t[1] == 2 for t in tasks)  # batch size is part of the shape
+
+
+def test_tune_command_tunes_each_new_kernel_and_respects_budgets(monkeypatch, capsys):
+    from adderize.cli import main
+
+    calls = []
+    monkeypatch.setattr(tvm_l1, "tune", lambda *task, trials: calls.append((task, trials)))
+    first = []
+    monkeypatch.setattr(tvm_l1, "tuned", lambda *task: bool(first) and task == first[0])
+    assert main(["tune", "resnet18", "--input-size", "1,3,32,32", "--trials", "3"]) == 0
+    assert calls and all(trials == 3 for _, trials in calls)
+    assert all(task[0] == "conv_forward" for task, _ in calls)  # forward only by default
+    n_forward = len(calls)
+    first.append(calls[0][0])  # now pretend the first one is tuned: it is skipped
+    calls.clear()
+    assert main(["tune", "resnet18", "--input-size", "1,3,32,32", "--train"]) == 2
+    assert "BatchNorm needs a batch of at least 2" in capsys.readouterr().err
+    assert main(["tune", "resnet18", "--input-size", "1,3,32,32"]) == 0
+    assert first[0] not in [task for task, _ in calls] and len(calls) == n_forward - 1
+    assert "1 already tuned" in capsys.readouterr().out
+    calls.clear()
+    assert main(["tune", "resnet18", "--input-size", "2,3,32,32", "--train"]) == 0
+    assert {task[0] for task, _ in calls} >= {"conv_forward", "conv_grad_input"}
+    calls.clear()
+    assert main(["tune", "resnet18", "--input-size", "32", "--minutes", "0"]) == 0
+    assert not calls and "time budget of 0.0 min reached" in capsys.readouterr().out
+    assert main(["tune", "resnet18", "--trials", "0"]) == 2
+    assert "--trials must be >= 1, got 0" in capsys.readouterr().err

@@ -42,6 +42,9 @@ __all__ = [
     "grad_a",
     "supported",
     "tune",
+    "tuned",
+    "tuning_dir",
+    "workloads",
 ]
 
 KERNEL_VERSION = 6
@@ -530,26 +533,32 @@ def _computes(kind: str, *shape: int) -> list[Any]:
     return fn(*shape, lp=lp)
 
 
-def _tuning_dir() -> Path:
+def tuning_dir() -> Path:
+    """Where tuning records live (``$XDG_CACHE_HOME/adderize/tuning``)."""
     return _cache_dir().parent / "tuning"
 
 
 def _tuning_stamp() -> str:
     """Changes whenever the tuning database does (part of the kernel cache key)."""
-    records = _tuning_dir() / "database_tuning_record.json"
+    records = tuning_dir() / "database_tuning_record.json"
     return f"{records.stat().st_mtime_ns}" if records.is_file() else "untuned"
+
+
+def tuned(kind: str, *shape: int) -> bool:
+    """Whether the tuning database holds a schedule for this kernel."""
+    return _tuned_module(kind, *shape) is not None
 
 
 def _tuned_module(kind: str, *shape: int) -> Any | None:
     """The best MetaSchedule schedule recorded for this kernel, if the database has one."""
-    records = _tuning_dir() / "database_tuning_record.json"
+    records = tuning_dir() / "database_tuning_record.json"
     if not records.is_file():
         return None
     import tvm
     from tvm import te
     from tvm.s_tir import meta_schedule as ms
 
-    database = ms.database.JSONDatabase(work_dir=str(_tuning_dir()))
+    database = ms.database.JSONDatabase(work_dir=str(tuning_dir()))
     mod = tvm.IRModule({"main": te.create_prim_func(_computes(kind, *shape))})
     sch = database.query_schedule(mod, _target(), workload_name="main")
     return None if sch is None else sch.mod
@@ -562,6 +571,24 @@ def _build(kind: str, *shape: int) -> Any:
 
     mod = _tuned_module(kind, *shape) or _hand_module(kind, *shape)
     return tvm.compile(mod, target=_target())
+
+
+def workloads(run: Callable[[], Any]) -> list[tuple[Any, ...]]:
+    """The kernels (``(kind, *shape)``) that ``run()`` uses, e.g. a forward and backward of
+    a converted model, in first-use order: the tuning tasks of that model."""
+    seen: dict[tuple[Any, ...], None] = {}
+    original = _kernel
+
+    def recording(kind: str, *shape: int) -> Callable[..., Any]:
+        seen.setdefault((kind, *shape), None)
+        return original(kind, *shape)
+
+    globals()["_kernel"] = recording
+    try:
+        run()
+    finally:
+        globals()["_kernel"] = original
+    return list(seen)
 
 
 def _warm_builder() -> None:
@@ -587,7 +614,7 @@ def tune(kind: str, *shape: int, trials: int = 64, timeout_sec: float = 60.0) ->
         raise RuntimeError("MetaSchedule tuning needs psutil: pip install 'adderize[tune]'")
     # xgboost's cost model guides the search; without it the search samples at random
     cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
-    work_dir = _tuning_dir()
+    work_dir = tuning_dir()
     work_dir.mkdir(parents=True, exist_ok=True)
     mod = tvm.IRModule({"main": te.create_prim_func(_computes(kind, *shape))})
     builder = ms.builder.LocalBuilder(
