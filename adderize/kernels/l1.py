@@ -21,12 +21,12 @@ row when a single row is larger. Peak extra
 memory of a layer is therefore the unfolded input (``K x M`` values, as im2col for a conv),
 its gradient, and ``max_temp_bytes``.
 
-Backends: for p = 1 on float32 CPU tensors, ``backend="auto"`` (the default) uses the
-TVM-generated kernels of :mod:`adderize.kernels.tvm_l1` (forward and input gradient, about
-2x a matrix product) and falls back to the plain-PyTorch code here, with a one-time
-warning, when TVM cannot be imported. ``"torch"`` forces the fallback, ``"tvm"`` requires
-TVM. :mod:`adderize.kernels.reference` holds the independent definition the tests compare
-against.
+Backends: with ``backend="auto"`` (the default) float32 CPU tensors use the TVM-generated
+kernels of :mod:`adderize.kernels.tvm_l1`: direct conv kernels for any p (see
+:func:`use_direct_conv`), and for p = 1 the row kernels below. Where TVM cannot be
+imported they fall back to the plain-PyTorch code here, with a one-time warning.
+``"torch"`` forces the fallback, ``"tvm"`` requires TVM. :mod:`adderize.kernels.reference`
+holds the independent definition the tests compare against.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def _tvm_usable(p: float, backend: str) -> bool:
-    """p = 1 and TVM importable (warn once / raise per ``backend`` when it is not)."""
-    if backend == "torch" or p != 1.0:
+def _tvm_usable(backend: str) -> bool:
+    """Whether ``backend`` allows TVM and TVM imports (warn once / raise when it does not)."""
+    if backend == "torch":
         return False
     if not tvm_l1.available():
         if backend == "tvm":
@@ -76,13 +76,12 @@ def _tvm_usable(p: float, backend: str) -> bool:
 
 
 def _use_tvm(a: torch.Tensor, b: torch.Tensor, p: float, backend: str) -> bool:
-    return _tvm_usable(p, backend) and tvm_l1.supported(a, b)
+    return p == 1.0 and _tvm_usable(backend) and tvm_l1.supported(a, b)
 
 
 def use_direct_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
-    p: float,
     stride: tuple[int, int],
     dilation: tuple[int, int],
     groups: int,
@@ -94,7 +93,7 @@ def use_direct_conv(
     return (
         stride[0] == stride[1]
         and dilation[0] == dilation[1]
-        and _tvm_usable(1.0, backend)
+        and _tvm_usable(backend)
         and tvm_l1.conv_supported(x, weight, groups)
     )
 

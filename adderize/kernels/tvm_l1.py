@@ -1,11 +1,13 @@
-"""TVM-generated kernels for the l1 adder product (p = 1): forward and input gradient.
+"""TVM-generated adder kernels: forward and input gradient (eq. 27) of direct dense and
+depthwise convolutions (p = 1, and l_p with p a run-time argument) and of the row
+("GEMM") form used by linear layers and the remaining convs (p = 1).
 
-Compute definitions (pure ``te.compute``) are separate from schedules, as in TVM's topi.
-Both rewrite the papers' math so the inner loop needs fewer vector ops:
+Compute definitions (pure ``te.compute``) are separate from schedules, as in TVM's topi:
 
 * forward, ``out[m, t] = -sum_k |a[m, k] - b[t, k]|``, computed as written (sub, abs,
   add). The identity ``|x - w| = 2 max(x, w) - x - w`` needs one op less per MAC but
   measured 1.4-1.6x slower here (AVX-512, Zen 5), and needs window sums besides;
+* l_p: ``|d|^p`` by :func:`pow_nonneg`, vectorisable float32 arithmetic;
 * input gradient, ``g_a[m, k] = sum_t G[m, t] HardTanh(b[t, k] - a[m, k])``: with
   ``HardTanh(b - a) = clamp(b, a - 1, a + 1) - a`` it is
   ``sum_t G[m, t] clamp(b[t, k], a[m, k] - 1, a[m, k] + 1) - a[m, k] sum_t G[m, t]``:
@@ -16,7 +18,9 @@ output/gradient columns, parallel tiles) and needs no tuning. Kernels are compil
 shape at first use (about 0.1 s), kept in memory and in a disk cache
 (``$XDG_CACHE_HOME/adderize/kernels``, default ``~/.cache/adderize/kernels``) keyed by
 kernel version, shape, target and TVM version. Torch tensors are passed zero-copy
-(DLPack). :func:`cuda_executable` builds the same computes for a CUDA target.
+(DLPack). Tuned MetaSchedule schedules replace the hand schedule when the tuning
+database (:func:`tuning_dir`) holds one. :func:`cuda_executable` builds the same computes
+for a CUDA target.
 """
 
 from __future__ import annotations
@@ -434,6 +438,9 @@ def _cache_dir() -> Path:
 
 def _kernel(kind: str, *shape: int) -> Callable[..., Any]:
     key = (kind, *shape)
+    recording = _STATE.get("recording")
+    if recording is not None:
+        recording.setdefault(key, None)
     fn = _KERNELS.get(key)
     if fn is not None:
         return fn
@@ -471,51 +478,34 @@ def _row_tile(extent: int, choices: tuple[int, ...]) -> int:
 
 
 def _hand_module(kind: str, *shape: int) -> Any:
-    """The kernel's hand-scheduled IRModule."""
-    lp = kind.endswith("_lp")  # l_p variant: same shapes, p a runtime argument
-    kind = kind.removesuffix("_lp")
-    if kind == "forward":
-        m, t, k = shape
-        cols, _ = _tile(t)
-        mod = _cpu_schedule(l1_forward_compute(m, t, k), "acc", 1, 0, 6 if cols == 32 else 12, cols)
-    elif kind == "grad_a":
-        m, t, k = shape
-        cols, _ = _tile(k)
-        mod = _cpu_schedule(l1_grad_a_compute(m, t, k), "acc", 1, 0, 4 if cols == 32 else 8, cols)
-    elif kind == "conv_forward":
+    """The kernel's hand-scheduled IRModule: tile sizes per kind, computes from
+    :func:`_computes`."""
+    tensors = _computes(kind, *shape)
+    base = kind.removesuffix("_lp")
+    if base == "forward":
+        cols, _ = _tile(shape[1])
+        return _cpu_schedule(tensors, "acc", 1, 0, 6 if cols == 32 else 12, cols)
+    if base == "grad_a":
+        cols, _ = _tile(shape[2])
+        return _cpu_schedule(tensors, "acc", 1, 0, 4 if cols == 32 else 8, cols)
+    if base == "conv_forward":
         *_, wp, t, _, kw, stride, dil, g = shape
         ow = (wp - dil * (kw - 1) - 1) // stride + 1
         cols, _ = _tile(t // g)
         rows = _row_tile(ow, (7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6))
-        mod = _cpu_schedule(conv_forward_compute(*shape, lp=lp), "acc", 3, 2, rows, cols, True)
-    elif kind == "depthwise_forward":
+        return _cpu_schedule(tensors, "acc", 3, 2, rows, cols, True)
+    if base == "depthwise_forward":
         *_, wp, _, kw, stride, dil = shape
         ow = (wp - dil * (kw - 1) - 1) // stride + 1
         cols, _ = _tile(shape[1])
-        mod = _cpu_schedule(
-            depthwise_forward_compute(*shape, lp=lp),
-            "acc",
-            2,
-            2,
-            _row_tile(ow, (8, 7, 6, 5, 4)),
-            cols,
-        )
-    elif kind == "depthwise_grad_input":
+        return _cpu_schedule(tensors, "acc", 2, 2, _row_tile(ow, (8, 7, 6, 5, 4)), cols)
+    if base == "depthwise_grad_input":
         cols, _ = _tile(shape[1])
-        mod = _cpu_schedule(
-            depthwise_grad_input_compute(*shape, lp=lp),
-            "acc",
-            2,
-            2,
-            _row_tile(shape[3], (4, 5, 6, 7, 3)),
-            cols,
-        )
-    else:  # conv_grad_input
-        _, c, _, wp, *_, g = shape
-        cols, _ = _tile(c // g)
-        rows = _row_tile(wp, (4, 5, 3, 6) if cols == 32 else (8, 7, 6, 5, 4))
-        mod = _cpu_schedule(conv_grad_input_compute(*shape, lp=lp), "acc", 3, 2, rows, cols, True)
-    return mod
+        return _cpu_schedule(tensors, "acc", 2, 2, _row_tile(shape[3], (4, 5, 6, 7, 3)), cols)
+    _, c, _, wp, *_, g = shape  # conv_grad_input
+    cols, _ = _tile(c // g)
+    rows = _row_tile(wp, (4, 5, 3, 6) if cols == 32 else (8, 7, 6, 5, 4))
+    return _cpu_schedule(tensors, "acc", 3, 2, rows, cols, True)
 
 
 def _computes(kind: str, *shape: int) -> list[Any]:
@@ -577,17 +567,11 @@ def workloads(run: Callable[[], Any]) -> list[tuple[Any, ...]]:
     """The kernels (``(kind, *shape)``) that ``run()`` uses, e.g. a forward and backward of
     a converted model, in first-use order: the tuning tasks of that model."""
     seen: dict[tuple[Any, ...], None] = {}
-    original = _kernel
-
-    def recording(kind: str, *shape: int) -> Callable[..., Any]:
-        seen.setdefault((kind, *shape), None)
-        return original(kind, *shape)
-
-    globals()["_kernel"] = recording
+    _STATE["recording"] = seen
     try:
         run()
     finally:
-        globals()["_kernel"] = original
+        del _STATE["recording"]
     return list(seen)
 
 
@@ -634,7 +618,7 @@ def tune(kind: str, *shape: int, trials: int = 64, timeout_sec: float = 60.0) ->
 
 
 def _pad_last(x: torch.Tensor, n: int) -> torch.Tensor:
-    return x if x.shape[-1] == n else torch.nn.functional.pad(x, (0, n - x.shape[-1]))
+    return x if x.shape[-1] == n else F.pad(x, (0, n - x.shape[-1]))
 
 
 def forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,7 @@ class _AdderFunction(torch.autograd.Function):
         backend: str,
     ) -> torch.Tensor:
         direct = isinstance(layout, _ConvRows) and use_direct_conv(
-            x, weight, p, layout.stride, layout.dilation, layout.groups, backend
+            x, weight, layout.stride, layout.dilation, layout.groups, backend
         )
         ctx.save_for_backward(x, weight)
         ctx.layout, ctx.p, ctx.max_temp_bytes = layout, p, max_temp_bytes  # type: ignore[attr-defined]
