@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -42,7 +43,6 @@ class _Decision:
     reason: str
     action: Literal["replaced", "kept", "skipped"]
     needs_norm: bool = False
-    module: nn.Module | None = None
     source: Source | None = None
     site: FunctionalSite | None = None
 
@@ -77,8 +77,6 @@ def _validate(mapping: OpMapping, layers: dict[str, type]) -> None:
                 f"mapping names layer {name!r}, which is not a conv/linear layer of the model"
                 f"{hint} (layers: {names[:6]}{' ...' if len(names) > 6 else ''})"
             )
-    import re
-
     for pattern in mapping.regex:
         if not any(re.fullmatch(pattern, n) for n in names):
             raise ValueError(
@@ -131,9 +129,7 @@ def _plan(model: nn.Module, mapping: OpMapping, facts: GraphFacts) -> list[_Deci
                 if keep and name in ends:
                     op, reason = "conv", f"{ends[name]}: kept full precision"
         spec = get_op(op)
-        d = _Decision(
-            name, original, op, op, reason, "replaced", module=module, source=source, site=site
-        )
+        d = _Decision(name, original, op, op, reason, "replaced", source=source, site=site)
         if isinstance(module, (Conv2dLike, LinearLike)):
             d.action, d.op, d.requested, d.reason = "kept", "conv", "", source.reason
         elif source.kind is None:
@@ -280,7 +276,7 @@ def adderize(
     root = model if inplace else copy.deepcopy(model)
     swaps: list[tuple[_Decision, nn.Module]] = []
     for d in decisions:
-        new_type = d.original
+        new_type, norm = d.original, None
         if d.action == "replaced":
             assert d.source is not None
             src = _functional_float(root, d.site) if d.site else root.get_submodule(d.name)
@@ -288,19 +284,19 @@ def adderize(
             new_type = type(new).__name__
             if d.needs_norm:
                 channels = new.out_channels if d.source.kind == "conv2d" else new.out_features
-                new = WithNorm(new, _norm_for(d.source.kind or "", channels, new))
+                norm = _norm_for(d.source.kind or "", channels, new)
+                new = WithNorm(new, norm)
             swaps.append((d, new))
         report.records.append(
             LayerRecord(d.name, d.original, d.action, new_type, d.reason, d.requested)
         )
-        if d.needs_norm:
-            norm = "BatchNorm2d" if d.source and d.source.kind == "conv2d" else "BatchNormLastDim"
+        if norm is not None:
             report.records.append(
                 LayerRecord(
                     f"{d.name}.norm",
                     "-",
                     "inserted",
-                    norm,
+                    type(norm).__name__,
                     f"no normalisation follows this {d.op} layer (the papers need BN after it)",
                 )
             )
