@@ -153,37 +153,87 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    import torch
+def _recipe_for(args: argparse.Namespace) -> Any:
+    """The recipe file (or the built-in digits recipe) with the command-line overrides."""
+    from adderize.train.recipe import Recipe
 
+    overrides = list(args.overrides)
+    for flag, key in (
+        ("data_dir", "data.data_dir"),
+        ("pretrained_file", "model.pretrained_file"),
+        ("out", "out"),
+        ("epochs", "epochs"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise FileNotFoundError(f"--data-dir {args.data_dir} is not a directory")
+    if args.recipe is None:
+        return Recipe().override(overrides)
+    return Recipe.load(args.recipe, overrides)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from adderize.train.finetune import finetune
+
+    recipe = _recipe_for(args)
+    result = finetune(recipe, resume=args.resume, progress=not args.no_progress)
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline on the built-in digits recipe; rerunning it reuses the run."""
     import adderize
+    from adderize.energy import energy_report
+    from adderize.train.data import build_loaders
+    from adderize.train.finetune import Context, evaluate, finetune
+    from adderize.train.recipe import Recipe
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    print(f"converting timm {args.model} (random init, {args.image_size}px) ...")
-    model, report = adderize.create_model(args.model, return_report=True)
-    print(report)
-    x = torch.randn(1, 3, args.image_size, args.image_size)
-    model.eval()
-    timings = []
-    with torch.no_grad():
-        for _ in range(3):
-            start = time.perf_counter()
-            y = model(x)
-            timings.append(time.perf_counter() - start)
+    overrides = [f"out={out / 'run'}"]
+    if args.epochs is not None:
+        overrides.append(f"epochs={args.epochs}")
+    recipe = Recipe().override(overrides)
     print(
-        f"\nforward of the converted model: output {tuple(y.shape)}; first call "
-        f"{timings[0]:.2f} s (imports TVM and compiles the adder kernels, cached on disk), "
-        f"then {min(timings[1:]) * 1e3:.1f} ms"
+        f"[1/4] digits (scikit-learn, 8x8 -> {recipe.data.input_size} px): train the conv "
+        f"timm {recipe.model.name}, convert it, fine-tune the adder model with distillation"
     )
-    path = adderize.save(model, out / f"{args.model}-adder.safetensors")
-    reloaded = adderize.load(path).eval()
-    with torch.no_grad():
-        same = torch.equal(reloaded(x), y)
-    print(f"saved {path}; reloaded without pickle, identical output: {same}")
-    (out / "report.json").write_text(report.to_json())
-    print(f"report written to {out / 'report.json'}")
+    resume = (out / "run" / "config.yaml").is_file()
+    if resume:
+        print(f"      continuing / reusing the run in {out / 'run'}")
+    result = finetune(recipe, resume=resume, progress=not args.no_progress)
+
+    print("\n[2/4] energy of one 1x3x32x32 image (45 nm tables):")
+    student = adderize.load(result.student_file).eval()
+    size = (1, 3, recipe.data.input_size, recipe.data.input_size)
+    energy = energy_report(student, size)
+    print(energy.table_str(max_rows=8))
+    print(energy.summary())
+    energy.plot(out / "energy.png")
+
+    print("\n[3/4] reload the saved model (safetensors, no pickle) and re-evaluate it:")
+    val = build_loaders(recipe.data)[1]
+    reloaded_acc = evaluate(student, val, Context())
+    same = reloaded_acc == result.student_acc
+    print(f"      {result.student_file}: accuracy {reloaded_acc:.4f} (same as trained: {same})")
+
+    summary = {
+        "conv_accuracy": result.teacher_acc,
+        "adder_accuracy": result.student_acc,
+        "layers_replaced": result.replaced,
+        "compute_energy_ratio": result.compute_pj / result.conv_compute_pj,
+        "total_energy_ratio": result.energy_pj / result.conv_energy_pj,
+        "run_dir": result.run_dir,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(
+        f"\n[4/4] conv accuracy {result.teacher_acc:.4f}, adder accuracy "
+        f"{result.student_acc:.4f}; compute energy {summary['compute_energy_ratio']:.3f}x "
+        f"of all-conv. Written: {out / 'summary.json'}, {out / 'energy.png'}, "
+        f"{Path(result.run_dir) / 'curves.png'}"
+    )
     return 0 if same else 1
 
 
@@ -260,13 +310,31 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     tune.set_defaults(func=_cmd_tune)
 
+    fine = sub.add_parser(
+        "finetune",
+        help="train/load the conv model, convert it and fine-tune it with distillation",
+        description="Recipe keys are overridden by trailing KEY=VALUE pairs, e.g. "
+        "optim.lr=0.1 distill.kind=kernel. Multi-process: torchrun --nproc_per_node N "
+        "-m adderize finetune ...",
+    )
+    fine.add_argument("--recipe", help="recipe YAML (default: the built-in digits recipe)")
+    fine.add_argument("--data-dir", help="ImageFolder root (sets data.data_dir)")
+    fine.add_argument("--pretrained-file", help="local conv weights (sets model.pretrained_file)")
+    fine.add_argument("--out", help="run directory (sets out)")
+    fine.add_argument("--epochs", type=int, help="student epochs (sets epochs)")
+    fine.add_argument("--resume", action="store_true", help="continue the run in --out")
+    fine.add_argument("--no-progress", action="store_true", help="no progress bars")
+    fine.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    fine.set_defaults(func=_cmd_finetune)
+
     demo = sub.add_parser(
         "demo",
-        help="the main job on an embedded default: convert, run, save and reload a timm model",
+        help="the whole pipeline on offline digits data: train conv, convert, distil, "
+        "report energy, save",
     )
-    demo.add_argument("--model", default="resnet18")
-    demo.add_argument("--image-size", type=int, default=224)
-    demo.add_argument("--out", default="runs/demo", help="output folder")
+    demo.add_argument("--out", default="runs/demo", help="output folder (reused when rerun)")
+    demo.add_argument("--epochs", type=int, help="student epochs (default: the digits recipe)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

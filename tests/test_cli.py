@@ -78,9 +78,15 @@ def test_import_does_not_pull_optional_heavy_packages():
     assert out.stdout.strip() == "[]"
 
 
-def test_demo_converts_runs_saves_and_reloads(capsys, tmp_path):
-    assert main(["demo", "--image-size", "64", "--out", str(tmp_path)]) == 0
+def test_demo_runs_the_pipeline_and_reuses_its_run(capsys, tmp_path):
+    args = ["demo", "--epochs", "1", "--no-progress", "--out", str(tmp_path)]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "identical output: True" in out and "replaced 19 layer(s)" in out
-    assert (tmp_path / "resnet18-adder.safetensors").is_file()
-    assert (tmp_path / "report.json").is_file()
+    assert "replaced 13 layer(s)" in out and "(same as trained: True)" in out
+    for name in ("summary.json", "energy.png", "run/curves.png", "run/student.safetensors"):
+        assert (tmp_path / name).is_file(), name
+    first = json.loads((tmp_path / "summary.json").read_text())
+    assert first["compute_energy_ratio"] < 0.6
+    assert main(args) == 0  # a rerun reuses the finished run instead of training again
+    assert "continuing / reusing the run" in capsys.readouterr().out
+    assert json.loads((tmp_path / "summary.json").read_text()) == first
