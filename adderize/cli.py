@@ -131,25 +131,84 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             with torch.no_grad():
                 model(x)
 
-    tasks = tvm_l1.workloads(run)
-    todo = [t for t in tasks if args.retune or not tvm_l1.tuned(*t)]
-    print(
-        f"{len(tasks)} adder kernels ({'forward + backward' if args.train else 'forward'}, "
-        f"input {size}); {len(tasks) - len(todo)} already tuned; database "
-        f"{tvm_l1.tuning_dir()}"
+    _tune_kernels(
+        run,
+        args.trials,
+        args.minutes,
+        args.retune,
+        what=(f"{'forward + backward' if args.train else 'forward'}, input {size}"),
     )
-    deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
+    return 0
+
+
+def _tune_kernels(run: Any, trials: int, minutes: float | None, retune: bool, what: str) -> None:
+    """Tune (MetaSchedule) every adder kernel ``run()`` uses that is not tuned yet."""
+    from adderize.kernels import tvm_l1
+
+    tasks = tvm_l1.workloads(run)
+    todo = [t for t in tasks if retune or not tvm_l1.tuned(*t)]
+    print(
+        f"{len(tasks)} adder kernels ({what}); {len(tasks) - len(todo)} already tuned; "
+        f"database {tvm_l1.tuning_dir()}"
+    )
+    deadline = None if minutes is None else time.monotonic() + 60 * minutes
     done = 0
     for i, task in enumerate(todo, 1):
         if deadline is not None and time.monotonic() > deadline:
-            print(f"time budget of {args.minutes} min reached: run again to continue")
+            print(f"time budget of {minutes} min reached: run again to continue")
             break
         start = time.perf_counter()
         print(f"[{i}/{len(todo)}] {task[0]} {task[1:]} ...", end=" ", flush=True)
-        tvm_l1.tune(*task, trials=args.trials)
+        tvm_l1.tune(*task, trials=trials)
         done += 1
         print(f"{time.perf_counter() - start:.0f} s", flush=True)
     print(f"tuned {done} kernel(s); later builds of them use the tuned schedules")
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    import torch
+
+    from adderize.tvm_schedules import compile_model
+
+    size = _input_size(args.input_size)
+    model = _model_for(args).eval()
+    if args.tune_trials:
+        x = torch.randn(*size)
+
+        def run() -> None:
+            with torch.no_grad():
+                model(x)
+
+        _tune_kernels(run, args.tune_trials, args.tune_minutes, False, f"forward, input {size}")
+    _, report = compile_model(model, size, target=args.target, out=args.out)
+    print(report.summary())
+    print(f"wrote {args.out} (run it with: adderize run {args.out})")
+    if report.max_abs_error is not None and report.max_abs_error > args.tolerance:
+        print(
+            f"adderize: error: TVM output differs from PyTorch by {report.max_abs_error:.3g}"
+            f" > --tolerance {args.tolerance}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import statistics
+
+    from adderize.tvm_schedules import CompiledModel
+
+    compiled = CompiledModel.load(args.library)
+    if args.input_size is not None and _input_size(args.input_size) != compiled.input_size:
+        raise ValueError(
+            f"{args.library} was compiled for input {compiled.input_size}, not "
+            f"{_input_size(args.input_size)}: recompile with adderize compile --input-size"
+        )
+    times = compiled.latency(repeat=args.repeat)
+    print(
+        f"{args.library}: input {compiled.input_size}, {args.repeat} runs: median "
+        f"{statistics.median(times) * 1e3:.2f} ms, min {min(times) * 1e3:.2f} ms"
+    )
     return 0
 
 
@@ -197,7 +256,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         overrides.append(f"epochs={args.epochs}")
     recipe = Recipe().override(overrides)
     print(
-        f"[1/4] digits (scikit-learn, 8x8 -> {recipe.data.input_size} px): train the conv "
+        f"[1/5] digits (scikit-learn, 8x8 -> {recipe.data.input_size} px): train the conv "
         f"timm {recipe.model.name}, convert it, fine-tune the adder model with distillation"
     )
     resume = (out / "run" / "config.yaml").is_file()
@@ -205,7 +264,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"      continuing / reusing the run in {out / 'run'}")
     result = finetune(recipe, resume=resume, progress=not args.no_progress)
 
-    print("\n[2/4] energy of one 1x3x32x32 image (45 nm tables):")
+    print("\n[2/5] energy of one 1x3x32x32 image (45 nm tables):")
     student = adderize.load(result.student_file).eval()
     size = (1, 3, recipe.data.input_size, recipe.data.input_size)
     energy = energy_report(student, size)
@@ -213,13 +272,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(energy.summary())
     energy.plot(out / "energy.png")
 
-    print("\n[3/4] reload the saved model (safetensors, no pickle) and re-evaluate it:")
+    print("\n[3/5] reload the saved model (safetensors, no pickle) and re-evaluate it:")
     val = build_loaders(recipe.data)[1]
     reloaded_acc = evaluate(student, val, Context())
     same = reloaded_acc == result.student_acc
     print(f"      {result.student_file}: accuracy {reloaded_acc:.4f} (same as trained: {same})")
 
+    from adderize.kernels import tvm_l1
+
+    tvm_error = None
+    if tvm_l1.available():
+        from adderize.tvm_schedules import compile_model
+
+        print("\n[4/5] compile the adder model with TVM (Relax) and compare with PyTorch:")
+        lib = out / "student.so"
+        compiled, creport = compile_model(student, size, out=lib)
+        tvm_error = creport.max_abs_error
+        print(f"      {creport.summary()}")
+        assert compiled is not None
+        print(f"      {lib}: median latency {sorted(compiled.latency(10))[5] * 1e3:.2f} ms")
+    else:
+        print(f"\n[4/5] TVM unavailable ({tvm_l1.unavailable_reason()}): compile step skipped")
+
     summary = {
+        "tvm_max_abs_error": tvm_error,
         "conv_accuracy": result.teacher_acc,
         "adder_accuracy": result.student_acc,
         "layers_replaced": result.replaced,
@@ -229,12 +305,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(
-        f"\n[4/4] conv accuracy {result.teacher_acc:.4f}, adder accuracy "
+        f"\n[5/5] conv accuracy {result.teacher_acc:.4f}, adder accuracy "
         f"{result.student_acc:.4f}; compute energy {summary['compute_energy_ratio']:.3f}x "
         f"of all-conv. Written: {out / 'summary.json'}, {out / 'energy.png'}, "
         f"{Path(result.run_dir) / 'curves.png'}"
     )
-    return 0 if same else 1
+    return 0 if same and (tvm_error is None or tvm_error < 1e-3) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,6 +402,44 @@ def build_parser() -> argparse.ArgumentParser:
     fine.add_argument("--no-progress", action="store_true", help="no progress bars")
     fine.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     fine.set_defaults(func=_cmd_finetune)
+
+    comp = sub.add_parser(
+        "compile",
+        help="compile a converted model with TVM (Relax) into a shared library",
+    )
+    comp.add_argument("model", help="timm model name (converted with --ops) or a saved file")
+    comp.add_argument("--ops", help="op mapping YAML file, or one op for every layer")
+    comp.add_argument("--keep", nargs="+", default=[], metavar="NAME")
+    comp.add_argument(
+        "--target",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cpu: this machine (LLVM); cuda: sm_80 (compile only without a GPU)",
+    )
+    comp.add_argument("--input-size", default="1,3,224,224", help="224 or N,C,H,W")
+    comp.add_argument("--out", default="model.so", help="shared library to write")
+    comp.add_argument(
+        "--tune-trials",
+        type=int,
+        default=0,
+        help="MetaSchedule trials per adder kernel before compiling (0: none)",
+    )
+    comp.add_argument("--tune-minutes", type=float, help="time budget for tuning")
+    comp.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        help="max |TVM - PyTorch| accepted by the CPU check",
+    )
+    comp.add_argument("--num-classes", type=int)
+    comp.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
+    comp.set_defaults(func=_cmd_compile)
+
+    run = sub.add_parser("run", help="run a compiled library in the Relax VM and time it")
+    run.add_argument("library", help="a .so written by adderize compile")
+    run.add_argument("--input-size", help="check the compiled input size (224 or N,C,H,W)")
+    run.add_argument("--repeat", type=int, default=20)
+    run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser(
         "demo",

@@ -1,0 +1,328 @@
+"""torch.export -> Relax -> shared library, with adder layers as adderize kernels."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adderize.kernels import tvm_l1
+from adderize.nn import Adder2d, AdderLinear
+from adderize.nn.adder import adder2d, adder_linear
+
+__all__ = ["CompileReport", "CompiledModel", "compile_model"]
+
+TARGETS = ("cpu", "cuda")
+_OPAQUE = 8  # relax op_pattern kOpaque: FuseOps leaves our scheduled kernels alone
+
+
+# ------------------------------------------------------------------ export-time custom ops
+@torch.library.custom_op("adderize::adder_conv2d", mutates_args=())
+def _adder_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int, groups: int, p: float
+) -> torch.Tensor:
+    """Adder conv of an already padded NCHW input (eager: the layer's own kernels)."""
+    s, d = (stride, stride), (dilation, dilation)
+    return adder2d(x, weight, None, s, d, groups, p, 1 << 22, "auto").contiguous()
+
+
+@_adder_conv2d.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int, groups: int, p: float):
+    n, _, hp, wp = x.shape
+    t, _, kh, kw = weight.shape
+    oh = (hp - dilation * (kh - 1) - 1) // stride + 1
+    ow = (wp - dilation * (kw - 1) - 1) // stride + 1
+    return x.new_empty(n, t, oh, ow)
+
+
+@torch.library.custom_op("adderize::adder_linear", mutates_args=())
+def _adder_linear(x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
+    """Adder linear of a 2-D input (eager: the layer's own kernels)."""
+    return adder_linear(x, weight, None, p, 1 << 22, "auto").contiguous()
+
+
+@_adder_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, p: float):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+class _ExportAdder2d(nn.Module):
+    """An :class:`Adder2d` as padding + one ``adderize::adder_conv2d`` op (+ bias)."""
+
+    def __init__(self, layer: Adder2d) -> None:
+        super().__init__()
+        if layer.stride[0] != layer.stride[1] or layer.dilation[0] != layer.dilation[1]:
+            raise ValueError(
+                f"TVM export supports square stride and dilation, got stride {layer.stride} "
+                f"dilation {layer.dilation}"
+            )
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        y = torch.ops.adderize.adder_conv2d(
+            m._pad(x), m.weight, m.stride[0], m.dilation[0], m.groups, float(m.p)
+        )
+        return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
+
+
+class _ExportAdderLinear(nn.Module):
+    def __init__(self, layer: AdderLinear) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        rows = x.reshape(-1, x.shape[-1])
+        y = torch.ops.adderize.adder_linear(rows, m.weight, float(m.p))
+        y = y.reshape(*x.shape[:-1], y.shape[-1])
+        return y if m.bias is None else y + m.bias
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose adder layers are single custom ops (for torch.export)."""
+    model = copy.deepcopy(model).eval()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Adder2d):
+                setattr(parent, name, _ExportAdder2d(child))
+            elif isinstance(child, AdderLinear):
+                setattr(parent, name, _ExportAdderLinear(child))
+    return model
+
+
+# --------------------------------------------------------------------- Relax converters
+@dataclass
+class CompileReport:
+    """What :func:`compile_model` did: one entry per adder kernel, timings, the check."""
+
+    target: str
+    input_size: tuple[int, ...]
+    kernels: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    max_abs_error: float | None = None
+
+    def summary(self) -> str:
+        tuned = sum(k["schedule"] == "tuned" for k in self.kernels)
+        hand = sum(k["schedule"] == "hand" for k in self.kernels)
+        other = len(self.kernels) - tuned - hand
+        times = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+        check = (
+            "" if self.max_abs_error is None else f"; max |TVM - PyTorch| {self.max_abs_error:.2e}"
+        )
+        return (
+            f"{len(self.kernels)} adder layers as adderize kernels ({tuned} tuned, {hand} "
+            f"hand-scheduled, {other} TVM-default-scheduled) for {self.target}; {times}{check}"
+        )
+
+
+class _Converters:
+    """``custom_convert_map`` for the importer; records a report entry per kernel."""
+
+    def __init__(self, target: str, report: CompileReport) -> None:
+        self.target, self.report = target, report
+
+    def _kernel_func(self, kind: str, shape: tuple[int, ...]) -> tuple[Any, str]:
+        from tvm import te
+
+        if self.target == "cuda":  # scheduled later by dlight with the rest of the model
+            return te.create_prim_func(tvm_l1._computes(kind, *shape)), "default"
+        tuned = tvm_l1._tuned_module(kind, *shape)
+        if tuned is not None:
+            return tuned["main"], "tuned"
+        try:
+            return tvm_l1._hand_module(kind, *shape)["main"], "hand"
+        except Exception:  # a shape the hand schedule cannot tile: TVM's own lowering
+            return te.create_prim_func(tvm_l1._computes(kind, *shape)), "default"
+
+    def _call(self, bb: Any, kind: str, shape: tuple[int, ...], args: list[Any], out: Any) -> Any:
+        from tvm import relax
+
+        func, how = self._kernel_func(kind, shape)
+        func = func.with_attr("op_pattern", _OPAQUE).without_attr("global_symbol")
+        gv = bb.add_func(func, f"adder_{kind}")
+        self.report.kernels.append({"kind": kind, "shape": list(shape), "schedule": how})
+        return bb.emit(relax.call_tir(gv, args, relax.TensorType(out, "float32")))
+
+    def conv2d(self, node: Any, importer: Any) -> Any:
+        from tvm import relax
+
+        bb = importer.block_builder
+        x, w, stride, dil, groups, p = importer.retrieve_args(node)
+        if float(p) != 1.0:
+            raise ValueError(f"TVM export compiles p = 1 adder layers; {node.name} has p = {p}")
+        n, c, hp, wp = (int(v) for v in x.ty.shape)
+        t, cg, kh, kw = (int(v) for v in w.ty.shape)
+        tg = t // groups
+        oh = (hp - dil * (kh - 1) - 1) // stride + 1
+        ow = (wp - dil * (kw - 1) - 1) // stride + 1
+        op = relax.op
+        if cg == 1 and t == groups and groups % 8 == 0:  # depthwise: NHWC, channel vectors
+            xin = bb.emit(op.permute_dims(x, [0, 2, 3, 1]))
+            wt = bb.emit(op.permute_dims(op.reshape(w, (t, kh, kw)), [1, 2, 0]))
+            shape = (n, c, hp, wp, kh, kw, stride, dil)
+            y = self._call(bb, "depthwise_forward", shape, [xin, wt], (n, oh, ow, t))
+        else:
+            wt = op.permute_dims(op.reshape(w, (groups, tg, cg, kh, kw)), [0, 2, 3, 4, 1])
+            shape = (n, c, hp, wp, t, kh, kw, stride, dil, groups)
+            y = self._call(bb, "conv_forward", shape, [x, bb.emit(wt)], (n, oh, ow, groups, tg))
+            y = bb.emit(op.reshape(y, (n, oh, ow, t)))
+        return bb.emit(op.permute_dims(y, [0, 3, 1, 2]))
+
+    def linear(self, node: Any, importer: Any) -> Any:
+        from tvm import relax
+
+        bb = importer.block_builder
+        x, w, p = importer.retrieve_args(node)
+        if float(p) != 1.0:
+            raise ValueError(f"TVM export compiles p = 1 adder layers; {node.name} has p = {p}")
+        m, k = (int(v) for v in x.ty.shape)
+        t = int(w.ty.shape[0])
+        _, tp = tvm_l1._tile(t)
+        op = relax.op
+        wt = op.permute_dims(w, [1, 0])
+        if tp != t:
+            wt = op.nn.pad(wt, [0, 0, 0, tp - t])
+        y = self._call(bb, "forward", (m, tp, k), [x, bb.emit(wt)], (m, tp))
+        return y if tp == t else bb.emit(op.strided_slice(y, axes=[1], begin=[0], end=[t]))
+
+
+# ------------------------------------------------------------------------------ compile
+def _tvm_target(target: str) -> Any:
+    import tvm
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target == "cpu":
+        return tvm_l1._target()
+    return tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+
+
+def to_relax(model: nn.Module, example: torch.Tensor, target: str = "cpu") -> tuple[Any, Any]:
+    """(Relax IRModule, CompileReport) of ``model`` at ``example``'s shape."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    report = CompileReport(target=target, input_size=tuple(example.shape))
+    tic = time.perf_counter()
+    program = torch.export.export(exportable(model), (example,))
+    report.seconds["export"] = time.perf_counter() - tic
+    conv = _Converters(target, report)
+    tic = time.perf_counter()
+    mod = from_exported_program(
+        program,
+        custom_convert_map={
+            "adder_conv2d.default": conv.conv2d,
+            "adder_linear.default": conv.linear,
+        },
+        unwrap_unit_return_tuple=True,
+    )
+    report.seconds["import"] = time.perf_counter() - tic
+    return mod, report
+
+
+def compile_model(
+    model: nn.Module,
+    input_size: tuple[int, ...] = (1, 3, 224, 224),
+    *,
+    target: str = "cpu",
+    out: str | Path | None = None,
+    check: bool = True,
+) -> tuple[CompiledModel | None, CompileReport]:
+    """Compile ``model`` for ``target`` (``cpu``: this machine's LLVM; ``cuda``: sm_80,
+    compile only without a GPU). ``out`` writes the shared library (plus a ``.json`` with
+    the input shape and report). With ``check`` on CPU, the compiled model is run and
+    compared with PyTorch (``report.max_abs_error``). Returns ``(CompiledModel or None for
+    cuda, report)``."""
+    import tvm
+
+    if not tvm_l1.available():
+        raise ValueError(
+            f"compiling needs TVM, which is unavailable: {tvm_l1.unavailable_reason()}"
+        )
+    tvm_target = _tvm_target(target)
+    model = model.eval()
+    example = torch.randn(*input_size)
+    mod, report = to_relax(model, example, target)
+    tic = time.perf_counter()
+    if target == "cuda":
+        from tvm.s_tir import dlight
+
+        with tvm_target:
+            mod = tvm.relax.transform.LegalizeOps()(mod)
+            mod = dlight.ApplyDefaultSchedule(
+                dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
+                dlight.gpu.GeneralReduction(), dlight.gpu.Fallback(),
+            )(mod)  # fmt: skip
+    executable = tvm.compile(mod, target=tvm_target)
+    report.seconds["build"] = time.perf_counter() - tic
+    compiled = None
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        executable.export_library(str(out))
+        meta = {"input_size": list(input_size), "target": target, "report": report.__dict__}
+        Path(f"{out}.json").write_text(json.dumps(meta, indent=1, default=str))
+    if target == "cpu":
+        compiled = CompiledModel(executable.jit(), tuple(input_size))
+        if check:
+            with torch.no_grad():
+                expected = model(example)
+            report.max_abs_error = float((compiled(example) - expected).abs().max())
+    return compiled, report
+
+
+class CompiledModel:
+    """A compiled model in the Relax VM (CPU): ``compiled(x) -> torch.Tensor``."""
+
+    def __init__(self, module: Any, input_size: tuple[int, ...]) -> None:
+        import tvm
+        from tvm import relax
+
+        self.vm = relax.VirtualMachine(module, tvm.cpu())
+        self.input_size = tuple(input_size)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CompiledModel:
+        """Load a library written by :func:`compile_model` (``out=``)."""
+        import tvm
+
+        path = Path(path)
+        meta_path = Path(f"{path}.json")
+        if not path.is_file() or not meta_path.is_file():
+            raise FileNotFoundError(
+                f"{path} (and {meta_path.name} beside it) not found: write them with "
+                "adderize compile MODEL --out PATH"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("target") != "cpu":
+            raise ValueError(f"{path} was built for {meta.get('target')!r}; only cpu runs here")
+        tvm_l1.available()  # sets TVM's thread-pool environment before its first import
+        return cls(tvm.runtime.load_module(str(path)), tuple(meta["input_size"]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import tvm
+
+        if tuple(x.shape) != self.input_size:
+            raise ValueError(
+                f"this library was compiled for input {self.input_size}, got {tuple(x.shape)}"
+            )
+        out = self.vm["main"](tvm.runtime.tensor(x.detach().float().contiguous().numpy()))
+        return torch.from_numpy(out.numpy())
+
+    def latency(self, repeat: int = 20, warmup: int = 3) -> list[float]:
+        """Seconds per call on a random input (after ``warmup`` calls)."""
+        x = torch.randn(*self.input_size)
+        for _ in range(warmup):
+            self(x)
+        times = []
+        for _ in range(repeat):
+            tic = time.perf_counter()
+            self(x)
+            times.append(time.perf_counter() - tic)
+        return times
