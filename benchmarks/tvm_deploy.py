@@ -20,13 +20,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from layers import paired  # benchmarks/ is on sys.path when run as a script
 
 import adderize
 from adderize.kernels import tvm_l1
 from adderize.train import recalibrate_bn
 from adderize.tvm_schedules import compile_model
-
-from layers import paired  # noqa: E402  (benchmarks/ is the working directory's sibling)
 
 LAYERS = [(c, h) for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))]
 
@@ -94,11 +93,12 @@ def per_layer(trials: int) -> None:
         wt = w.reshape(1, c, c, 3, 3).permute(0, 2, 3, 4, 1).contiguous()
         tuned_fn = tvm_l1._kernel("conv_forward", *shape)
 
-        def conv():
+        def conv(x=x, w=w):
             F.conv2d(x, w)
 
-        t_conv, t_tuned = paired(conv, lambda: tuned_fn(x, wt, out))
-        _, t_hand = paired(conv, lambda: hand_fn(x, wt, out))
+        args = (x, wt, out)
+        t_conv, t_tuned = paired(conv, lambda f=tuned_fn, a=args: f(*a))
+        _, t_hand = paired(conv, lambda f=hand_fn, a=args: f(*a))
         spent = f"tuned in {minutes:.1f} min" if fresh else "tuned earlier (database)"
         print(f"  {c}x{c} 3x3 @{h}: tuned {t_tuned / t_conv:5.2f}x, hand schedule "
               f"{t_hand / t_conv:5.2f}x, conv {t_conv * 1e3:.3f} ms ({spent})")  # fmt: skip

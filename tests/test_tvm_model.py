@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 
 import adderize
@@ -27,7 +26,7 @@ def test_resnet18_compiles_matches_pytorch_and_reloads(tmp_path):
     from adderize.tvm_schedules import CompiledModel, compile_model
 
     model = _calibrated(adderize.create_model("resnet18", num_classes=10), 128)
-    compiled, report = compile_model(model, (1, 3, 128, 128), out=tmp_path / "r18.so")
+    _, report = compile_model(model, (1, 3, 128, 128), out=tmp_path / "r18.so")
     assert len(report.kernels) == 19 and report.max_abs_error is not None
     assert report.max_abs_error < 1e-4
     x1, x2 = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128)
