@@ -242,6 +242,36 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from adderize.search import SearchSettings, search
+    from adderize.train.recipe import Recipe
+
+    overrides = [f"model.name={args.model}", *args.overrides]
+    if args.data != "digits":
+        if not Path(args.data).is_dir():
+            raise FileNotFoundError(f"--data {args.data}: not 'digits' nor a directory")
+        overrides += ["data.dataset=folder", f"data.data_dir={args.data}"]
+    if args.pretrained_file:
+        overrides.append(f"model.pretrained_file={args.pretrained_file}")
+    base = Recipe.load(args.recipe) if args.recipe else Recipe()
+    recipe = base.override(overrides)
+    settings = SearchSettings(
+        budget=args.budget,
+        strategy=args.strategy,
+        trials=args.trials,
+        trial_epochs=args.trial_epochs,
+        ops=args.ops.split(","),
+        search_first_last=args.search_first_last,
+        engine=args.engine,
+        concurrency=args.concurrency,
+        seed=args.seed,
+        port=args.port,
+        expose_portal=args.expose_portal,
+    )
+    search(recipe, settings, args.out)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on the built-in digits recipe; rerunning it reuses the run."""
     import adderize
@@ -403,6 +433,50 @@ def build_parser() -> argparse.ArgumentParser:
     fine.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     fine.set_defaults(func=_cmd_finetune)
 
+    srch = sub.add_parser(
+        "search",
+        help="energy-constrained per-layer op search (conv/adder/binary/shift) with NNI",
+        description="Trailing KEY=VALUE pairs override the recipe (as in finetune).",
+    )
+    srch.add_argument("model", help="timm model name")
+    srch.add_argument(
+        "--budget",
+        type=float,
+        default=0.5,
+        help="energy budget: a fraction of all-conv (<= 1) or pJ (> 1)",
+    )
+    srch.add_argument(
+        "--strategy", default="evolution", choices=["random", "evolution", "tpe", "grid"]
+    )
+    srch.add_argument("--trials", type=int, default=20)
+    srch.add_argument("--trial-epochs", type=int, default=3, help="fine-tune epochs per candidate")
+    srch.add_argument("--ops", default="conv,adder,binary,shift", help="comma-separated op set")
+    srch.add_argument(
+        "--search-first-last",
+        action="store_true",
+        help="also search the first and last layers (kept by default)",
+    )
+    srch.add_argument("--data", default="digits", help="'digits' or an ImageFolder root")
+    srch.add_argument("--recipe", help="recipe YAML for data/optimizer/distillation")
+    srch.add_argument("--pretrained-file", help="local conv weights (else trained first)")
+    srch.add_argument(
+        "--engine",
+        default="nni",
+        choices=["nni", "sequential"],
+        help="nni: a local NNI experiment; sequential: in this process",
+    )
+    srch.add_argument("--concurrency", type=int, default=1, help="NNI trials run at once")
+    srch.add_argument("--port", type=int, default=0, help="NNI portal port (0: a free one)")
+    srch.add_argument(
+        "--expose-portal",
+        action="store_true",
+        help="let the NNI portal listen on every interface (default: 127.0.0.1)",
+    )
+    srch.add_argument("--seed", type=int, default=0)
+    srch.add_argument("--out", default="runs/search", help="output folder (must be new)")
+    srch.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    srch.set_defaults(func=_cmd_search)
+
     comp = sub.add_parser(
         "compile",
         help="compile a converted model with TVM (Relax) into a shared library",
@@ -455,7 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow options (argparse keeps positionals contiguous)
+    if extra and hasattr(args, "overrides") and all("=" in e and e[0] != "-" for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except (ValueError, TypeError, FileNotFoundError) as e:

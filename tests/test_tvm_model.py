@@ -27,7 +27,8 @@ def test_resnet18_compiles_matches_pytorch_and_reloads(tmp_path):
 
     model = _calibrated(adderize.create_model("resnet18", num_classes=10), 128)
     _, report = compile_model(model, (1, 3, 128, 128), out=tmp_path / "r18.so")
-    assert len(report.kernels) == 19 and report.max_abs_error is not None
+    assert len(report.adder_kernels) == 19 and report.max_abs_error is not None
+    assert [k["kind"] for k in report.kernels].count("conv_mac_forward") == 1  # the stem
     assert report.max_abs_error < 1e-4
     x1, x2 = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128)
     with torch.no_grad():
@@ -58,7 +59,8 @@ def test_depthwise_and_adder_linear_layers_compile():
     model = adderize.adderize(net, adderize.OpMapping(keep_last=True))
     model = _calibrated(model, 24)
     compiled, report = compile_model(model, (1, 3, 24, 24))
-    assert [k["kind"] for k in report.kernels] == ["depthwise_forward", "conv_forward", "forward"]
+    kinds = [k["kind"] for k in report.kernels]
+    assert kinds == ["conv_mac_forward", "depthwise_forward", "conv_forward", "forward"]
     x = torch.randn(1, 3, 24, 24)
     with torch.no_grad():
         exact = copy.deepcopy(model).double()(x.double()).float()
@@ -71,7 +73,7 @@ def test_cuda_build_compiles_without_a_gpu():
 
     model = adderize.create_model("resnet18", num_classes=10).eval()
     compiled, report = compile_model(model, (1, 3, 64, 64), target="cuda")
-    assert compiled is None and len(report.kernels) == 19
+    assert compiled is None and len(report.adder_kernels) == 19
 
 
 def test_bad_input_is_named():

@@ -264,7 +264,7 @@ def _function_count(node: fx.Node, ins: int, outs: int) -> OpCount | None:
 
 
 def _count_fx(model: nn.Module, example: torch.Tensor) -> list[OpCount]:
-    meta_model = copy.deepcopy(model).to("meta")
+    meta_model = copy.deepcopy(model).to("meta").eval()  # inference energy, eval-mode graph
     gm = fx.GraphModule(meta_model, _Tracer().trace(meta_model))
     ShapeProp(gm).propagate(example.to("meta"))
     modules = dict(gm.named_modules())

@@ -200,11 +200,14 @@ def conv_forward_compute(
     dil: int,
     g: int,
     lp: bool = False,
+    mac: bool = False,
 ) -> list[Any]:
     """Direct adder conv, NCHW input (already padded) -> NHWC output:
     ``out[n, oh, ow, g, t] = -sum_{c, i, j} |x[n, g*Cg + c, oh*s + i*d, ow*s + j*d] -
     wt[g, c, i, j, t]|`` (to the power ``p``, a trailing run-time argument, with ``lp``).
     Shapes: x [N, C, Hp, Wp], wt [G, Cg, kh, kw, Tg] -> out [N, OH, OW, G, Tg].
+    ``mac=True`` is the ordinary convolution ``sum x * wt`` on the same loops (for the
+    full-precision layers of a compiled model).
     """
     from tvm import te
 
@@ -212,6 +215,7 @@ def conv_forward_compute(
     oh = (hp - dil * (kh - 1) - 1) // stride + 1
     ow = (wp - dil * (kw - 1) - 1) // stride + 1
     p, dist, _ = _lp_terms(lp)
+    term = (lambda a, b: a * b) if mac else (lambda a, b: dist(a - b))
     x = te.placeholder((n, c, hp, wp), name="x")
     wt = te.placeholder((g, cg, kh, kw, tg), name="wt")
     rc = te.reduce_axis((0, cg), name="rc")
@@ -220,9 +224,9 @@ def conv_forward_compute(
     acc = te.compute(
         (n, oh, ow, g, tg),
         lambda b, y, z, gg, o: te.sum(
-            dist(
-                x[b, gg * cg + rc, y * stride + ri * dil, z * stride + rj * dil]
-                - wt[gg, rc, ri, rj, o]
+            term(
+                x[b, gg * cg + rc, y * stride + ri * dil, z * stride + rj * dil],
+                wt[gg, rc, ri, rj, o],
             ),
             axis=[rc, ri, rj],
         ),
@@ -230,9 +234,9 @@ def conv_forward_compute(
     )
     out = te.compute(
         (n, oh, ow, g, tg),
-        lambda b, y, z, gg, o: -acc[b, y, z, gg, o],
+        lambda b, y, z, gg, o: acc[b, y, z, gg, o] if mac else -acc[b, y, z, gg, o],
         name="out",
-        tag="adder_conv2d_nchw_nhwc",
+        tag="conv2d_nchw_nhwc" if mac else "adder_conv2d_nchw_nhwc",
     )
     return [x, wt, out] + ([p] if lp else [])
 
@@ -488,7 +492,7 @@ def _hand_module(kind: str, *shape: int) -> Any:
     if base == "grad_a":
         cols, _ = _tile(shape[2])
         return _cpu_schedule(tensors, "acc", 1, 0, 4 if cols == 32 else 8, cols)
-    if base == "conv_forward":
+    if base in ("conv_forward", "conv_mac_forward"):
         *_, wp, t, _, kw, stride, dil, g = shape
         ow = (wp - dil * (kw - 1) - 1) // stride + 1
         cols, _ = _tile(t // g)
@@ -514,6 +518,8 @@ def _computes(kind: str, *shape: int) -> list[Any]:
     base = kind.removesuffix("_lp")
     if base in ("forward", "grad_a"):
         return (l1_forward_compute if base == "forward" else l1_grad_a_compute)(*shape)
+    if base == "conv_mac_forward":
+        return conv_forward_compute(*shape, mac=True)
     fn = {
         "conv_forward": conv_forward_compute,
         "conv_grad_input": conv_grad_input_compute,

@@ -405,30 +405,26 @@ def _prepare_run_dir(recipe: Recipe, resume: bool, ctx: Context) -> Path:
     return run_dir
 
 
-def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> FinetuneResult:
-    """Train (or load) the conv teacher, convert it, fine-tune the student; see module doc."""
+def prepare_teacher(
+    recipe: Recipe,
+    loaders: tuple[Any, Any],
+    run_dir: Path,
+    ctx: Context,
+    history: list[dict[str, Any]],
+    resume: bool = False,
+    progress: bool = True,
+) -> nn.Module:
+    """The conv teacher: the pretrained file, else ``run_dir/teacher.safetensors`` when
+    resuming, else trained for ``teacher.epochs`` (and saved there)."""
     from safetensors.torch import load_model, save_model
 
-    from adderize.energy import energy_report
-    from adderize.io import create_float_model, save
-    from adderize.passes.convert import adderize
-    from adderize.train.data import build_loaders
+    from adderize.io import create_float_model
 
-    ctx = init_context()
-    run_dir = _prepare_run_dir(recipe, resume, ctx)
-    torch.manual_seed(recipe.seed)
-    random.seed(recipe.seed)
-    np.random.seed(recipe.seed)
-    loaders = build_loaders(recipe.data, ctx.rank, ctx.world)
     m = recipe.model
-    model_kwargs = {"num_classes": m.num_classes, **m.kwargs}
-    teacher = create_float_model(m.name, pretrained_file=m.pretrained_file, **model_kwargs)
+    teacher = create_float_model(
+        m.name, pretrained_file=m.pretrained_file, num_classes=m.num_classes, **m.kwargs
+    )
     teacher.to(ctx.device)
-    history: list[dict[str, Any]] = []
-    metrics = run_dir / "metrics.json"
-    if resume and metrics.is_file():
-        history = json.loads(metrics.read_text())
-
     teacher_file = run_dir / "teacher.safetensors"
     if m.pretrained_file is None and teacher_file.is_file() and resume:
         load_model(teacher, str(teacher_file))
@@ -441,6 +437,29 @@ def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> 
         if ctx.main:
             save_model(teacher, str(teacher_file))
         ctx.barrier()
+    return teacher.eval()
+
+
+def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> FinetuneResult:
+    """Train (or load) the conv teacher, convert it, fine-tune the student; see module doc."""
+    from adderize.energy import energy_report
+    from adderize.io import save
+    from adderize.passes.convert import adderize
+    from adderize.train.data import build_loaders
+
+    ctx = init_context()
+    run_dir = _prepare_run_dir(recipe, resume, ctx)
+    torch.manual_seed(recipe.seed)
+    random.seed(recipe.seed)
+    np.random.seed(recipe.seed)
+    loaders = build_loaders(recipe.data, ctx.rank, ctx.world)
+    m = recipe.model
+    model_kwargs = {"num_classes": m.num_classes, **m.kwargs}
+    history: list[dict[str, Any]] = []
+    metrics = run_dir / "metrics.json"
+    if resume and metrics.is_file():
+        history = json.loads(metrics.read_text())
+    teacher = prepare_teacher(recipe, loaders, run_dir, ctx, history, resume, progress)
     teacher_acc = evaluate(teacher, loaders[1], ctx)
     if ctx.main:
         print(f"conv teacher: val acc {teacher_acc:.4f}", flush=True)

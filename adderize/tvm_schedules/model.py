@@ -19,6 +19,7 @@ from adderize.nn.adder import adder2d, adder_linear
 __all__ = ["CompileReport", "CompiledModel", "compile_model"]
 
 TARGETS = ("cpu", "cuda")
+SCHEDULES = ("tuned", "hand", "default")
 _OPAQUE = 8  # relax op_pattern kOpaque: FuseOps leaves our scheduled kernels alone
 
 
@@ -108,17 +109,21 @@ class CompileReport:
     seconds: dict[str, float] = field(default_factory=dict)
     max_abs_error: float | None = None
 
+    @property
+    def adder_kernels(self) -> list[dict[str, Any]]:
+        return [k for k in self.kernels if k["kind"] != "conv_mac_forward"]
+
     def summary(self) -> str:
-        tuned = sum(k["schedule"] == "tuned" for k in self.kernels)
-        hand = sum(k["schedule"] == "hand" for k in self.kernels)
-        other = len(self.kernels) - tuned - hand
+        count = {how: sum(k["schedule"] == how for k in self.kernels) for how in SCHEDULES}
+        dense = len(self.kernels) - len(self.adder_kernels)
         times = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
         check = (
             "" if self.max_abs_error is None else f"; max |TVM - PyTorch| {self.max_abs_error:.2e}"
         )
         return (
-            f"{len(self.kernels)} adder layers as adderize kernels ({tuned} tuned, {hand} "
-            f"hand-scheduled, {other} TVM-default-scheduled) for {self.target}; {times}{check}"
+            f"{len(self.adder_kernels)} adder layers and {dense} full-precision convs as "
+            f"adderize kernels ({count['tuned']} tuned, {count['hand']} hand-scheduled, "
+            f"{count['default']} TVM-default-scheduled) for {self.target}; {times}{check}"
         )
 
 
@@ -175,6 +180,49 @@ class _Converters:
             y = bb.emit(op.reshape(y, (n, oh, ow, t)))
         return bb.emit(op.permute_dims(y, [0, 3, 1, 2]))
 
+    def dense_conv(self, node: Any, importer: Any) -> Any:
+        """Full-precision ``aten.conv2d`` / ``aten.convolution`` (the kept first layer, ...)
+        on the same hand-scheduled direct-conv loops as the adder layers (TVM's default
+        lowering of conv2d is untiled and serial); other cases go to TVM's converter."""
+        from tvm import relax
+
+        name = node.target.__name__
+        default = importer._convolution if name.startswith("convolution") else importer._conv2d
+        args = list(importer.retrieve_args(node))
+        x, w = args[0], args[1]
+        bias = args[2] if len(args) > 2 else None
+        if name.startswith("convolution"):
+            stride, padding, dil, transposed, _, groups = args[3:9]
+        else:
+            defaults = [None, [1, 1], [0, 0], [1, 1], 1]
+            args += defaults[len(args) - 2 :]
+            stride, padding, dil, groups, transposed = args[3], args[4], args[5], args[6], False
+        shape_ok = len(x.ty.shape) == 4 and len(w.ty.shape) == 4
+        if (
+            self.target != "cpu" or transposed or not shape_ok or isinstance(padding, str)
+            or len(set(stride)) != 1 or len(set(dil)) != 1
+        ):  # fmt: skip
+            return default(node)
+        n, c, h, wd = (int(v) for v in x.ty.shape)
+        t, cg, kh, kw = (int(v) for v in w.ty.shape)
+        ph, pw = (int(v) for v in padding)
+        s, d, groups = int(stride[0]), int(dil[0]), int(groups)
+        op = relax.op
+        if ph or pw:
+            x = importer.block_builder.emit(op.nn.pad(x, [0, 0, 0, 0, ph, ph, pw, pw]))
+        hp, wp = h + 2 * ph, wd + 2 * pw
+        oh = (hp - d * (kh - 1) - 1) // s + 1
+        ow = (wp - d * (kw - 1) - 1) // s + 1
+        bb = importer.block_builder
+        tg = t // groups
+        wt = op.permute_dims(op.reshape(w, (groups, tg, cg, kh, kw)), [0, 2, 3, 4, 1])
+        shape = (n, c, hp, wp, t, kh, kw, s, d, groups)
+        y = self._call(bb, "conv_mac_forward", shape, [x, bb.emit(wt)], (n, oh, ow, groups, tg))
+        y = bb.emit(op.permute_dims(op.reshape(y, (n, oh, ow, t)), [0, 3, 1, 2]))
+        if bias is not None:
+            y = bb.emit(op.add(y, op.reshape(bias, (1, t, 1, 1))))
+        return y
+
     def linear(self, node: Any, importer: Any) -> Any:
         from tvm import relax
 
@@ -219,6 +267,8 @@ def to_relax(model: nn.Module, example: torch.Tensor, target: str = "cpu") -> tu
         custom_convert_map={
             "adder_conv2d.default": conv.conv2d,
             "adder_linear.default": conv.linear,
+            "conv2d.default": conv.dense_conv,
+            "convolution.default": conv.dense_conv,
         },
         unwrap_unit_return_tuple=True,
     )

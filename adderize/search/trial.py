@@ -1,0 +1,34 @@
+"""An NNI trial: ``python -m adderize.search.trial OUT`` (started by the NNI experiment)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from adderize.search.run import Evaluator, SearchSettings
+from adderize.search.space import OpSpace
+from adderize.train.recipe import Recipe
+
+
+def main(out: str) -> None:
+    import nni
+
+    root = Path(out)
+    settings = SearchSettings(**json.loads((root / "search.json").read_text()))
+    space = OpSpace.from_json((root / "space.json").read_text())
+    evaluator = Evaluator(root, Recipe.load(root / "config.yaml"), settings, space)
+    assignment = nni.get_next_parameter()
+    row = evaluator(assignment, f"nni-{nni.get_trial_id()}")
+    # Over budget: reported as accuracy 0 without training, so tuners learn to avoid it.
+    nni.report_final_result(
+        {
+            "default": row["accuracy"] or 0.0,
+            "energy_ratio": row["energy_ratio"],
+            "feasible": row["feasible"],
+        }
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,125 @@
+"""Energy-constrained op search: the space, the budget, the exported mapping, NNI runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import adderize
+from adderize.energy import energy_report
+from adderize.search import OpSpace, SearchSettings, pareto_front, search
+from adderize.train.recipe import Recipe
+
+pytestmark = pytest.mark.nni
+SIZE = (1, 3, 16, 16)
+QUICK = ["data.input_size=16", "teacher.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("resnet10t", num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def space(model) -> OpSpace:
+    return OpSpace.from_model(model, SIZE, budget=0.5)
+
+
+def test_space_has_one_choice_per_convertible_layer(model, space):
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(space.layers) == len(convs) - 1  # every conv but the first (stem) is searched
+    assert space.fixed == ("conv1.0", "fc")
+    assert space.ops == ("conv", "adder", "binary", "shift")
+    assert space.size() == 4 ** len(space.layers)
+    nni_space = space.to_nni()
+    assert sorted(nni_space.simplify()) == sorted(space.layers)  # one Categorical per layer
+    assert "__energy_budget__" in nni_space  # plus the budget constraint
+    wide = OpSpace.from_model(model, SIZE, budget=0.5, search_first_last=True)
+    assert len(wide.layers) == len(space.layers) + 2 and wide.fixed == ()
+
+
+def test_budget_constraint_and_feasible_fraction(space):
+    all_conv = {n: "conv" for n in space.layers}
+    all_binary = {n: "binary" for n in space.layers}
+    assert space.energy(all_conv) == pytest.approx(space.conv_pj)
+    assert not space.feasible(all_conv) and space.feasible(all_binary)
+    nni_space = space.to_nni()
+    assert nni_space.contains({**all_binary, "__energy_budget__": None}) is True
+    assert nni_space.contains({**all_conv, "__energy_budget__": None}) is False
+    frac = space.feasible_fraction(samples=4000)
+    rng = np.random.default_rng(1)
+    brute = np.mean([space.feasible(space.random(rng)) for _ in range(4000)])
+    assert 0 < frac < 1 and abs(frac - brute) < 0.05
+
+
+def test_exported_mapping_reproduces_the_energy_exactly(model, space, tmp_path):
+    rng = np.random.default_rng(0)
+    assignment = space.random(rng)
+    path = tmp_path / "ops.yaml"
+    space.mapping(assignment).save(path)
+    built = adderize.adderize(model, adderize.OpMapping.load(path), strict=True)
+    kinds = {n: type(m).__name__ for n, m in built.named_modules()}
+    expect = {
+        "conv": "Conv2d",
+        "adder": "Adder2d",
+        "binary": "BinaryConv2d",
+        "shift": "ShiftConv2d",
+    }
+    assert all(kinds[n] == expect[op] for n, op in assignment.items())
+    report = energy_report(built, SIZE)
+    assert report.total_pj == pytest.approx(space.energy(assignment), rel=1e-12)
+
+
+def test_bad_input_is_named(model):
+    with pytest.raises(ValueError, match="unknown op"):
+        OpSpace.from_model(model, SIZE, budget=0.5, ops=("adder", "multiply"))
+    with pytest.raises(ValueError, match="budget must be > 0"):
+        OpSpace.from_model(model, SIZE, budget=0)
+    with pytest.raises(ValueError, match="strategy must be one of random, evolution"):
+        SearchSettings(strategy="darts")
+
+
+def test_pareto_front():
+    rows = [
+        {"trained": True, "energy_pj": 1.0, "accuracy": 0.5},
+        {"trained": True, "energy_pj": 2.0, "accuracy": 0.4},  # dominated
+        {"trained": True, "energy_pj": 3.0, "accuracy": 0.9},
+        {"trained": False, "energy_pj": 0.5, "accuracy": None},
+    ]
+    assert [r["energy_pj"] for r in pareto_front(rows)] == [1.0, 3.0]
+
+
+def test_sequential_search_never_trains_over_budget(tmp_path):
+    out = tmp_path / "s"
+    settings = SearchSettings(budget=0.35, strategy="evolution", trials=3, trial_epochs=1,
+                              engine="sequential", population=2)  # fmt: skip
+    summary = search(Recipe().override(QUICK), settings, out)
+    rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["trained"] and r["feasible"] for r in rows)
+    space = OpSpace.from_json((out / "space.json").read_text())
+    assert all(r["energy_pj"] <= space.budget_pj for r in rows)
+    assert summary["best"]["energy_ratio"] <= 0.35
+    for name in ("pareto.png", "trials.csv", "best_ops.yaml", "summary.json"):
+        assert (out / name).is_file()
+
+
+@pytest.mark.slow
+def test_nni_experiment_end_to_end(tmp_path):
+    """A real NNI experiment (local training service, 2 trials at once) via the CLI."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "nni"
+    cmd = [sys.executable, "-m", "adderize", "search", "resnet10t", "--budget", "0.4",
+           "--strategy", "random", "--trials", "3", "--trial-epochs", "1", "--concurrency",
+           "2", "--out", str(out), *QUICK]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["trained"] and r["energy_ratio"] <= 0.4 for r in rows)
+    assert (out / "nni-experiments").is_dir() and (out / "pareto.png").is_file()
