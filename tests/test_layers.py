@@ -240,22 +240,38 @@ def test_binary_forward_and_clipped_ste():
     conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
     layer = BinaryConv2d.from_float(conv)
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
-    y = layer(x)
+    y = layer(x)  # the first training forward sets the threshold to the channel means
+    beta = x.detach().mean((0, 2, 3)).reshape(1, -1, 1, 1)
+    torch.testing.assert_close(layer.threshold.detach().reshape(beta.shape), beta)
     alpha = conv.weight.abs().mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1)
-    xb = torch.where(x >= 0, 1.0, -1.0)
+    xb = torch.where(x >= beta, 1.0, -1.0)
     wb = torch.where(conv.weight >= 0, 1.0, -1.0) * alpha
     torch.testing.assert_close(y, F.conv2d(xb, wb, padding=1))
     y.sum().backward()
-    assert torch.all(x.grad[x.abs() > 1] == 0)
-    assert torch.any(x.grad[x.abs() <= 1] != 0)
+    assert torch.all(x.grad[(x - beta).abs() > 1] == 0)
+    assert torch.any(x.grad[(x - beta).abs() <= 1] != 0)
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert layer.threshold.grad is not None
+
+
+def test_binary_threshold_keeps_information_after_relu():
+    """sign(x) of a ReLU output is +1 everywhere; the data-initialised threshold is not."""
+    torch.manual_seed(0)
+    layer = BinaryConv2d(4, 4, 1, bias=False)
+    x = torch.relu(torch.randn(8, 4, 5, 5))
+    binary = layer._binarize_input(x, 1)
+    assert (binary == 1).float().mean() < 0.8 and (binary == -1).any()
+    layer.eval()  # eval never re-initialises
+    before = layer.threshold.detach().clone()
+    layer(torch.randn(2, 4, 5, 5) + 10)
+    assert torch.equal(layer.threshold.detach(), before)
 
 
 def test_binary_linear_values():
     lin = nn.Linear(4, 2, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0], [0.5, 0.5, -0.5, 0.0]]))
-    layer = BinaryLinear.from_float(lin)
+    layer = BinaryLinear.from_float(lin).eval()  # eval: threshold stays 0
     x = torch.tensor([[0.3, -0.1, 0.0, 2.0]])  # signs: + - + +
     # row 0: alpha 2.5, signs + - + - -> 2.5 * (1 + 1 + 1 - 1) = 5
     # row 1: alpha 0.375, signs + + - + -> 0.375 * (1 - 1 - 1 + 1) = 0

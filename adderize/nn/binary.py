@@ -5,12 +5,21 @@ whose gradient passes where ``|x| <= 1``. Weights: ``alpha * sign(W)`` with ``al
 ``|W|`` of each output channel, and a straight-through gradient to the latent float ``W``.
 Padding is applied after binarisation, so padded positions contribute 0 (as in XNOR-Net
 and Bi-Real Net implementations).
+
+The input is binarised around a learnable per-channel threshold, ``sign(x - beta)``
+(ReActNet's RSign, Liu et al., ECCV 2020). In a converted network the layer's input usually
+follows a ReLU, so ``sign(x)`` would be +1 everywhere and carry no information; ``beta`` is
+therefore initialised from the data, to the per-channel mean of the first training batch
+(``threshold_set`` records that it happened; it is saved with the model).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from adderize.nn._base import Conv2dLike, LinearLike
 
@@ -33,12 +42,38 @@ def binarize_weight(w: torch.Tensor) -> torch.Tensor:
     return w + (alpha * _sign(w.detach()) - w).detach()
 
 
-class BinaryConv2d(Conv2dLike):
+class _Thresholded(nn.Module):
+    """The learnable input threshold ``beta`` with its data-dependent initialisation."""
+
+    threshold: nn.Parameter
+    threshold_set: torch.Tensor
+
+    def _init_threshold(self, channels: int) -> None:
+        self.threshold = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("threshold_set", torch.zeros((), dtype=torch.bool))
+
+    def _binarize_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        dim = channel_dim % x.dim()
+        if self.training and not bool(self.threshold_set):
+            with torch.no_grad():
+                others = [d for d in range(x.dim()) if d != dim]
+                self.threshold.copy_(x.detach().float().mean(others))
+                self.threshold_set.fill_(True)
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        return binarize_activation(x - self.threshold.view(shape).to(x.dtype))
+
+
+class BinaryConv2d(Conv2dLike, _Thresholded):
     """Drop-in for ``nn.Conv2d`` with binary activations and scaled binary weights."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_threshold(self.in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(
-            self._pad(binarize_activation(x)),
+            self._pad(self._binarize_input(x, 1)),
             binarize_weight(self.weight),
             self.bias,
             self.stride,
@@ -48,8 +83,12 @@ class BinaryConv2d(Conv2dLike):
         )
 
 
-class BinaryLinear(LinearLike):
+class BinaryLinear(LinearLike, _Thresholded):
     """Drop-in for ``nn.Linear`` with binary activations and scaled binary weights."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_threshold(self.in_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(binarize_activation(x), binarize_weight(self.weight), self.bias)
+        return F.linear(self._binarize_input(x, -1), binarize_weight(self.weight), self.bias)
