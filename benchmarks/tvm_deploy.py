@@ -5,9 +5,10 @@ the adder model compiled whole by TVM Relax (adder layers as adderize kernels, t
 lowered by TVM), and the conv model compiled by TVM the same way (no tuning: TVM's default
 lowering of conv2d, to show what an untuned TVM build costs).
 
-Per layer (--tune-trials N > 0): MetaSchedule-tuned TVM adder kernels at ResNet-50 3x3
-shapes vs oneDNN conv2d, with the trials and minutes tuning took; the records land in the
-tuning database, so a rerun measures without re-tuning.
+Per layer (--tune-trials N > 0): MetaSchedule-tuned and hand-scheduled TVM fp32 adder
+kernels and the int8 adder kernel at ResNet-50 3x3 shapes vs oneDNN fp32 conv2d, with the
+trials and minutes tuning took; the records land in the tuning database, so a rerun
+measures without re-tuning.
 
     python benchmarks/tvm_deploy.py [--tune-trials 64]
 """

@@ -25,6 +25,7 @@ def _calibrated(model: torch.nn.Module, size: int) -> torch.nn.Module:
 def test_resnet18_compiles_matches_pytorch_and_reloads(tmp_path):
     from adderize.tvm_schedules import CompiledModel, compile_model
 
+    torch.manual_seed(0)  # random-init adder nets can be input-independent; this one is not
     model = _calibrated(adderize.create_model("resnet18", num_classes=10), 128)
     _, report = compile_model(model, (1, 3, 128, 128), out=tmp_path / "r18.so")
     assert len(report.adder_kernels) == 19 and report.max_abs_error is not None
@@ -102,3 +103,43 @@ def test_compile_and_run_commands(tmp_path, capsys):
     assert main(["run", str(lib), "--input-size", "64"]) == 2
     assert "compiled for input (1, 3, 128, 128)" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "none.so")]) == 2
+
+
+def test_int8_adder_conv_matches_integer_reference_and_float_layer():
+    from adderize.nn import Adder2d
+    from adderize.tvm_schedules.quant import SharedGrid, calibrate, int8_adder_conv2d
+
+    torch.manual_seed(0)
+    layer = Adder2d(24, 16, 3, stride=2, padding=1)
+    x = torch.randn(2, 24, 11, 11)
+    grid = calibrate(layer, layer, [x])
+    assert isinstance(grid, SharedGrid) and 0 <= grid.zero_point <= 255
+    y = int8_adder_conv2d(x, layer, grid)
+    # exact against a PyTorch integer computation on the same grid
+    xq = grid.quantize(layer._pad(x)).int()
+    wq = grid.quantize(layer.weight.detach()).int()
+    cols = torch.nn.functional.unfold(xq.float(), 3, stride=2).round().int()  # [N, C*9, L]
+    ref = (cols.unsqueeze(1) - wq.reshape(1, 16, -1, 1)).abs().sum(2).reshape(2, 16, 6, 6)
+    torch.testing.assert_close(y, -grid.scale * ref.float() + layer.bias.view(1, -1, 1, 1))
+    # and close to the float layer: each |x - w| term is off by at most one step
+    with torch.no_grad():
+        err = (y - layer(x)).abs().max()
+    assert err <= grid.scale * 24 * 9
+    with pytest.raises(ValueError, match="groups=1"):
+        int8_adder_conv2d(x, Adder2d(24, 24, 3, groups=2), grid)
+
+
+def test_compile_tunes_first_when_asked(tmp_path, monkeypatch, capsys):
+    """--tune-trials runs MetaSchedule on the model's untuned forward kernels, then builds
+    (tuning itself is covered by the slow test in test_kernels.py)."""
+    from adderize.cli import main
+
+    calls = []
+    monkeypatch.setattr(tvm_l1, "tuned", lambda *task: False)
+    monkeypatch.setattr(tvm_l1, "tune", lambda *task, trials: calls.append((task, trials)))
+    lib = tmp_path / "m.so"
+    args = ["compile", "resnet18", "--num-classes", "10", "--input-size", "1,3,64,64"]
+    assert main([*args, "--tune-trials", "3", "--out", str(lib)]) == 0
+    assert len(calls) == len({c[0] for c in calls}) > 0 and all(t == 3 for _, t in calls)
+    assert all(task[0] in ("conv_forward", "depthwise_forward", "forward") for task, _ in calls)
+    assert lib.is_file() and "adder kernels" in capsys.readouterr().out

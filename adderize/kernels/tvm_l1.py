@@ -374,7 +374,63 @@ def depthwise_grad_input_compute(
     return [xn, w, gd, gs, out]
 
 
+def int8_conv_forward_compute(
+    n: int, hp: int, wp: int, c: int, t: int, kh: int, kw: int, stride: int, dil: int
+) -> list[Any]:
+    """Integer adder conv on one shared uint8 grid (inputs and weights quantised with the same
+    scale and zero point, so ``|x - w|`` needs no rescaling):
+    ``out[n, oh, ow, t] = sum_{i, j, c} |x[n, oh*s + i*d, ow*s + j*d, c] - w[t, i, j, c]|``
+    in int32 (the float output is ``-scale * out``). ``|a - b|`` is ``max - min`` in uint8.
+    Shapes: x [N, Hp, Wp, C] uint8 (padded with the zero point), w [T, kh, kw, C] uint8 ->
+    out [N, OH, OW, T] int32."""
+    from tvm import te
+
+    oh = (hp - dil * (kh - 1) - 1) // stride + 1
+    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    x = te.placeholder((n, hp, wp, c), "uint8", name="x")
+    w = te.placeholder((t, kh, kw, c), "uint8", name="w")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+    rc = te.reduce_axis((0, c), name="rc")
+
+    def absdiff(a: Any, b: Any) -> Any:
+        return (te.max(a, b) - te.min(a, b)).astype("int32")
+
+    out = te.compute(
+        (n, oh, ow, t),
+        lambda b, y, z, o: te.sum(
+            absdiff(x[b, y * stride + ri * dil, z * stride + rj * dil, rc], w[o, ri, rj, rc]),
+            axis=[ri, rj, rc],
+        ),
+        name="out",
+        tag="adder_conv2d_int8_nhwc",
+    )
+    return [x, w, out]
+
+
 # -- CPU schedule ----------------------------------------------------------------------
+def _int8_schedule(tensors: list[Any], lanes: int) -> Any:
+    """Channel-vectorised schedule for :func:`int8_conv_forward_compute`: the channel
+    reduction is split by ``lanes`` and factored into a per-output local vector accumulator
+    (byte |a - b| widened and added lane-wise), summed horizontally at the end; output
+    rows run in parallel."""
+    from tvm import s_tir, te
+
+    sch = s_tir.Schedule(te.create_prim_func(tensors))
+    out = sch.get_sblock("out")
+    b, y, *_, rc = sch.get_loops(out)
+    _, rc_inner = sch.split(rc, [None, lanes])
+    rf = sch.rfactor(rc_inner, 0)
+    sch.compute_at(rf, sch.get_loops(out)[3])
+    sch.set_scope(rf, 0, "local")
+    lane, *red = sch.get_loops(rf)[4:]
+    sch.reorder(*red, lane)
+    sch.vectorize(lane)
+    sch.parallel(sch.fuse(b, y))
+    sch.decompose_reduction(rf, sch.get_loops(rf)[3])  # after fusing: (b y) z o | ri rj .. lane
+    return sch.mod
+
+
 def _cpu_schedule(
     tensors: list[Any],
     reduce_block: str,
@@ -503,6 +559,9 @@ def _hand_module(kind: str, *shape: int) -> Any:
         ow = (wp - dil * (kw - 1) - 1) // stride + 1
         cols, _ = _tile(shape[1])
         return _cpu_schedule(tensors, "acc", 2, 2, _row_tile(ow, (8, 7, 6, 5, 4)), cols)
+    if base == "int8_conv_forward":
+        c = shape[3]
+        return _int8_schedule(tensors, next(v for v in (64, 32, 16, 8, 4, 2, 1) if c % v == 0))
     if base == "depthwise_grad_input":
         cols, _ = _tile(shape[1])
         return _cpu_schedule(tensors, "acc", 2, 2, _row_tile(shape[3], (4, 5, 6, 7, 3)), cols)
@@ -520,6 +579,8 @@ def _computes(kind: str, *shape: int) -> list[Any]:
         return (l1_forward_compute if base == "forward" else l1_grad_a_compute)(*shape)
     if base == "conv_mac_forward":
         return conv_forward_compute(*shape, mac=True)
+    if base == "int8_conv_forward":
+        return int8_conv_forward_compute(*shape)
     fn = {
         "conv_forward": conv_forward_compute,
         "conv_grad_input": conv_grad_input_compute,

@@ -1,0 +1,81 @@
+"""Int8 adder convolution: one shared uint8 grid for inputs and weights, calibrated on data.
+
+``|x - w|`` is only cheap in integers when ``x`` and ``w`` share the scale and zero point:
+``|s(qx - z) - s(qw - z)| = s |qx - qw|``. :func:`calibrate` picks that grid (per tensor,
+asymmetric) from the layer's weights and its inputs over a few batches; the kernel sums
+byte absolute differences in int32 (``tvm_l1.int8_conv_forward_compute``) and the float
+output is ``-scale * sum (+ bias)``. Each ``|x - w|`` term is off by at most one step
+``scale``, so the error is at most ``scale * Cin * kh * kw``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from adderize.kernels import tvm_l1
+from adderize.nn import Adder2d
+
+__all__ = ["SharedGrid", "calibrate", "int8_adder_conv2d"]
+
+
+@dataclass(frozen=True)
+class SharedGrid:
+    """``q = clamp(round(v / scale) + zero_point, 0, 255)`` for inputs and weights alike."""
+
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def covering(cls, lo: float, hi: float) -> SharedGrid:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)  # zero (the padding value) stays exact
+        scale = (hi - lo) / 255 if hi > lo else 1.0
+        return cls(scale, round(-lo / scale))
+
+    def quantize(self, v: torch.Tensor) -> torch.Tensor:
+        q = torch.round(v / self.scale) + self.zero_point
+        return q.clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def calibrate(
+    model: torch.nn.Module, layer: Adder2d, batches: Iterable[torch.Tensor]
+) -> SharedGrid:
+    """The grid covering ``layer``'s weights and its inputs while ``model`` runs ``batches``."""
+    lo, hi = float(layer.weight.min()), float(layer.weight.max())
+    seen = []
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append((float(args[0].min()), float(args[0].max())))
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        handle.remove()
+    if not seen:
+        raise ValueError("calibrate needs at least one batch that reaches the layer")
+    return SharedGrid.covering(min(lo, *(s[0] for s in seen)), max(hi, *(s[1] for s in seen)))
+
+
+def int8_adder_conv2d(x: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torch.Tensor:
+    """``layer(x)`` computed in uint8 / int32 on the TVM kernel (NCHW float in and out)."""
+    s, d = layer.stride, layer.dilation
+    if layer.groups != 1 or s[0] != s[1] or d[0] != d[1]:
+        raise ValueError(
+            f"the int8 kernel covers groups=1 with square stride/dilation; got groups="
+            f"{layer.groups}, stride={s}, dilation={d}"
+        )
+    xp = grid.quantize(layer._pad(x)).permute(0, 2, 3, 1).contiguous()
+    wq = grid.quantize(layer.weight.detach()).permute(0, 2, 3, 1).contiguous()
+    n, hp, wp, c = xp.shape
+    t, kh, kw, _ = wq.shape
+    oh = (hp - d[0] * (kh - 1) - 1) // s[0] + 1
+    ow = (wp - d[0] * (kw - 1) - 1) // s[0] + 1
+    out = torch.empty(n, oh, ow, t, dtype=torch.int32)
+    tvm_l1._kernel("int8_conv_forward", n, hp, wp, c, t, kh, kw, s[0], d[0])(xp, wq, out)
+    y = out.permute(0, 3, 1, 2).float() * -grid.scale
+    return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
