@@ -281,7 +281,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from adderize.train.recipe import Recipe
 
     out = Path(args.out)
-    overrides = [f"out={out / 'run'}"]
+    overrides = [*args.overrides, f"out={out / 'run'}"]
     if args.epochs is not None:
         overrides.append(f"epochs={args.epochs}")
     recipe = Recipe().override(overrides)
@@ -294,7 +294,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"      continuing / reusing the run in {out / 'run'}")
     result = finetune(recipe, resume=resume, progress=not args.no_progress)
 
-    print("\n[2/5] energy of one 1x3x32x32 image (45 nm tables):")
+    print(f"\n[2/5] energy of one {recipe.data.input_size} px image (45 nm tables):")
     student = adderize.load(result.student_file).eval()
     size = (1, 3, recipe.data.input_size, recipe.data.input_size)
     energy = energy_report(student, size)
@@ -523,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder (reused when rerun)")
     demo.add_argument("--epochs", type=int, help="student epochs (default: the digits recipe)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="digits recipe overrides (as finetune)"
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 

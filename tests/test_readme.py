@@ -24,6 +24,8 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     text = " ".join(line.lstrip("# ").strip() for line in shown.group(1).splitlines())
     assert " ".join(namespace["report"].summary().split()) == " ".join(text.split())
     assert (tmp_path / "runs/readme/resnet18-adder.safetensors").is_file()
+    assert (tmp_path / "runs/readme/finetune/student.safetensors").is_file()
+    assert namespace["y"].shape == (1, 10)
 
 
 def test_readme_energy_output_is_what_the_command_prints(capsys):

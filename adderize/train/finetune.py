@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import itertools
 import json
 import os
 import random
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adderize.train.adaptive_lr import AdaptiveLRScaling, adder_weights
+from adderize.train.calibrate import recalibrate_bn
 from adderize.train.distill import (
     FeatureTap,
     default_feature_names,
@@ -342,6 +344,9 @@ def run_phase(
                 lp.step()
             if ema is not None:
                 ema.update(model, step=epoch * updates + i + 1)
+        if phase.scheme and recipe.bn_recalibration:
+            batches = itertools.islice(train_loader, recipe.bn_recalibration)
+            recalibrate_bn(model, (x.to(ctx.device) for x, _ in batches))
         row: dict[str, Any] = {
             "phase": phase.name,
             "epoch": epoch + 1,

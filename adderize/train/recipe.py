@@ -176,6 +176,10 @@ class Recipe:
     adder: AdderCfg = field(default_factory=AdderCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
     epochs: int = 10
+    # Before each evaluation of a student with adder layers, re-estimate BatchNorm statistics
+    # over this many training batches (0 = off): adder outputs move fast while the running
+    # averages lag behind (train/eval gap).
+    bn_recalibration: int = 20
     amp: str = "none"
     ema: float = 0.0
     seed: int = 0
@@ -184,6 +188,7 @@ class Recipe:
     def __post_init__(self) -> None:
         _choice("amp", self.amp, AMP_MODES)
         _positive("epochs", self.epochs)
+        _positive("bn_recalibration", self.bn_recalibration, allow_zero=True)
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema is a decay in [0, 1) (0 = off), got {self.ema}")
         from adderize.passes.mapping import OpMapping
