@@ -100,9 +100,19 @@ def per_layer(trials: int) -> None:
         args = (x, wt, out)
         t_conv, t_tuned = paired(conv, lambda f=tuned_fn, a=args: f(*a))
         _, t_hand = paired(conv, lambda f=hand_fn, a=args: f(*a))
+        q_fn = tvm_l1._kernel("int8_conv_forward", 1, h + 2, h + 2, c, c, 3, 3, 1, 1)
+        q_args = (
+            torch.randint(0, 256, (1, h + 2, h + 2, c), dtype=torch.uint8),
+            torch.randint(0, 256, (c, 3, 3, c), dtype=torch.uint8),
+            torch.empty(1, h, h, c, dtype=torch.int32),
+        )
+        _, t_int8 = paired(conv, lambda f=q_fn, a=q_args: f(*a))
         spent = f"tuned in {minutes:.1f} min" if fresh else "tuned earlier (database)"
-        print(f"  {c}x{c} 3x3 @{h}: tuned {t_tuned / t_conv:5.2f}x, hand schedule "
-              f"{t_hand / t_conv:5.2f}x, conv {t_conv * 1e3:.3f} ms ({spent})")  # fmt: skip
+        print(
+            f"  {c}x{c} 3x3 @{h}: fp32 tuned {t_tuned / t_conv:5.2f}x, fp32 hand "
+            f"{t_hand / t_conv:5.2f}x, int8 hand {t_int8 / t_conv:5.2f}x; conv "
+            f"{t_conv * 1e3:.3f} ms ({spent})"
+        )
 
 
 if __name__ == "__main__":
