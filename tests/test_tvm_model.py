@@ -143,3 +143,20 @@ def test_compile_tunes_first_when_asked(tmp_path, monkeypatch, capsys):
     assert len(calls) == len({c[0] for c in calls}) > 0 and all(t == 3 for _, t in calls)
     assert all(task[0] in ("conv_forward", "depthwise_forward", "forward") for task, _ in calls)
     assert lib.is_file() and "adder kernels" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("cin", "padding", "stride"), [(40, 1, 1), (64, 1, 2), (24, 0, 1)])
+def test_bit_packed_binary_conv_matches_the_layer(cin, padding, stride):
+    """XNOR + popcount over 32-channel words (channels not a multiple of 32, zero padding
+    masked out) equals BinaryConv2d's float computation."""
+    from adderize.nn import BinaryConv2d
+    from adderize.tvm_schedules.quant import binary_conv2d
+
+    torch.manual_seed(0)
+    layer = BinaryConv2d(cin, 32, 3, padding=padding, stride=stride, bias=True)
+    layer(torch.randn(4, cin, 9, 9))  # a training forward initialises the threshold
+    layer.eval()
+    x = torch.randn(2, cin, 9, 9)
+    with torch.no_grad():
+        expected = layer(x)
+    torch.testing.assert_close(binary_conv2d(x, layer), expected, rtol=1e-5, atol=1e-5)

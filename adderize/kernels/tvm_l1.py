@@ -408,6 +408,52 @@ def int8_conv_forward_compute(
     return [x, w, out]
 
 
+def binary_conv_forward_compute(
+    n: int, hp: int, wp: int, words: int, t: int, kh: int, kw: int, stride: int, dil: int
+) -> list[Any]:
+    """Bit-packed XNOR conv (XNOR-Net): 32 channels per 32-bit word, bit set for +1.
+    ``m`` marks real (non-padding) channels; padded positions and channels are 0 in ``m``
+    and contribute 0, as in the float layer. With ``d = popcount((x ^ w) & m)`` (the
+    disagreeing signs) and ``v = popcount(m)`` (the valid terms), the dot product of the
+    +-1 vectors is ``v - 2 d``, scaled by the per-output-channel ``alpha``:
+    ``out[n, oh, ow, t] = alpha[t] * sum_{i, j, q} (popcount(m) - 2 popcount((x ^ w) & m))``.
+    Shapes: x, m [N, Hp, Wp, Q] int32 (bit patterns), w [T, kh, kw, Q], alpha [T] ->
+    out [N, OH, OW, T] float32.
+    """
+    from tvm import te, tirx
+
+    oh = (hp - dil * (kh - 1) - 1) // stride + 1
+    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    x = te.placeholder((n, hp, wp, words), "int32", name="x")
+    m = te.placeholder((n, hp, wp, words), "int32", name="m")
+    w = te.placeholder((t, kh, kw, words), "int32", name="w")
+    alpha = te.placeholder((t,), name="alpha")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+    rq = te.reduce_axis((0, words), name="rq")
+
+    def agree(b: Any, y: Any, z: Any, o: Any) -> Any:
+        yy, zz = y * stride + ri * dil, z * stride + rj * dil
+        mask = m[b, yy, zz, rq]
+        differ = tirx.popcount(
+            tirx.bitwise_and(tirx.bitwise_xor(x[b, yy, zz, rq], w[o, ri, rj, rq]), mask)
+        )
+        return tirx.popcount(mask).astype("int32") - 2 * differ.astype("int32")
+
+    acc = te.compute(
+        (n, oh, ow, t),
+        lambda b, y, z, o: te.sum(agree(b, y, z, o), axis=[ri, rj, rq]),
+        name="acc",
+    )
+    out = te.compute(
+        (n, oh, ow, t),
+        lambda b, y, z, o: alpha[o] * acc[b, y, z, o].astype("float32"),
+        name="out",
+        tag="binary_conv2d_xnor_nhwc",
+    )
+    return [x, m, w, alpha, out]
+
+
 # -- CPU schedule ----------------------------------------------------------------------
 def _int8_schedule(tensors: list[Any], lanes: int) -> Any:
     """Channel-vectorised schedule for :func:`int8_conv_forward_compute`: the channel
@@ -562,6 +608,11 @@ def _hand_module(kind: str, *shape: int) -> Any:
     if base == "int8_conv_forward":
         c = shape[3]
         return _int8_schedule(tensors, next(v for v in (64, 32, 16, 8, 4, 2, 1) if c % v == 0))
+    if base == "binary_conv_forward":
+        *_, t, _, kw, stride, dil = shape
+        ow = (shape[2] - dil * (kw - 1) - 1) // stride + 1
+        cols, _ = _tile(t)
+        return _cpu_schedule(tensors, "acc", 3, 2, _row_tile(ow, (8, 7, 6, 5, 4)), cols)
     if base == "depthwise_grad_input":
         cols, _ = _tile(shape[1])
         return _cpu_schedule(tensors, "acc", 2, 2, _row_tile(shape[3], (4, 5, 6, 7, 3)), cols)
@@ -581,6 +632,8 @@ def _computes(kind: str, *shape: int) -> list[Any]:
         return conv_forward_compute(*shape, mac=True)
     if base == "int8_conv_forward":
         return int8_conv_forward_compute(*shape)
+    if base == "binary_conv_forward":
+        return binary_conv_forward_compute(*shape)
     fn = {
         "conv_forward": conv_forward_compute,
         "conv_grad_input": conv_grad_input_compute,

@@ -121,7 +121,7 @@ class CompileReport:
             "" if self.max_abs_error is None else f"; max |TVM - PyTorch| {self.max_abs_error:.2e}"
         )
         return (
-            f"{len(self.adder_kernels)} adder layers and {dense} full-precision convs as "
+            f"{len(self.adder_kernels)} adder layers and {dense} full-precision conv(s) as "
             f"adderize kernels ({count['tuned']} tuned, {count['hand']} hand-scheduled, "
             f"{count['default']} TVM-default-scheduled) for {self.target}; {times}{check}"
         )

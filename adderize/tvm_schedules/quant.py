@@ -1,4 +1,6 @@
-"""Int8 adder convolution: one shared uint8 grid for inputs and weights, calibrated on data.
+"""Low-bit kernels: int8 adder convolution and bit-packed binary (XNOR) convolution.
+
+Int8 adder: one shared uint8 grid for inputs and weights, calibrated on data.
 
 ``|x - w|`` is only cheap in integers when ``x`` and ``w`` share the scale and zero point:
 ``|s(qx - z) - s(qw - z)| = s |qx - qw|``. :func:`calibrate` picks that grid (per tensor,
@@ -16,9 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from adderize.kernels import tvm_l1
-from adderize.nn import Adder2d
+from adderize.nn import Adder2d, BinaryConv2d
 
-__all__ = ["SharedGrid", "calibrate", "int8_adder_conv2d"]
+__all__ = ["SharedGrid", "binary_conv2d", "calibrate", "int8_adder_conv2d"]
 
 
 @dataclass(frozen=True)
@@ -78,4 +80,41 @@ def int8_adder_conv2d(x: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torc
     out = torch.empty(n, oh, ow, t, dtype=torch.int32)
     tvm_l1._kernel("int8_conv_forward", n, hp, wp, c, t, kh, kw, s[0], d[0])(xp, wq, out)
     y = out.permute(0, 3, 1, 2).float() * -grid.scale
+    return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
+
+
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """``[..., C]`` booleans -> ``[..., ceil(C / 32)]`` int32 words (bit k = channel k)."""
+    c = bits.shape[-1]
+    words = -(-c // 32)
+    padded = torch.nn.functional.pad(bits.to(torch.int64), (0, words * 32 - c))
+    weights = torch.ones(32, dtype=torch.int64) << torch.arange(32)
+    packed = (padded.reshape(*bits.shape[:-1], words, 32) * weights).sum(-1)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+@torch.no_grad()
+def binary_conv2d(x: torch.Tensor, layer: BinaryConv2d) -> torch.Tensor:
+    """``layer(x)`` (eval mode) as a bit-packed XNOR + popcount TVM kernel (NCHW float in
+    and out): signs packed 32 channels per word, padding masked out."""
+    s, d = layer.stride, layer.dilation
+    if layer.groups != 1 or s[0] != s[1] or d[0] != d[1]:
+        raise ValueError(
+            f"the binary kernel covers groups=1 with square stride/dilation; got groups="
+            f"{layer.groups}, stride={s}, dilation={d}"
+        )
+    beta = layer.threshold.view(1, -1, 1, 1)
+    signs = layer._pad((x - beta >= 0).float() * 2 - 1)  # +-1, padding 0 (as the layer)
+    nhwc = signs.permute(0, 2, 3, 1)
+    xb, mb = _pack_bits(nhwc > 0), _pack_bits(nhwc != 0)
+    wb = _pack_bits(layer.weight.permute(0, 2, 3, 1) >= 0)
+    alpha = layer.weight.abs().flatten(1).mean(1).contiguous()
+    n, hp, wp, q = xb.shape
+    t, kh, kw, _ = wb.shape
+    oh = (hp - d[0] * (kh - 1) - 1) // s[0] + 1
+    ow = (wp - d[0] * (kw - 1) - 1) // s[0] + 1
+    out = torch.empty(n, oh, ow, t)
+    fn = tvm_l1._kernel("binary_conv_forward", n, hp, wp, q, t, kh, kw, s[0], d[0])
+    fn(xb.contiguous(), mb.contiguous(), wb.contiguous(), alpha, out)
+    y = out.permute(0, 3, 1, 2)
     return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
