@@ -160,3 +160,20 @@ def test_bit_packed_binary_conv_matches_the_layer(cin, padding, stride):
     with torch.no_grad():
         expected = layer(x)
     torch.testing.assert_close(binary_conv2d(x, layer), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_binary_and_shift_layers_compile_with_the_adder_ones():
+    """Binary and shift layers export as sign / power-of-two weight ops plus a conv; their
+    convs run on the direct-conv kernel and the weight transforms fold at build time."""
+    from adderize.tvm_schedules import compile_model
+
+    ops = (
+        adderize.OpMapping(default="adder")
+        .set_regex(r"layer2\..*", "binary")
+        .set_regex(r"layer3\..*", "shift")
+    )
+    torch.manual_seed(0)
+    model = _calibrated(adderize.create_model("resnet18", ops, num_classes=10), 128)
+    _, report = compile_model(model, (1, 3, 128, 128))
+    assert len(report.adder_kernels) == 9
+    assert report.max_abs_error is not None and report.max_abs_error < 1e-4

@@ -223,6 +223,15 @@ class _Converters:
             y = bb.emit(op.add(y, op.reshape(bias, (1, t, 1, 1))))
         return y
 
+    def exp2(self, node: Any, importer: Any) -> Any:
+        """``2 ** x`` (shift layers build their power-of-two weights with it; TVM's
+        importer lacks it). On constant weights it folds away at build time."""
+        from tvm import relax
+
+        (x,) = importer.retrieve_args(node)
+        two = relax.const(2.0, x.ty.dtype)
+        return importer.block_builder.emit(relax.op.power(two, x))
+
     def linear(self, node: Any, importer: Any) -> Any:
         from tvm import relax
 
@@ -269,6 +278,7 @@ def to_relax(model: nn.Module, example: torch.Tensor, target: str = "cpu") -> tu
             "adder_linear.default": conv.linear,
             "conv2d.default": conv.dense_conv,
             "convolution.default": conv.dense_conv,
+            "exp2.default": conv.exp2,
         },
         unwrap_unit_return_tuple=True,
     )
