@@ -807,9 +807,24 @@ def conv_supported(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     return (cg % 8 == 0 and tg % 8 == 0) or _depthwise(weight, groups)
 
 
-def _depthwise(weight: torch.Tensor, groups: int) -> bool:
+def _is_depthwise(t: int, cg: int, groups: int) -> bool:
     """One input and one output channel per group, channels a multiple of 8."""
-    return weight.shape[1] == 1 and weight.shape[0] == groups and groups % 8 == 0
+    return cg == 1 and t == groups and groups % 8 == 0
+
+
+def _depthwise(weight: torch.Tensor, groups: int) -> bool:
+    return _is_depthwise(weight.shape[0], weight.shape[1], groups)
+
+
+def forward_weight_layout(
+    t: int, cg: int, kh: int, kw: int, groups: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(reshape, permutation) taking an OIHW conv weight to the forward kernels' layout:
+    ``[kh, kw, C]`` for depthwise, ``[G, Cg, kh, kw, Tg]`` otherwise. The one definition
+    shared by the training kernels and the compiled-model converter."""
+    if _is_depthwise(t, cg, groups):
+        return (t, kh, kw), (1, 2, 0)
+    return (groups, t // groups, cg, kh, kw), (0, 2, 3, 4, 1)
 
 
 def conv_forward(
@@ -826,10 +841,8 @@ def conv_forward(
     dw = _depthwise(weight, groups)
 
     def prepare() -> tuple[torch.Tensor, ...]:
-        w = weight.detach()
-        if dw:
-            return (w.reshape(t, kh, kw).permute(1, 2, 0).contiguous(),)
-        return (w.reshape(groups, tg, cg, kh, kw).permute(0, 2, 3, 4, 1).contiguous(),)
+        shape, perm = forward_weight_layout(t, cg, kh, kw, groups)
+        return (weight.detach().reshape(shape).permute(perm).contiguous(),)
 
     (wt,) = _prepared(weight, "forward", prepare)
     suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))

@@ -168,15 +168,15 @@ class _Converters:
         oh = (hp - dil * (kh - 1) - 1) // stride + 1
         ow = (wp - dil * (kw - 1) - 1) // stride + 1
         op = relax.op
-        if cg == 1 and t == groups and groups % 8 == 0:  # depthwise: NHWC, channel vectors
+        layout, perm = tvm_l1.forward_weight_layout(t, cg, kh, kw, groups)
+        wt = bb.emit(op.permute_dims(op.reshape(w, layout), list(perm)))
+        if len(layout) == 3:  # depthwise: NHWC, channel vectors
             xin = bb.emit(op.permute_dims(x, [0, 2, 3, 1]))
-            wt = bb.emit(op.permute_dims(op.reshape(w, (t, kh, kw)), [1, 2, 0]))
             shape = (n, c, hp, wp, kh, kw, stride, dil)
             y = self._call(bb, "depthwise_forward", shape, [xin, wt], (n, oh, ow, t))
         else:
-            wt = op.permute_dims(op.reshape(w, (groups, tg, cg, kh, kw)), [0, 2, 3, 4, 1])
             shape = (n, c, hp, wp, t, kh, kw, stride, dil, groups)
-            y = self._call(bb, "conv_forward", shape, [x, bb.emit(wt)], (n, oh, ow, groups, tg))
+            y = self._call(bb, "conv_forward", shape, [x, wt], (n, oh, ow, groups, tg))
             y = bb.emit(op.reshape(y, (n, oh, ow, t)))
         return bb.emit(op.permute_dims(y, [0, 3, 1, 2]))
 
@@ -215,7 +215,8 @@ class _Converters:
         ow = (wp - d * (kw - 1) - 1) // s + 1
         bb = importer.block_builder
         tg = t // groups
-        wt = op.permute_dims(op.reshape(w, (groups, tg, cg, kh, kw)), [0, 2, 3, 4, 1])
+        layout = (groups, tg, cg, kh, kw)  # the direct-conv layout, depthwise included
+        wt = op.permute_dims(op.reshape(w, layout), [0, 2, 3, 4, 1])
         shape = (n, c, hp, wp, t, kh, kw, s, d, groups)
         y = self._call(bb, "conv_mac_forward", shape, [x, bb.emit(wt)], (n, oh, ow, groups, tg))
         y = bb.emit(op.permute_dims(op.reshape(y, (n, oh, ow, t)), [0, 3, 1, 2]))
