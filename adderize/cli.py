@@ -345,6 +345,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from adderize._version import __version__
+    from adderize.search.run import ENGINES, STRATEGIES  # no NNI import: names only
 
     parser = argparse.ArgumentParser(
         prog="adderize", description="Turn timm/PyTorch CNNs into multiplication-free networks."
@@ -445,9 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="energy budget: a fraction of all-conv (<= 1) or pJ (> 1)",
     )
-    srch.add_argument(
-        "--strategy", default="evolution", choices=["random", "evolution", "tpe", "grid"]
-    )
+    srch.add_argument("--strategy", default="evolution", choices=list(STRATEGIES))
     srch.add_argument("--trials", type=int, default=20)
     srch.add_argument("--trial-epochs", type=int, default=3, help="fine-tune epochs per candidate")
     srch.add_argument("--ops", default="conv,adder,binary,shift", help="comma-separated op set")
@@ -462,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument(
         "--engine",
         default="nni",
-        choices=["nni", "sequential"],
+        choices=list(ENGINES),
         help="nni: a local NNI experiment; sequential: in this process",
     )
     srch.add_argument("--concurrency", type=int, default=1, help="NNI trials run at once")

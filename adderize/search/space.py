@@ -91,12 +91,8 @@ class OpSpace:
         rows = [self.costs.layers.index(n) for n in self.layers]
         per_layer = self.costs.costs[np.ix_(rows, cols)]  # layers x ops
         picks = rng.integers(0, len(self.ops), size=(samples, len(self.layers)))
-        fixed = (
-            self.costs.fixed_pj
-            + self.costs.costs[
-                [i for i, n in enumerate(self.costs.layers) if n not in self.layers], 0
-            ].sum()
-        )
+        conv = self.costs.costs[rows, self.costs.ops.index("conv")]
+        fixed = self.conv_pj - conv.sum()  # everything not searched, as CostTable prices it
         totals = fixed + per_layer[np.arange(len(self.layers)), picks].sum(1)
         return float((totals <= self.budget_pj).mean())
 

@@ -103,8 +103,9 @@ def binary_conv2d(x: torch.Tensor, layer: BinaryConv2d) -> torch.Tensor:
             f"the binary kernel covers groups=1 with square stride/dilation; got groups="
             f"{layer.groups}, stride={s}, dilation={d}"
         )
-    beta = layer.threshold.view(1, -1, 1, 1)
-    signs = layer._pad((x - beta >= 0).float() * 2 - 1)  # +-1, padding 0 (as the layer)
+    if layer.training:
+        raise ValueError("binary_conv2d runs a layer in eval mode: call layer.eval() first")
+    signs = layer._pad(layer._binarize_input(x, 1))  # +-1, padding 0 (as the layer)
     nhwc = signs.permute(0, 2, 3, 1)
     xb, mb = _pack_bits(nhwc > 0), _pack_bits(nhwc != 0)
     wb = _pack_bits(layer.weight.permute(0, 2, 3, 1) >= 0)
