@@ -16,7 +16,8 @@ from typing import Any
 from torch import nn
 
 from adderize._version import __version__
-from adderize.passes.convert import META_ATTR, adderize
+from adderize.nn import Blendable
+from adderize.passes.convert import BLEND_ATTR, META_ATTR, adderize
 from adderize.passes.mapping import OpMapping
 from adderize.passes.report import RewriteReport
 
@@ -89,6 +90,14 @@ def save(
     ops = getattr(model, META_ATTR, None)
     if ops is None:
         raise ValueError("this model was not converted by adderize: nothing to rebuild it from")
+    blending = [n for n, m in model.named_modules() if isinstance(m, Blendable) and m.blending]
+    if blending:
+        raise ValueError(
+            f"{len(blending)} layer(s) (e.g. {blending[0]!r}) are still blending from their "
+            "float layers (a function-preserving conversion before its anneal ended): save "
+            "saves the finished op model; finish the anneal (adderize.train.anneal.Anneal) "
+            "or keep a training checkpoint instead"
+        )
     recipe = dict(getattr(model, RECIPE_ATTR, None) or {})
     if model_name is not None:
         recipe = {"model_name": model_name, "model_kwargs": dict(model_kwargs or {})}
@@ -152,4 +161,10 @@ def load(path: str | Path) -> nn.Module:
     model = create_model(meta["model_name"], meta["ops"], **meta["model_kwargs"])
     assert isinstance(model, nn.Module)
     load_model(model, str(path), strict=True)
+    # a saved model is a finished one: a preserve-mode rebuild starts its layers blended
+    for m in model.modules():
+        if isinstance(m, Blendable):
+            m.blend = 0.0
+    if hasattr(model, BLEND_ATTR):
+        delattr(model, BLEND_ATTR)
     return model

@@ -1,6 +1,6 @@
 """Multiplication-free drop-in layers for ``nn.Conv2d`` / ``nn.Linear``."""
 
-from adderize.nn._base import Conv2dLike, LinearLike
+from adderize.nn._base import Blendable, Conv2dLike, LinearLike
 from adderize.nn.adder import Adder2d, AdderLinear, adder2d, adder_linear
 from adderize.nn.binary import BinaryConv2d, BinaryLinear
 from adderize.nn.norm import BatchNormLastDim, WithNorm
@@ -12,6 +12,7 @@ __all__ = [
     "BatchNormLastDim",
     "BinaryConv2d",
     "BinaryLinear",
+    "Blendable",
     "Conv2dLike",
     "LinearLike",
     "ShiftConv2d",

@@ -12,14 +12,121 @@ from torch.nn.common_types import _size_2_t
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.utils import _pair
 
-__all__ = ["Conv2dLike", "LinearLike"]
+__all__ = ["Blendable", "Conv2dLike", "LinearLike"]
 
 _C = TypeVar("_C", bound="Conv2dLike")
 _L = TypeVar("_L", bound="LinearLike")
 
 
-class Conv2dLike(_ConvNd):
-    """``nn.Conv2d``'s signature, parameters and padding semantics, without its forward.
+class Blendable(nn.Module):
+    """The function-preserving conversion of a float layer into its multiplication-free op.
+
+    Every replacement layer can compute both the float layer it replaced
+    (``float_forward``: the conv / linear, with the original weight kept frozen in
+    ``float_weight`` while blending) and its own op (``op_forward``, with the trainable
+    ``weight``). ``blend`` (lambda) moves between them::
+
+        y = lambda * float(x) + (1 - lambda) * (blend_scale * op(x) + blend_shift)
+
+    per output channel. ``blend = 1`` is the original layer exactly (the start of a
+    function-preserving conversion); ``blend = 0`` without scale/shift is the plain op (the
+    default, and the end of the anneal). ``blend_scale`` / ``blend_shift`` are the
+    least-squares fit of the float output by the op output, per channel: fitted on data by
+    :func:`adderize.train.anneal.calibrate`, tracked as running averages while training (as
+    BatchNorm tracks its statistics), and folded into the following BatchNorm when the
+    anneal ends. While blending in training mode each forward also leaves
+    ``blend_loss``: the op's local reconstruction error of the float output (normalised by
+    its variance), which the fine-tuning objective adds so that every op learns to compute
+    what its float layer computed from the first step on.
+
+    All of this is training state, not model parameters: nothing of it is in the
+    ``state_dict`` (the anneal's own ``state_dict`` saves it), so a converted model has the
+    same tensors with or without the anneal.
+    """
+
+    blend: float = 0.0
+    #: weight of the newest batch in the running scale/shift (as BatchNorm's momentum)
+    blend_momentum: float = 0.1
+    blend_scale: torch.Tensor | None
+    blend_shift: torch.Tensor | None
+    float_weight: torch.Tensor | None
+    blend_loss: torch.Tensor | None = None
+    channel_dim: int = 1
+    weight: nn.Parameter
+
+    def _init_blend(self) -> None:
+        self.register_buffer("blend_scale", None, persistent=False)
+        self.register_buffer("blend_shift", None, persistent=False)
+        self.register_buffer("float_weight", None, persistent=False)
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The float layer this one replaces (``float_weight`` if set, else ``weight``)."""
+        raise NotImplementedError
+
+    def op_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's own (multiplication-free) computation."""
+        raise NotImplementedError
+
+    @property
+    def blending(self) -> bool:
+        """Whether the layer computes anything but its plain op."""
+        return self.blend != 0.0 or self.blend_scale is not None
+
+    def _float_weight(self) -> torch.Tensor:
+        return self.weight if self.float_weight is None else self.float_weight
+
+    def _channels_first(self, y: torch.Tensor) -> torch.Tensor:
+        return y.movedim(self.channel_dim, 0).flatten(1)
+
+    def _affine(self, y: torch.Tensor) -> torch.Tensor:
+        shape = [1] * y.dim()
+        shape[self.channel_dim] = -1
+        assert self.blend_scale is not None and self.blend_shift is not None
+        return torch.addcmul(
+            self.blend_shift.view(shape).to(y.dtype), y, self.blend_scale.view(shape).to(y.dtype)
+        )
+
+    @torch.no_grad()
+    def _track_fit(self, f: torch.Tensor, o: torch.Tensor) -> None:
+        """Move scale/shift towards this batch's least-squares fit of ``f`` by ``o``."""
+        f2, o2 = self._channels_first(f).float(), self._channels_first(o).float()
+        mf, mo = f2.mean(1), o2.mean(1)
+        cov = ((f2 - mf[:, None]) * (o2 - mo[:, None])).mean(1)
+        scale = cov / (o2 - mo[:, None]).square().mean(1).clamp_min(1e-12)
+        shift = mf - scale * mo
+        assert self.blend_scale is not None and self.blend_shift is not None
+        m = self.blend_momentum
+        self.blend_scale.lerp_(scale.to(self.blend_scale.dtype), m)
+        self.blend_shift.lerp_(shift.to(self.blend_shift.dtype), m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = self.blend
+        if lam == 0.0 and self.blend_scale is None:
+            return self.op_forward(x)
+        if lam == 1.0:
+            return self.float_forward(x)
+        if self.blend_scale is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has blend={lam:g} but no calibrated blend_scale: call "
+                "adderize.train.anneal.calibrate(model, batches) before lowering the blend"
+            )
+        o = self.op_forward(x)
+        if lam == 0.0:
+            return self._affine(o)
+        f = self.float_forward(x).to(o.dtype)
+        if self.training:
+            fd = f.detach()
+            self._track_fit(fd, o.detach())
+            y = self._affine(o)
+            self.blend_loss = (y - fd).square().mean() / fd.var().clamp_min(1e-12)
+        else:
+            y = self._affine(o)
+        return torch.lerp(y, f, lam)
+
+
+class Conv2dLike(_ConvNd, Blendable):
+    """``nn.Conv2d``'s signature, parameters and padding semantics; subclasses define
+    ``op_forward`` (``forward`` is :class:`Blendable`'s).
 
     Deliberately not a subclass of ``nn.Conv2d``: code that looks for convolutions
     (``isinstance(m, nn.Conv2d)``: weight init, the conversion pass, op counters) must not
@@ -66,6 +173,11 @@ class Conv2dLike(_ConvNd):
                 f"padding_mode='zeros' (got padding={padding!r}, padding_mode={padding_mode!r})"
             )
         self.dynamic_same = dynamic_same
+        self._init_blend()
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._float_weight()
+        return F.conv2d(self._pad(x), w, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         """Pad ``x`` explicitly, exactly as ``nn.Conv2d`` would, so kernels see padding 0."""
@@ -120,12 +232,24 @@ class Conv2dLike(_ConvNd):
         return s
 
 
-class LinearLike(nn.Linear):
-    """Base of the ``nn.Linear`` replacements: same signature and parameters.
+class LinearLike(nn.Linear, Blendable):
+    """Base of the ``nn.Linear`` replacements: same signature and parameters; subclasses
+    define ``op_forward``.
 
     Subclasses ``nn.Linear`` for its init and repr; the conversion pass and op counters
     check for these classes before ``nn.Linear``.
     """
+
+    channel_dim = -1
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_blend()
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._float_weight(), self.bias)
+
+    forward = Blendable.forward
 
     @classmethod
     def from_float(cls: type[_L], mod: nn.Linear, **kwargs: Any) -> _L:

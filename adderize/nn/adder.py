@@ -242,7 +242,7 @@ class Adder2d(Conv2dLike):
         self.max_temp_bytes = int(max_temp_bytes)
         self.backend = check_backend(backend)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         return adder2d(
             self._pad(x),
             self.weight,
@@ -279,7 +279,7 @@ class AdderLinear(LinearLike):
         self.max_temp_bytes = int(max_temp_bytes)
         self.backend = check_backend(backend)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         return adder_linear(x, self.weight, self.bias, self.p, self.max_temp_bytes, self.backend)
 
     def extra_repr(self) -> str:

@@ -71,7 +71,7 @@ class BinaryConv2d(Conv2dLike, _Thresholded):
         super().__init__(*args, **kwargs)
         self._init_threshold(self.in_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(
             self._pad(self._binarize_input(x, 1)),
             binarize_weight(self.weight),
@@ -90,5 +90,5 @@ class BinaryLinear(LinearLike, _Thresholded):
         super().__init__(*args, **kwargs)
         self._init_threshold(self.in_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._binarize_input(x, -1), binarize_weight(self.weight), self.bias)

@@ -39,7 +39,7 @@ class ShiftConv2d(Conv2dLike):
         super().__init__(*args, **kwargs)
         self.min_exp, self.max_exp = _check_exps(min_exp, max_exp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         w = round_power_of_two(self.weight, self.min_exp, self.max_exp)
         return F.conv2d(self._pad(x), w, self.bias, self.stride, 0, self.dilation, self.groups)
 
@@ -64,7 +64,7 @@ class ShiftLinear(LinearLike):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.min_exp, self.max_exp = _check_exps(min_exp, max_exp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         w = round_power_of_two(self.weight, self.min_exp, self.max_exp)
         return F.linear(x, w, self.bias)
 

@@ -18,12 +18,12 @@ import copy
 import difflib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, overload
 
 from torch import fx, nn
 
-from adderize.nn import BatchNormLastDim, Conv2dLike, LinearLike, WithNorm
+from adderize.nn import BatchNormLastDim, Blendable, Conv2dLike, LinearLike, WithNorm
 from adderize.passes.mapping import OpMapping
 from adderize.passes.registry import Source, classify, get_op
 from adderize.passes.report import LayerRecord, RewriteReport
@@ -32,6 +32,8 @@ from adderize.passes.trace import FunctionalSite, GraphFacts, _Tracer, analyse
 __all__ = ["adderize"]
 
 META_ATTR = "adderize_ops"  # the mapping a converted model was made with (plain dict)
+# preserve: {blended layer: the BatchNorm after it}, read by adderize.train.anneal
+BLEND_ATTR = "adderize_blend"
 
 
 @dataclass
@@ -43,6 +45,7 @@ class _Decision:
     reason: str
     action: Literal["replaced", "kept", "skipped"]
     needs_norm: bool = False
+    norm_after: str = ""  # the model's BatchNorm that alone reads this layer's output
     source: Source | None = None
     site: FunctionalSite | None = None
 
@@ -140,6 +143,9 @@ def _plan(model: nn.Module, mapping: OpMapping, facts: GraphFacts) -> list[_Deci
             d.requested = "" if spec.keeps_float else op
         elif spec.keeps_float:
             d.action = "kept"
+        elif mapping.preserve:  # every converted layer gets a BatchNorm to fold into
+            d.norm_after = "" if site else facts.batchnorm_after.get(name, "")
+            d.needs_norm = not d.norm_after
         else:
             followed = site.followed_by_norm if site else facts.followed_by_norm.get(name, False)
             d.needs_norm = spec.needs_norm and mapping.insert_norm and not followed
@@ -149,10 +155,14 @@ def _plan(model: nn.Module, mapping: OpMapping, facts: GraphFacts) -> list[_Deci
     return decisions
 
 
-def _norm_for(kind: str, channels: int, ref: nn.Module) -> nn.Module:
+def _norm_for(kind: str, channels: int, ref: nn.Module, identity: bool) -> nn.Module:
+    """The BatchNorm inserted after a converted layer; ``identity``: one that passes its
+    input through unchanged in eval mode (function-preserving conversion)."""
     weight = next(ref.parameters())
     cls = nn.BatchNorm2d if kind == "conv2d" else BatchNormLastDim
     norm = cls(channels, device=weight.device, dtype=weight.dtype)
+    if identity:
+        norm.running_var.fill_(1.0 - norm.eps)  # type: ignore[union-attr]
     norm.train(ref.training)
     return norm
 
@@ -223,6 +233,7 @@ def adderize(
     keep: Iterable[str] = ...,
     strict: bool = ...,
     inplace: bool = ...,
+    preserve: bool | None = ...,
     return_report: Literal[False] = ...,
 ) -> nn.Module: ...
 @overload
@@ -233,6 +244,7 @@ def adderize(
     keep: Iterable[str] = ...,
     strict: bool = ...,
     inplace: bool = ...,
+    preserve: bool | None = ...,
     return_report: Literal[True],
 ) -> tuple[nn.Module, RewriteReport]: ...
 def adderize(
@@ -242,6 +254,7 @@ def adderize(
     keep: Iterable[str] = (),
     strict: bool = False,
     inplace: bool = False,
+    preserve: bool | None = None,
     return_report: bool = False,
 ) -> nn.Module | tuple[nn.Module, RewriteReport]:
     """Replace the Conv2d / Linear layers of ``model`` with multiplication-free layers.
@@ -253,6 +266,9 @@ def adderize(
         keep: module names to keep as they are (full precision).
         strict: raise if a layer the mapping asked to convert cannot be converted.
         inplace: modify ``model`` itself instead of a deep copy.
+        preserve: function-preserving conversion (overrides ``ops.preserve``): the result
+            computes exactly what ``model`` computes (in eval mode) until an anneal
+            (:class:`adderize.train.anneal.Anneal`) moves every converted layer to its op.
         return_report: also return the :class:`RewriteReport`.
 
     Returns:
@@ -262,6 +278,9 @@ def adderize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"adderize expects a torch.nn.Module, got {type(model).__name__}")
     mapping = OpMapping.coerce(ops)
+    if preserve is not None and preserve != mapping.preserve:
+        mapping = replace(mapping, preserve=bool(preserve))
+        mapping.__post_init__()
     keep = [keep] if isinstance(keep, str) else list(keep)
     if keep:
         mapping = mapping.with_names(dict.fromkeys(keep, "conv"))
@@ -275,6 +294,7 @@ def adderize(
 
     root = model if inplace else copy.deepcopy(model)
     swaps: list[tuple[_Decision, nn.Module]] = []
+    blend: dict[str, str] = {}  # converted layer -> the BatchNorm after it (preserve)
     for d in decisions:
         new_type, norm = d.original, None
         if d.action == "replaced":
@@ -282,9 +302,13 @@ def adderize(
             src = _functional_float(root, d.site) if d.site else root.get_submodule(d.name)
             new = get_op(d.op).build(src, d.source)
             new_type = type(new).__name__
+            path = f"{d.name}_{d.op}" if d.site else d.name
+            if mapping.preserve and isinstance(new, Blendable):
+                new.blend = 1.0
+                blend[f"{path}.op" if d.needs_norm else path] = d.norm_after or f"{path}.norm"
             if d.needs_norm:
                 channels = new.out_channels if d.source.kind == "conv2d" else new.out_features
-                norm = _norm_for(d.source.kind or "", channels, new)
+                norm = _norm_for(d.source.kind or "", channels, new, mapping.preserve)
                 new = WithNorm(new, norm)
             swaps.append((d, new))
         report.records.append(
@@ -313,4 +337,6 @@ def adderize(
         if not d.site:
             _set_submodule(root, d.name, new)
     setattr(root, META_ATTR, mapping.to_dict())
+    if blend:
+        setattr(root, BLEND_ATTR, blend)
     return (root, report) if return_report else root

@@ -13,6 +13,11 @@ Precedence, lowest to highest (as ``torch.ao.quantization.QConfigMapping``)::
 
 ``keep_first`` / ``keep_last`` keep the model's first and last layers as they are (full
 precision); they override default, type and regex rules, never an exact ``names`` entry.
+
+``preserve`` asks for the function-preserving conversion: every converted layer starts as
+the float layer it replaces (blend 1, see :class:`adderize.nn.Blendable`) and is followed
+by a BatchNorm (the model's own, else one inserted as the identity), into which the anneal
+folds the op's output scale when it ends (:mod:`adderize.train.anneal`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class OpMapping:
     keep_first: bool = True
     keep_last: bool = True
     insert_norm: bool = True
+    preserve: bool = False
 
     def __post_init__(self) -> None:
         get_op(self.default)
@@ -59,9 +65,14 @@ class OpMapping:
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"invalid regex {pattern!r} in OpMapping: {e}") from None
-        for flag in ("keep_first", "keep_last", "insert_norm"):
+        for flag in ("keep_first", "keep_last", "insert_norm", "preserve"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+        if self.preserve and not self.insert_norm:
+            raise ValueError(
+                "preserve=True needs insert_norm=True: the anneal folds each layer's output "
+                "scale into the BatchNorm after it, inserted where the model has none"
+            )
 
     # -- chainable setters -------------------------------------------------------------
     def set_default(self, op: str) -> OpMapping:

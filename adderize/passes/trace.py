@@ -87,6 +87,9 @@ class GraphFacts:
     order: list[str] = field(default_factory=list)
     uncalled: dict[str, str] = field(default_factory=dict)
     followed_by_norm: dict[str, bool] = field(default_factory=dict)
+    # layer -> the BatchNorm module that alone reads its output ("" when none, or when the
+    # layer is called more than once)
+    batchnorm_after: dict[str, str] = field(default_factory=dict)
     first: list[str] = field(default_factory=list)
     last: list[str] = field(default_factory=list)
     functional: list[FunctionalSite] = field(default_factory=list)
@@ -147,20 +150,34 @@ def _module_walk(model: nn.Module, note: str) -> GraphFacts:
     return facts
 
 
-def _followed_by_norm(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def _next_norm(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The normalisation node that alone consumes ``node``'s output (through reshapes)."""
     while len(node.users) == 1:
         (user,) = node.users
         if user.op == "call_module" and is_norm(modules[str(user.target)]):
-            return True
+            return user
         if user.op == "call_function" and user.target in _NORM_FNS:
-            return True
+            return user
         shape_op = (user.op == "call_method" and user.target in _SHAPE_METHODS) or (
             user.op == "call_function" and user.target in _SHAPE_FNS
         )
         if not shape_op:
-            return False
+            return None
         node = user
-    return False
+    return None
+
+
+def _followed_by_norm(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return _next_norm(node, modules) is not None
+
+
+def _batchnorm_after(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """The BatchNorm module (by name) that alone consumes ``node``'s output, if any."""
+    norm = _next_norm(node, modules)
+    if norm is None or norm.op != "call_module":
+        return None
+    is_bn = isinstance(modules[str(norm.target)], nn.modules.batchnorm._BatchNorm)
+    return str(norm.target) if is_bn else None
 
 
 def _functional_site(node: fx.Node, root: nn.Module, followed: bool) -> FunctionalSite:
@@ -223,6 +240,8 @@ def analyse(model: nn.Module) -> GraphFacts:
             if name in candidates:
                 followed = _followed_by_norm(node, modules)
                 facts.followed_by_norm[name] = facts.followed_by_norm.get(name, True) and followed
+                bn = _batchnorm_after(node, modules) or ""
+                facts.batchnorm_after[name] = "" if name in seen else bn
                 if name not in seen:
                     facts.order.append(name)
                     seen.add(name)
@@ -261,6 +280,8 @@ def _merge_leaf(
             facts.order.append(prefix + c)
             seen.add(prefix + c)
         facts.followed_by_norm[prefix + c] = sub.followed_by_norm[c]
+        bn = sub.batchnorm_after.get(c, "")
+        facts.batchnorm_after[prefix + c] = prefix + bn if bn else ""
     for c, reason in sub.uncalled.items():
         facts.uncalled[prefix + c] = reason
     for c, reason in sub.custom.items():

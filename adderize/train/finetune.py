@@ -36,7 +36,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from adderize.passes.convert import BLEND_ATTR
 from adderize.train.adaptive_lr import AdaptiveLRScaling, adder_weights
+from adderize.train.anneal import Anneal, calibrate
 from adderize.train.calibrate import recalibrate_bn
 from adderize.train.distill import (
     FeatureTap,
@@ -227,6 +229,7 @@ class Phase:
     epochs: int
     lr: float
     scheme: bool  # the papers' adaptive LR and p schedule
+    anneal: bool = False  # blend from the conv model (converted with preserve=True)
 
 
 def _log(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -269,6 +272,16 @@ def run_phase(
 
     train_loader, val_loader = loaders
     updates = len(train_loader)
+    ckpt_path = run_dir / f"checkpoint-{phase.name}.pt"
+    resuming = resume and ckpt_path.is_file()
+    anneal = None
+    if phase.anneal:  # before DDP wraps the model: it broadcasts rank 0's calibration
+        cfg = recipe.anneal
+        if not resuming:
+            batches = itertools.islice(train_loader, cfg.calibration_batches)
+            calibrate(model, (x.to(ctx.device) for x, _ in batches))
+        total = phase.epochs * updates
+        anneal = Anneal(model, max(1, min(total, round(cfg.fraction * total))), cfg.shape)
     net: nn.Module = model
     if ctx.world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -295,7 +308,12 @@ def run_phase(
         step_on_epochs=False,
         updates_per_epoch=updates,
     )
-    ema = ModelEmaV3(model, decay=recipe.ema) if recipe.ema else None
+
+    def make_ema() -> ModelEmaV3 | None:  # of the op model: it starts when the anneal ends
+        ready = recipe.ema and (anneal is None or anneal.finalized)
+        return ModelEmaV3(model, decay=recipe.ema) if ready else None
+
+    ema = make_ema()
     d = recipe.data
     mixup = None
     if d.mixup > 0 or d.cutmix > 0:
@@ -306,14 +324,21 @@ def run_phase(
             num_classes=recipe.model.num_classes,
         )
     objective, remove_taps = make_objective(recipe, model, teacher, soft_targets=mixup is not None)
+    if anneal is not None and recipe.anneal.local_weight:
+        label_objective, weight = objective, recipe.anneal.local_weight
 
-    ckpt_path = run_dir / f"checkpoint-{phase.name}.pt"
+        def objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return label_objective(net, x, y) + weight * anneal.loss()
+
     start = 0
-    if resume and ckpt_path.is_file():
+    if resuming:
         state = load_checkpoint(ckpt_path)
+        if anneal is not None:  # first: a finished anneal changes which tensors exist
+            anneal.load_state_dict(state["anneal"])
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        ema = make_ema()
         if ema is not None and state["ema"] is not None:
             ema.load_state_dict(state["ema"])
         if lp is not None:
@@ -342,6 +367,9 @@ def run_phase(
             scheduler.step_update(epoch * updates + i + 1)
             if lp is not None:
                 lp.step()
+            if anneal is not None and not anneal.finalized:
+                anneal.step()
+                ema = make_ema()
             if ema is not None:
                 ema.update(model, step=epoch * updates + i + 1)
         if phase.scheme and recipe.bn_recalibration:
@@ -354,6 +382,7 @@ def run_phase(
             "val_acc": evaluate(model, val_loader, ctx),
             "lr": optimizer.param_groups[0]["lr"],
             "p": lp.p if lp is not None else None,
+            "blend": anneal.blend if anneal is not None else None,
             "seconds": time.perf_counter() - tic,
         }
         if ema is not None:
@@ -366,6 +395,7 @@ def run_phase(
                 f"val acc {row['val_acc']:.4f}"
                 + (f" (EMA {row['ema_acc']:.4f})" if ema is not None else "")
                 + (f" p {row['p']:.3f}" if lp is not None else "")
+                + (f" blend {row['blend']:.3f}" if anneal is not None else "")
                 + f" [{row['seconds']:.1f} s]",
                 flush=True,
             )
@@ -378,6 +408,7 @@ def run_phase(
                     "scheduler": scheduler.state_dict(),
                     "ema": ema.state_dict() if ema is not None else None,
                     "lp": lp.state_dict() if lp is not None else None,
+                    "anneal": anneal.state_dict() if anneal is not None else None,
                     "rng": _rng_state(),
                     "history": rows,
                 },
@@ -469,12 +500,24 @@ def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> 
     if ctx.main:
         print(f"conv teacher: val acc {teacher_acc:.4f}", flush=True)
 
+    # a trained conv model is converted function-preserving and annealed into the student
+    trained = m.pretrained_file is not None or recipe.teacher.epochs > 0
     student, report = adderize(
-        copy.deepcopy(teacher), recipe.ops, keep=recipe.keep, return_report=True
+        copy.deepcopy(teacher),
+        recipe.ops,
+        keep=recipe.keep,
+        preserve=recipe.anneal.enabled and trained,
+        return_report=True,
     )
     if ctx.main:
         print(report.summary(), flush=True)
-    phase = Phase("student", recipe.epochs, recipe.optim.lr, scheme=bool(adder_weights(student)))
+    phase = Phase(
+        "student",
+        recipe.epochs,
+        recipe.optim.lr,
+        scheme=bool(adder_weights(student)),
+        anneal=hasattr(student, BLEND_ATTR),
+    )
     use_teacher = teacher if recipe.distill.kind != "none" else None
     student = run_phase(
         phase, student, recipe, loaders, run_dir, ctx,

@@ -18,6 +18,7 @@ import yaml
 
 __all__ = [
     "AdderCfg",
+    "AnnealCfg",
     "DataCfg",
     "DistillCfg",
     "ModelCfg",
@@ -91,7 +92,7 @@ class OptimCfg:
     """``timm.optim.create_optimizer_v2`` arguments."""
 
     opt: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.1
     weight_decay: float = 5e-4
     momentum: float = 0.9
 
@@ -141,6 +142,35 @@ class AdderCfg:
 
 
 @dataclass
+class AnnealCfg:
+    """Function-preserving conversion (:mod:`adderize.train.anneal`): the student starts as
+    the conv model (``adderize(..., preserve=True)``) and blends into the op model over the
+    first ``fraction`` of fine-tuning (``shape``: linear or cosine), after fitting the ops'
+    output scales on ``calibration_batches`` training batches; ``local_weight`` weighs each
+    op's local reconstruction of its conv layer's output in the loss. Used when the conv
+    model is trained (a pretrained file, or ``teacher.epochs`` > 0); ``enabled: false``
+    converts as before (the op model from the start).
+    """
+
+    enabled: bool = True
+    fraction: float = 0.5
+    shape: str = "cosine"
+    calibration_batches: int = 4
+    local_weight: float = 50.0
+
+    def __post_init__(self) -> None:
+        from adderize.train.anneal import SHAPES
+
+        _choice("anneal.shape", self.shape, SHAPES)
+        if not 0 < self.fraction <= 1:
+            raise ValueError(
+                f"anneal.fraction is a fraction of training in (0, 1], got {self.fraction}"
+            )
+        _positive("anneal.calibration_batches", self.calibration_batches)
+        _positive("anneal.local_weight", self.local_weight, allow_zero=True)
+
+
+@dataclass
 class DistillCfg:
     """Distillation from the original conv model.
 
@@ -174,8 +204,9 @@ class Recipe:
     sched: SchedCfg = field(default_factory=SchedCfg)
     teacher: TeacherCfg = field(default_factory=TeacherCfg)
     adder: AdderCfg = field(default_factory=AdderCfg)
+    anneal: AnnealCfg = field(default_factory=AnnealCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
-    epochs: int = 10
+    epochs: int = 4
     # Before each evaluation of a student with adder layers, re-estimate BatchNorm statistics
     # over this many training batches (0 = off): adder outputs move fast while the running
     # averages lag behind (train/eval gap).

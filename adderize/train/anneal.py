@@ -1,0 +1,256 @@
+"""The anneal of a function-preserving conversion: from the float model to the op model.
+
+``adderize(model, preserve=True)`` returns a model that computes exactly what ``model``
+does: every converted layer starts at ``blend = 1``, its float self (see
+:class:`adderize.nn.Blendable`). :class:`Anneal` then lowers every layer's blend
+linearly (or along a cosine) to 0 over ``steps`` optimizer steps, while fine-tuning with
+distillation from the original moves the weights to where the op computes what the float
+layer did::
+
+    y = lambda * conv(x; W) + (1 - lambda) * (s * adder(x; W) + t)
+
+The conv path keeps the original weights, frozen; the trainable weights serve the op
+path only. ``s`` and ``t`` (per output channel) are the least-squares fit of the conv output
+by the op output: fitted before the anneal by :func:`calibrate` on a few training batches,
+then tracked as running averages, and folded into the BatchNorm that follows every blended
+layer when the anneal ends (:meth:`Anneal.finalize`, exact in eval mode): the result is a
+plain op model, with no multiplication in any converted layer. While blending, every layer
+also reports its op's local reconstruction error of the conv output (:meth:`Anneal.loss`),
+which fine-tuning adds to its objective: each op learns its conv layer's function from the
+first step, while the network as a whole stays close to the original.
+
+Why a blend and not the papers' l_p schedule from an exact l_2 start: both start from the
+original function (``-||x - w||^2 / 2 = x.w - ||w||^2 / 2 - ||x||^2 / 2``), but every step of
+the blend runs on the conv kernel and the l_1 kernel, where l_p steps (1 < p < 2) need
+``|d|^p`` per MAC, 20-28x a conv step here (``benchmarks/lp_schedule.py``); the README's
+anneal table measures both starts.
+
+The schedule is training state: :meth:`Anneal.state_dict` holds the step, and each layer's
+``s`` and ``t``, for checkpoints and ``--resume``. It is the same on every DDP rank
+(calibrate before wrapping the model: DDP broadcasts rank 0's buffers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from adderize.nn import Blendable
+from adderize.passes.convert import BLEND_ATTR
+
+__all__ = ["SHAPES", "Anneal", "blend_layers", "calibrate", "fold_into_norm"]
+
+SHAPES = ("linear", "cosine")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def blend_layers(model: nn.Module) -> dict[str, tuple[Blendable, nn.Module]]:
+    """``{name: (layer, BatchNorm after it)}`` of a model converted with ``preserve=True``."""
+    model = _unwrap(model)
+    table = getattr(model, BLEND_ATTR, None)
+    if not table:
+        raise ValueError(
+            "the model was not converted with preserve=True (adderize(model, preserve=True)): "
+            "it has no blended layers to anneal"
+        )
+    out = {}
+    for name, norm in table.items():
+        layer = model.get_submodule(name)
+        assert isinstance(layer, Blendable)
+        out[name] = (layer, model.get_submodule(norm))
+    return out
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Fit every blended layer's output scale and shift on ``batches`` (inputs only).
+
+    The model runs as the float model (blend 1, eval mode); at each layer the op's output
+    ``o`` is computed beside the float output ``f`` and, per channel, ``scale * o + shift``
+    is the least-squares fit of ``f`` (``scale = cov(f, o) / var(o)``). The float layers'
+    weights are frozen from here on (``float_weight``): the trainable weight serves the op.
+    Returns the number of batches used. The model's mode and blends are restored.
+    """
+    layers = blend_layers(model)
+    stats: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name: str, layer: Blendable) -> Any:
+        def fn(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            was = layer.training
+            layer.train()  # ops with data-initialised state (binary thresholds) set it now
+            o = layer.op_forward(args[0])
+            layer.train(was)
+            f64, o64 = layer._channels_first(out).double(), layer._channels_first(o).double()
+            row = [f64.sum(1), o64.sum(1), (o64 * o64).sum(1)]
+            row += [(f64 * o64).sum(1), torch.tensor(float(f64.shape[1]), dtype=torch.float64)]
+            acc = stats.setdefault(name, [torch.zeros_like(r) for r in row])
+            for a, r in zip(acc, row, strict=True):
+                a += r
+
+        return fn
+
+    saved = [(layer, layer.blend) for layer, _ in layers.values()]
+    was_training = model.training
+    handles = [layer.register_forward_hook(hook(n, layer)) for n, (layer, _) in layers.items()]
+    try:
+        for layer, _ in saved:
+            layer.blend = 1.0
+        model.eval()
+        seen = 0
+        for x in batches:
+            model(x)
+            seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+        for layer, blend in saved:
+            layer.blend = blend
+        model.train(was_training)
+    if not seen:
+        raise ValueError("calibrate needs at least one batch")
+    for name, (layer, _) in layers.items():
+        sf, so, soo, sfo, n = stats[name]
+        mf, mo = sf / n, so / n
+        vo = (soo / n - mo * mo).clamp_min(1e-12)
+        cov = sfo / n - mf * mo
+        scale = cov / vo
+        shift = mf - scale * mo
+        ref = layer.weight
+        layer.blend_scale = scale.to(ref.device, ref.dtype)
+        layer.blend_shift = shift.to(ref.device, ref.dtype)
+        layer.float_weight = ref.detach().clone()
+    return seen
+
+
+@torch.no_grad()
+def fold_into_norm(layer: Blendable, norm: nn.Module) -> None:
+    """Move ``layer``'s output scale/shift into the BatchNorm ``norm`` that reads its output.
+
+    ``norm(s * y + t)`` in eval mode equals ``norm'(y)`` with mean ``(mean - t) / s``,
+    variance ``(var + eps) / s^2 - eps`` and the sign of ``s`` moved into the norm's weight.
+    """
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"can only fold into a BatchNorm, got {type(norm).__name__}")
+    scale, shift = layer.blend_scale, layer.blend_shift
+    if scale is None or shift is None:
+        return
+    s, t = scale.to(torch.float64), shift.to(torch.float64)
+    if norm.running_mean is not None and norm.running_var is not None:
+        mean, var = norm.running_mean.double(), norm.running_var.double()
+        norm.running_mean.copy_((mean - t) / s)
+        norm.running_var.copy_((var + norm.eps) / (s * s) - norm.eps)
+    if norm.weight is not None:
+        norm.weight.mul_(torch.sign(s).to(norm.weight.dtype))
+    elif bool((s < 0).any()):
+        raise ValueError("cannot fold a negative scale into a BatchNorm without affine weight")
+    layer.blend_scale = layer.blend_shift = None
+
+
+class Anneal:
+    """Lowers the blend of every converted layer from 1 to 0 over ``steps`` steps.
+
+    Args:
+        model: a model converted with ``preserve=True`` (or its DDP wrapper), calibrated
+            (:func:`calibrate`) before the first :meth:`step`.
+        steps: optimizer steps from blend 1 to blend 0 (call :meth:`step` once per step).
+        shape: ``"linear"`` or ``"cosine"`` (slow at both ends).
+
+    When the blend reaches 0, :meth:`step` calls :meth:`finalize`: scales folded into the
+    BatchNorms, the layers plain ops.
+    """
+
+    def __init__(self, model: nn.Module, steps: int, shape: str = "linear") -> None:
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        if shape not in SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(SHAPES)}; got {shape!r}")
+        self.model = _unwrap(model)
+        self.layers = blend_layers(self.model)
+        self.steps, self.shape = steps, shape
+        self.last_step = 0
+        self.finalized = False
+
+    @property
+    def blend(self) -> float:
+        frac = min(self.last_step / self.steps, 1.0)
+        if self.shape == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * frac))
+        return 1.0 - frac
+
+    def _apply(self) -> None:
+        lam = self.blend
+        for layer, _ in self.layers.values():
+            layer.blend = lam
+
+    def step(self) -> float:
+        """Advance one step and set the new blend on every layer; returns it."""
+        if self.finalized:
+            return 0.0
+        if self.last_step == 0:
+            missing = [n for n, (layer, _) in self.layers.items() if layer.blend_scale is None]
+            if missing:
+                raise RuntimeError(
+                    f"{len(missing)} blended layer(s) (e.g. {missing[0]!r}) are not calibrated: "
+                    "call adderize.train.anneal.calibrate(model, batches) first"
+                )
+        self.last_step += 1
+        self._apply()
+        if self.last_step >= self.steps:
+            self.finalize()
+        return self.blend
+
+    def loss(self) -> torch.Tensor | float:
+        """Mean local reconstruction error of the blended layers in the last training
+        forward (0 when none was computed: blend 1 or 0, eval mode, or finalized)."""
+        losses = [layer.blend_loss for layer, _ in self.layers.values()]
+        for layer, _ in self.layers.values():
+            layer.blend_loss = None
+        found = [x for x in losses if x is not None]
+        return torch.stack(found).mean() if found else 0.0
+
+    def finalize(self) -> None:
+        """End the anneal now: blend 0, scales folded into the BatchNorms, plain op layers."""
+        for layer, norm in self.layers.values():
+            layer.blend = 0.0
+            fold_into_norm(layer, norm)
+            layer.float_weight = layer.blend_loss = None
+        if hasattr(self.model, BLEND_ATTR):
+            delattr(self.model, BLEND_ATTR)
+        self.last_step = max(self.last_step, self.steps)
+        self.finalized = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "last_step": self.last_step,
+            "steps": self.steps,
+            "shape": self.shape,
+            "finalized": self.finalized,
+            "scale": {n: layer.blend_scale for n, (layer, _) in self.layers.items()},
+            "shift": {n: layer.blend_shift for n, (layer, _) in self.layers.items()},
+            "float_weight": {n: layer.float_weight for n, (layer, _) in self.layers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a schedule saved by :meth:`state_dict` onto the same (unfinished) model;
+        the BatchNorm statistics of a finalized anneal come with the model's state dict."""
+        self.last_step, self.steps = int(state["last_step"]), int(state["steps"])
+        self.shape = str(state["shape"])
+        for name, (layer, _) in self.layers.items():
+            layer.blend_scale, layer.blend_shift = state["scale"][name], state["shift"][name]
+            layer.float_weight = state["float_weight"][name]
+        if state["finalized"]:
+            for layer, _ in self.layers.values():
+                layer.blend, layer.blend_scale, layer.blend_shift = 0.0, None, None
+                layer.float_weight = None
+            if hasattr(self.model, BLEND_ATTR):
+                delattr(self.model, BLEND_ATTR)
+            self.finalized = True
+        else:
+            self._apply()

@@ -1,0 +1,255 @@
+"""Function-preserving conversion: exact start, calibration, the anneal, fold and resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import adderize
+from adderize.nn import Adder2d, AdderLinear, Blendable
+from adderize.passes.convert import BLEND_ATTR
+from adderize.train.anneal import Anneal, blend_layers, calibrate
+
+
+def _trained_like(name: str, size: int) -> nn.Module:
+    """A timm model whose BatchNorms hold non-trivial statistics (as a trained model)."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=7)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, size, size) * 2 + 0.5)
+    return model.eval()
+
+
+# (model, input size, op): ResNet, depthwise MobileNetV3 (SE convs without BN: inserted),
+# EfficientNet with TF 'same' padding, RegNet, ConvNeXt (LayerNorm after the depthwise
+# convs, adder Linear MLPs), binary and shift ops.
+CASES = [
+    ("resnet10t", 32, "adder"),
+    ("mobilenetv3_small_050", 32, "adder"),
+    ("tf_efficientnet_b0", 32, "adder"),
+    ("regnetx_002", 32, "adder"),
+    ("convnext_atto", 32, "adder"),
+    ("resnet10t", 32, "binary"),
+    ("resnet10t", 32, "shift"),
+]
+
+
+@pytest.mark.parametrize(("name", "size", "op"), CASES)
+def test_preserving_conversion_reproduces_the_model(name, size, op):
+    model = _trained_like(name, size)
+    ann, report = adderize.adderize(model, op, preserve=True, return_report=True)
+    ann.eval()
+    x = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        want, got = model(x), ann(x)
+    # measured: 0 (every blended layer runs its float conv; inserted BatchNorms are the
+    # identity up to float32 rounding of 1 - eps + eps)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    layers = blend_layers(ann)
+    assert len(layers) == len(report.replaced) > 0
+    for layer, norm in layers.values():
+        assert layer.blend == 1.0
+        assert isinstance(norm, nn.modules.batchnorm._BatchNorm)
+
+
+def test_plain_conversion_does_not_preserve():
+    model = _trained_like("resnet10t", 32)
+    ann = adderize.adderize(model).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(ann(x), model(x), atol=1e-2)
+    assert not hasattr(ann, BLEND_ATTR)
+
+
+def _calibrated(name: str = "resnet10t", size: int = 32) -> tuple[nn.Module, nn.Module]:
+    model = _trained_like(name, size)
+    ann = adderize.adderize(model, preserve=True)
+    torch.manual_seed(1)
+    calibrate(ann, [torch.randn(8, 3, size, size) for _ in range(2)])
+    return model, ann
+
+
+def test_calibration_is_the_least_squares_fit_and_freezes_the_float_weight():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    ).eval()  # fmt: skip
+    ann = adderize.adderize(model, preserve=True)
+    batches = [torch.randn(6, 3, 10, 10) for _ in range(3)]
+    calibrate(ann, batches)
+    ((name, (layer, norm)),) = blend_layers(ann).items()
+    assert name == "3" and norm is ann[4] and layer.blend == 1.0 and not ann.training
+    assert torch.equal(layer.float_weight, layer.weight)
+    assert layer.float_weight.data_ptr() != layer.weight.data_ptr()  # a frozen copy
+    with torch.no_grad():  # the least-squares fit of the conv output by the adder output
+        x = torch.cat([model[:3](b) for b in batches])
+        f = model[3](x).transpose(0, 1).flatten(1).double()
+        o = layer.op_forward(x).transpose(0, 1).flatten(1).double()
+    fc, oc = f - f.mean(1, keepdim=True), o - o.mean(1, keepdim=True)
+    scale = (fc * oc).mean(1) / oc.square().mean(1)
+    torch.testing.assert_close(layer.blend_scale.double(), scale, rtol=1e-4, atol=1e-7)
+    shift = f.mean(1) - scale * o.mean(1)
+    torch.testing.assert_close(layer.blend_shift.double(), shift, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "mobilenetv3_small_050", "convnext_atto"])
+def test_finalize_folds_the_scale_into_the_batchnorm_exactly(name):
+    _, ann = _calibrated(name)
+    anneal = Anneal(ann, steps=10)
+    for layer, _ in anneal.layers.values():
+        layer.blend = 0.0  # the op model with its fitted scale and shift
+    ann.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = ann(x)
+        anneal.finalize()
+        after = ann(x)
+    # measured 2e-7 (resnet10t) to 2e-5 (mobilenetv3) of the largest output
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
+    for layer, _ in anneal.layers.values():
+        assert not layer.blending and layer.float_weight is None
+    assert not hasattr(ann, BLEND_ATTR)
+
+
+def test_anneal_schedule_and_errors():
+    model = _trained_like("resnet10t", 32)
+    ann = adderize.adderize(model, preserve=True)
+    anneal = Anneal(ann, steps=4, shape="linear")
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        anneal.step()
+    calibrate(ann, [torch.randn(4, 3, 32, 32)])
+    assert [anneal.step() for _ in range(4)] == [0.75, 0.5, 0.25, 0.0]
+    assert anneal.finalized
+    cosine = Anneal(adderize.adderize(model, preserve=True), steps=4, shape="cosine")
+    assert cosine.blend == 1.0
+    cosine.last_step = 2
+    assert cosine.blend == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="shape must be one of linear, cosine"):
+        Anneal(ann, steps=4, shape="step")
+    with pytest.raises(ValueError, match="preserve=True"):
+        Anneal(adderize.adderize(model), steps=4)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        Anneal(adderize.adderize(model, preserve=True), steps=0)
+    with pytest.raises(ValueError, match="insert_norm=True"):
+        adderize.OpMapping(insert_norm=False, preserve=True)
+
+
+def _train(ann: nn.Module, anneal: Anneal, steps: int, seed: int) -> list[float]:
+    opt = torch.optim.SGD(ann.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    ann.train()
+    for _ in range(steps):
+        x = torch.randn(4, 3, 32, 32, generator=gen)
+        out = ann(x)
+        loss = out.square().mean() + anneal.loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        anneal.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_blended_training_moves_only_the_op_weights_and_reports_a_local_loss():
+    _, ann = _calibrated()
+    anneal = Anneal(ann, steps=6)
+    frozen = {n: layer.float_weight.clone() for n, (layer, _) in anneal.layers.items()}
+    start = {n: layer.weight.detach().clone() for n, (layer, _) in anneal.layers.items()}
+    scale0 = {n: layer.blend_scale.clone() for n, (layer, _) in anneal.layers.items()}
+    ann.train()
+    anneal.step()  # blend 1 -> below 1: both paths run
+    ann(torch.randn(4, 3, 32, 32))
+    loss = anneal.loss()
+    assert isinstance(loss, torch.Tensor) and loss.requires_grad and float(loss.detach()) > 0
+    assert anneal.loss() == 0.0  # consumed
+    _train(ann, anneal, 3, seed=0)
+    for n, (layer, _) in anneal.layers.items():
+        assert torch.equal(layer.float_weight, frozen[n]), n
+        assert not torch.equal(layer.weight, start[n]), n
+        assert not torch.equal(layer.blend_scale, scale0[n]), n  # tracked while training
+
+
+def test_resume_of_the_anneal_continues_identically():
+    _, ann = _calibrated()
+    anneal = Anneal(ann, steps=6)
+    _train(ann, anneal, 2, seed=0)
+    saved_model = copy.deepcopy(ann.state_dict())
+    saved_anneal = copy.deepcopy(anneal.state_dict())
+    reference = _train(ann, anneal, 5, seed=1)  # crosses the end of the anneal
+    assert anneal.finalized
+
+    _, fresh = _calibrated()  # another process: same conversion, its own calibration
+    resumed = Anneal(fresh, steps=6)
+    resumed.load_state_dict(saved_anneal)
+    fresh.load_state_dict(saved_model)
+    assert resumed.last_step == 2
+    assert _train(fresh, resumed, 5, seed=1) == pytest.approx(reference, rel=1e-5)
+    assert resumed.finalized
+    for (a, _), (b, _) in zip(anneal.layers.values(), resumed.layers.values(), strict=True):
+        torch.testing.assert_close(a.weight, b.weight)
+        assert not a.blending and not b.blending
+
+
+def test_resume_after_the_anneal_ended():
+    _, ann = _calibrated()
+    anneal = Anneal(ann, steps=2)
+    _train(ann, anneal, 3, seed=0)
+    state, model_state = anneal.state_dict(), ann.state_dict()
+    _, fresh = _calibrated()
+    resumed = Anneal(fresh, steps=2)
+    resumed.load_state_dict(state)
+    fresh.load_state_dict(model_state)
+    assert resumed.finalized and not hasattr(fresh, BLEND_ATTR)
+    x = torch.randn(2, 3, 32, 32)
+    ann.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), ann(x))
+
+
+def test_the_annealed_model_has_no_multiplication_in_converted_layers(tmp_path):
+    from adderize.energy import energy_report
+
+    _, ann = _calibrated()
+    anneal = Anneal(ann, steps=2)
+    with pytest.raises(ValueError, match="still blending"):
+        adderize.save(ann, tmp_path / "mid.safetensors", model_name="resnet10t",
+                      model_kwargs={"num_classes": 7})  # fmt: skip
+    _train(ann, anneal, 2, seed=0)
+    report = energy_report(ann.eval(), (1, 3, 32, 32))
+    adder = [r for r in report.layers if r.op == "adder"]
+    assert len(adder) == len(anneal.layers)
+    assert all(r.counts.get("mult", 0) == 0 and r.counts["add"] > 0 for r in adder)
+    kept = [r for r in report.layers if r.op == "conv"]  # the stem and the classifier
+    assert report.op_totals(parametric_only=True)["mult"] == sum(r.macs for r in kept)
+
+    path = adderize.save(ann, tmp_path / "done.safetensors", model_name="resnet10t",
+                         model_kwargs={"num_classes": 7})  # fmt: skip
+    loaded = adderize.load(path).eval()
+    assert not any(m.blending for m in loaded.modules() if isinstance(m, Blendable))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ann(x))
+
+
+def test_blend_of_a_linear_layer_uses_the_last_dimension():
+    lin = nn.Linear(12, 9)
+    layer = AdderLinear.from_float(lin)
+    x = torch.randn(5, 3, 12)
+    layer.blend = 1.0
+    torch.testing.assert_close(layer(x), lin(x))
+    layer.blend_scale, layer.blend_shift = torch.full((9,), 0.5), torch.arange(9.0)
+    layer.blend = 0.0
+    torch.testing.assert_close(layer(x), layer.op_forward(x) * 0.5 + torch.arange(9.0))
+    conv = Adder2d(4, 8, 3)
+    conv.blend = 0.5
+    with pytest.raises(RuntimeError, match="calibrate"):
+        conv(torch.randn(1, 4, 5, 5))
