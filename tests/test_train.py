@@ -104,11 +104,55 @@ def test_works_with_clipping_and_amp_grad_scaler():
     assert math.isclose(seen[0].item(), 0.1 * math.sqrt(w.numel()), rel_tol=1e-4)
 
 
+def _micro_batch_update(per):
+    """The update of one step made of 2 micro-batches (gradient accumulation)."""
+    torch.manual_seed(0)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    handle = AdaptiveLRScaling(model, eta=0.2, per=per).attach(opt)
+    w = _adder_weights(model)[1]
+    before = w.detach().clone()
+    _backward(model, seed=1)
+    _backward(model, seed=2)
+    opt.step()
+    handle.remove()
+    return model, w, before - w.detach()
+
+
+def test_per_backward_normalises_each_backward_as_the_official_code():
+    _, w, update = _micro_batch_update("backward")
+    # the official rule by hand: each micro-batch's gradient normalised, then summed
+    torch.manual_seed(0)
+    fresh = _model()  # the same initial weights
+    grads = []
+    for seed in (1, 2):
+        fresh.zero_grad()
+        _backward(fresh, seed=seed)
+        g = _adder_weights(fresh)[1].grad
+        grads.append(0.2 * math.sqrt(g.numel()) * g / g.norm())
+    torch.testing.assert_close(update, grads[0] + grads[1])
+    # per step normalises the accumulated gradient instead: a different, documented update
+    _, _, step_update = _micro_batch_update("step")
+    assert math.isclose(step_update.norm().item(), 0.2 * math.sqrt(w.numel()), rel_tol=1e-5)
+    assert (step_update - update).norm() > 0.05 * update.norm()
+
+
+def test_per_backward_hooks_are_removed():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    AdaptiveLRScaling(model, per="backward").attach(opt).remove()
+    _backward(model)
+    w = _adder_weights(model)[0]
+    assert not math.isclose(w.grad.norm().item(), 0.2 * math.sqrt(w.numel()), rel_tol=1e-3)
+
+
 def test_adaptive_lr_errors():
     with pytest.raises(ValueError, match="eta must be a positive finite number, got -1"):
         AdaptiveLRScaling(_model(), eta=-1)
     with pytest.raises(ValueError, match="no adder layers"):
         AdaptiveLRScaling(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"per must be one of \('step', 'backward'\), got 'call'"):
+        AdaptiveLRScaling(_model(), per="call")
     model = _model()
     opt = torch.optim.SGD(model[-1].parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"2 of 2 adder weights are not optimised"):

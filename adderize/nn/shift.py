@@ -1,9 +1,16 @@
 """DeepShift-style power-of-two layers (Elhoushi et al., "DeepShift", CVPRW 2021).
 
 Weights are rounded to ``sign(W) * 2^round(log2|W|)``, the exponent clamped to
-``[min_exp, max_exp]`` (default ``[-14, 0]``: DeepShift's 5-bit shift range), so every
-multiplication becomes a bit shift (and a sign flip). Exact zeros stay zero. The latent float
-weight gets a straight-through gradient. Activations stay full precision.
+``[min_exp, max_exp]``, so every multiplication becomes a bit shift (and a sign flip). Exact
+zeros stay zero. The latent float weight gets a straight-through gradient (DeepShift-Q's
+training). Activations stay full precision.
+
+The exponent range is a parameter of every shift layer (``min_exp``, ``max_exp``). The
+default ``[-14, 0]`` is DeepShift-PS's (``shift_range``: 5 bits with the sign, one exponent
+code reserved); DeepShift-Q's own rounding clamps at ``-15`` (:data:`DEEPSHIFT_Q`), so to
+reproduce DeepShift-Q pass ``min_exp=-15`` (or set ``layer.min_exp`` on a converted model:
+the range is a layer attribute, not a tensor, and is not saved with the weights). The two
+differ only for weights below ``2^-14.5``.
 """
 
 from __future__ import annotations
@@ -15,7 +22,11 @@ import torch.nn.functional as F
 
 from adderize.nn._base import Conv2dLike, LinearLike
 
-__all__ = ["ShiftConv2d", "ShiftLinear", "round_power_of_two"]
+__all__ = ["DEEPSHIFT_PS", "DEEPSHIFT_Q", "ShiftConv2d", "ShiftLinear", "round_power_of_two"]
+
+#: ``(min_exp, max_exp)`` of DeepShift-PS (the default) and of DeepShift-Q
+DEEPSHIFT_PS = (-14, 0)
+DEEPSHIFT_Q = (-15, 0)
 
 
 def round_power_of_two(w: torch.Tensor, min_exp: int = -14, max_exp: int = 0) -> torch.Tensor:
@@ -40,7 +51,7 @@ class ShiftConv2d(Conv2dLike):
         self.min_exp, self.max_exp = _check_exps(min_exp, max_exp)
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = round_power_of_two(self.weight, self.min_exp, self.max_exp)
+        w = round_power_of_two(self.op_weight(), self.min_exp, self.max_exp)
         return F.conv2d(self._pad(x), w, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:

@@ -293,7 +293,11 @@ def run_phase(
     )
     lp = None
     if phase.scheme:
-        AdaptiveLRScaling(model, eta=recipe.adder.eta).attach(optimizer)
+        AdaptiveLRScaling(
+            model,
+            eta=recipe.adder.eta,
+            per=recipe.adder.eta_per,  # type: ignore[arg-type]
+        ).attach(optimizer)
         a = recipe.adder
         decay = round(a.p_decay * phase.epochs * updates)
         lp = LpSchedule(model, decay_steps=decay, start=a.p_start, end=a.p_end)

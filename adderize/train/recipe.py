@@ -129,12 +129,18 @@ class AdderCfg:
     """
 
     eta: float = 0.2
+    #: normalise each optimiser step's gradient ("step") or each backward's ("backward":
+    #: the official code; differs under gradient accumulation / DDP), see adaptive_lr
+    eta_per: str = "step"
     p_start: float = 1.0
     p_end: float = 1.0
     p_decay: float = 0.75
 
     def __post_init__(self) -> None:
         _positive("adder.eta", self.eta)
+        from adderize.train.adaptive_lr import PER
+
+        _choice("adder.eta_per", self.eta_per, PER)
         if not 0 <= self.p_decay <= 1:
             raise ValueError(
                 f"adder.p_decay is a fraction of training in [0, 1], got {self.p_decay}"
