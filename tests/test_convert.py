@@ -151,29 +151,114 @@ def test_bad_inputs_name_the_value_and_the_choices():
         adderize.adderize(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3)))
 
 
-class WithStdConv(nn.Module):
+class DoubledConv(nn.Conv2d):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class WithCustomConv(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        from timm.layers import StdConv2d
-
         self.stem = nn.Conv2d(3, 4, 3)
-        self.std = StdConv2d(4, 4, 3)
+        self.custom = DoubledConv(4, 4, 3)
         self.conv = nn.Conv2d(4, 4, 3)
         self.head = nn.Conv2d(4, 2, 1)
 
     def forward(self, x):
-        return self.head(self.conv(self.std(self.stem(x))))
+        return self.head(self.conv(self.custom(self.stem(x))))
 
 
 def test_skips_are_reported_and_strict_raises_before_any_change():
-    model = WithStdConv()
+    model = WithCustomConv()
     _, report = adderize.adderize(model, return_report=True)
     rec = _records(report)
-    assert rec["std"].action == "skipped" and "standardises its weights" in rec["std"].reason
-    assert [r.name for r in report.unmet] == ["std"]
-    with pytest.raises(ValueError, match=r"(?s)strict=True: 1 layer\(s\).*std \(StdConv2d\)"):
+    assert rec["custom"].action == "skipped"
+    assert "overrides nn.Conv2d.forward" in rec["custom"].reason
+    assert [r.name for r in report.unmet] == ["custom"]
+    with pytest.raises(ValueError, match=r"(?s)strict=True: 1 layer\(s\).*custom \(DoubledConv\)"):
         adderize.adderize(model, strict=True, inplace=True)
     assert type(model.conv) is nn.Conv2d  # nothing changed
+
+
+@pytest.mark.parametrize("cls_name", ["StdConv2d", "ScaledStdConv2d", "ScaledStdConv2dSame"])
+@pytest.mark.parametrize("op", ["adder", "binary", "shift"])
+def test_weight_standardised_convs_convert_and_keep_the_standardisation(cls_name, op):
+    import timm.layers
+
+    torch.manual_seed(0)
+    std = getattr(timm.layers, cls_name)(4, 6, 3, stride=2)
+    if hasattr(std, "gain"):
+        with torch.no_grad():
+            std.gain.uniform_(0.5, 2.0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), std, nn.BatchNorm2d(6), nn.Conv2d(6, 2, 1)).eval()
+    x = torch.randn(2, 3, 9, 9)
+    conv, report = adderize.adderize(net, op, return_report=True)
+    assert _records(report)["1"].action == "replaced"
+    layer = conv[1]
+    sd = layer.state_dict()  # the replaced layer's keys and shapes (binary adds its threshold)
+    assert all(sd[k].shape == v.shape for k, v in std.state_dict().items())
+    # the op computes with exactly the weight timm's layer convolves with
+    w = std.weight.reshape(6, -1)
+    var = w.var(1, unbiased=False, keepdim=True)
+    ref = (w - w.mean(1, keepdim=True)) / torch.sqrt(var + std.eps)
+    if hasattr(std, "gain"):
+        ref = ref * (std.gain * std.scale).view(-1, 1)
+    torch.testing.assert_close(layer.op_weight(), ref.reshape_as(std.weight))
+    # function-preserving mode reproduces the float model, gradients reach weight and gain
+    kept = adderize.adderize(net, op, preserve=True).eval()
+    torch.testing.assert_close(kept(x), net(x), rtol=1e-5, atol=1e-6)
+    conv.train()(x).sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    if hasattr(std, "gain"):
+        assert layer.gain.grad is not None and layer.gain.grad.abs().sum() > 0
+
+
+class Lenet(nn.Module):
+    """Flattens with ``.view``: needs a contiguous NCHW output from its last conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 6, 3), nn.Conv2d(6, 6, 3)
+        self.fc1, self.fc2 = nn.Linear(6 * 4 * 4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.c3(F.relu(self.c2(F.relu(self.c1(x)))))
+        return self.fc2(F.relu(self.fc1(x.view(x.size(0), -1))))
+
+
+@pytest.mark.parametrize("op", ["adder", "binary", "shift"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_converted_layers_return_what_the_replaced_layer_would(op, dtype):
+    torch.manual_seed(0)
+    net = Lenet().to(dtype)
+    conv = adderize.adderize(net, OpMapping(default=op, insert_norm=False))
+    x = torch.randn(2, 1, 10, 10, dtype=dtype)
+    assert conv(x).shape == (2, 3)  # .view() works: every layer returned contiguous NCHW
+    for name in ("c2", "c3"):
+        layer, ref = getattr(conv, name), getattr(net, name)
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xi = torch.randn(2, layer.in_channels, 7, 7, dtype=dtype).contiguous(memory_format=fmt)
+            y, r = layer(xi), ref(xi)
+            assert y.shape == r.shape and y.dtype == r.dtype == dtype and y.device == r.device
+            assert y.is_contiguous(memory_format=fmt) == r.is_contiguous(memory_format=fmt)
+            assert y.is_contiguous() == r.is_contiguous()
+
+
+def test_inserted_norm_shows_the_parent_the_replaced_layer():
+    net = SmallNet()
+    conv = adderize.adderize(net, OpMapping(keep_first=False, keep_last=False))
+    wrapped = [(n, m) for n, m in conv.named_modules() if isinstance(m, WithNorm)]
+    assert wrapped
+    for name, m in wrapped:
+        orig = net.get_submodule(name)
+        assert m.weight is m.op.weight and m.weight.shape == orig.weight.shape
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "in_features"):
+            if hasattr(orig, attr):
+                assert getattr(m, attr) == getattr(orig, attr)
+        with pytest.raises(AttributeError, match="no_such_attribute"):
+            m.no_such_attribute  # noqa: B018
+    # the state dict keeps the op under .op and the inserted norm under .norm
+    assert any(k.endswith(".op.weight") for k in conv.state_dict())
 
 
 def test_converting_twice_is_a_no_op_with_reasons():

@@ -72,6 +72,10 @@ class Blendable(nn.Module):
         """Whether the layer computes anything but its plain op."""
         return self.blend != 0.0 or self.blend_scale is not None
 
+    def op_weight(self) -> torch.Tensor:
+        """The weight the op computes with (``weight``, standardised where the layer is)."""
+        return self.weight
+
     def _float_weight(self) -> torch.Tensor:
         return self.weight if self.float_weight is None else self.float_weight
 
@@ -134,7 +138,16 @@ class Conv2dLike(_ConvNd, Blendable):
 
     ``dynamic_same=True`` reproduces TensorFlow/timm ``Conv2dSame`` padding, computed from the
     input size at run time (needed for ``'same'`` with stride > 1).
+
+    ``weight_std_eps`` (not None) standardises the weight at every forward, as timm's
+    ``StdConv2d`` (BiT, ResNetV2) does: each filter to zero mean and unit variance;
+    ``weight_std_gain=True`` adds ``ScaledStdConv2d``'s (NFNet, NF-ResNet) learnable
+    per-filter ``gain`` times ``gamma / sqrt(fan_in)``. The op and the float path both use
+    the standardised weight (:meth:`op_weight`); the parameter stays the raw ``weight``, so
+    the state dict keeps the replaced layer's keys.
     """
+
+    gain: nn.Parameter | None
 
     def __init__(
         self,
@@ -151,6 +164,9 @@ class Conv2dLike(_ConvNd, Blendable):
         dtype: Any = None,
         *,
         dynamic_same: bool = False,
+        weight_std_eps: float | None = None,
+        weight_std_gain: bool = False,
+        weight_std_gamma: float = 1.0,
     ) -> None:
         super().__init__(
             in_channels,
@@ -173,7 +189,43 @@ class Conv2dLike(_ConvNd, Blendable):
                 f"padding_mode='zeros' (got padding={padding!r}, padding_mode={padding_mode!r})"
             )
         self.dynamic_same = dynamic_same
+        if weight_std_gain and weight_std_eps is None:
+            raise ValueError("weight_std_gain=True needs weight_std_eps (the standardisation)")
+        self.weight_std_eps = None if weight_std_eps is None else float(weight_std_eps)
+        self.gain_scale = float(weight_std_gamma) * self.weight[0].numel() ** -0.5
+        self.gain = None
+        if weight_std_gain:
+            self.gain = nn.Parameter(torch.ones(out_channels, 1, 1, 1, device=device, dtype=dtype))
         self._init_blend()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # nn.Conv2d's memory format: channels_last out for channels_last in, else contiguous
+        # (the adder kernels compute NHWC; a flattening parent may call .view on the result)
+        y = Blendable.forward(self, x)
+        channels_last = x.dim() == 4 and not x.is_contiguous()
+        channels_last = channels_last and x.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return y.contiguous(memory_format=fmt)
+
+    def _standardize(self, w: torch.Tensor) -> torch.Tensor:
+        if self.weight_std_eps is None:
+            return w
+        gain = None if self.gain is None else (self.gain * self.gain_scale).view(-1)
+        return F.batch_norm(
+            w.reshape(1, self.out_channels, -1),
+            None,
+            None,
+            weight=gain,
+            training=True,
+            momentum=0.0,
+            eps=self.weight_std_eps,
+        ).reshape_as(w)
+
+    def op_weight(self) -> torch.Tensor:
+        return self._standardize(self.weight)
+
+    def _float_weight(self) -> torch.Tensor:
+        return self._standardize(Blendable._float_weight(self))
 
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self._float_weight()
@@ -204,10 +256,20 @@ class Conv2dLike(_ConvNd, Blendable):
     def from_float(cls: type[_C], mod: nn.Conv2d, **kwargs: Any) -> _C:
         """Build from an ``nn.Conv2d``, copying its geometry, weight and bias.
 
-        Extra keyword arguments (e.g. ``dynamic_same``, ``p``) go to the constructor.
+        Extra keyword arguments (e.g. ``dynamic_same``, ``p``) go to the constructor. A
+        weight-standardised conv (timm's ``StdConv2d`` / ``ScaledStdConv2d`` and their
+        ``Same`` variants) keeps its standardisation, gain and dynamic 'same' padding.
         """
         if not isinstance(mod, nn.Conv2d):
             raise TypeError(f"{cls.__name__}.from_float expects an nn.Conv2d, got {type(mod)}")
+        if _is_weight_std(mod):
+            kwargs.setdefault("weight_std_eps", float(mod.eps))  # type: ignore[arg-type]
+            if isinstance(getattr(mod, "gain", None), torch.Tensor):
+                kwargs.setdefault("weight_std_gain", True)
+                fan_in = mod.weight[0].numel()
+                kwargs.setdefault("weight_std_gamma", float(mod.scale) * fan_in**0.5)  # type: ignore[arg-type]
+            if getattr(mod, "same_pad", False):
+                kwargs.setdefault("dynamic_same", True)
         new = cls(
             mod.in_channels,
             mod.out_channels,
@@ -223,12 +285,18 @@ class Conv2dLike(_ConvNd, Blendable):
             **kwargs,
         )
         _copy_params(mod, new)
+        if new.gain is not None:
+            with torch.no_grad():
+                new.gain.copy_(mod.gain)  # type: ignore[arg-type]
         return new
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self.dynamic_same:
             s += ", dynamic_same=True"
+        if self.weight_std_eps is not None:
+            s += f", weight_std_eps={self.weight_std_eps:g}"
+            s += ", weight_std_gain=True" if self.gain is not None else ""
         return s
 
 
@@ -266,6 +334,16 @@ class LinearLike(nn.Linear, Blendable):
         )
         _copy_params(mod, new)
         return new
+
+
+WEIGHT_STD_CLASSES = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+
+
+def _is_weight_std(mod: nn.Module) -> bool:
+    """Whether ``mod`` is one of timm's weight-standardised convs."""
+    import timm.layers as tl
+
+    return isinstance(mod, tuple(getattr(tl, n) for n in WEIGHT_STD_CLASSES if hasattr(tl, n)))
 
 
 def _copy_params(src: nn.Module, dst: nn.Module) -> None:

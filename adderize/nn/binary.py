@@ -74,7 +74,7 @@ class BinaryConv2d(Conv2dLike, _Thresholded):
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(
             self._pad(self._binarize_input(x, 1)),
-            binarize_weight(self.weight),
+            binarize_weight(self.op_weight()),
             self.bias,
             self.stride,
             0,

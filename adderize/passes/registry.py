@@ -28,6 +28,7 @@ from adderize.nn import (
     ShiftConv2d,
     ShiftLinear,
 )
+from adderize.nn._base import WEIGHT_STD_CLASSES
 
 __all__ = ["OpSpec", "Source", "classify", "get_op", "op_names", "register_op"]
 
@@ -50,7 +51,6 @@ def _timm_classes(*names: str) -> tuple[type, ...]:
 
 
 _SAME_PAD = ("Conv2dSame", "Conv2dSameExport")
-_WEIGHT_STD = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
 # subclasses whose overridden forward is the parent's computation (verified by reading them)
 _PLAIN_LINEAR = ("Linear",)  # timm.layers.Linear: casts dtypes only under TorchScript
 
@@ -61,12 +61,9 @@ def classify(module: nn.Module) -> Source | None:
     if isinstance(module, (Conv2dLike, LinearLike)):
         return Source(None, f"already multiplication-free ({cls.__name__})")
     if isinstance(module, nn.Conv2d):
-        if isinstance(module, _timm_classes(*_WEIGHT_STD)):
-            return Source(
-                None,
-                f"{cls.__name__} standardises its weights at every forward; an adder over "
-                "standardised weights is not the papers' layer",
-            )
+        if isinstance(module, _timm_classes(*WEIGHT_STD_CLASSES)):
+            # the op keeps the standardisation (Conv2dLike.from_float reads it)
+            return Source("conv2d", dynamic_same=bool(getattr(module, "same_pad", False)))
         if isinstance(module, _timm_classes(*_SAME_PAD)):
             return Source("conv2d", dynamic_same=True)
         if cls.forward is nn.Conv2d.forward:

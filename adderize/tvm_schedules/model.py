@@ -68,7 +68,7 @@ class _ExportAdder2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.layer
         y = torch.ops.adderize.adder_conv2d(
-            m._pad(x), m.weight, m.stride[0], m.dilation[0], m.groups, float(m.p)
+            m._pad(x), m.op_weight(), m.stride[0], m.dilation[0], m.groups, float(m.p)
         )
         return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
 

@@ -46,7 +46,8 @@ def calibrate(
     model: torch.nn.Module, layer: Adder2d, batches: Iterable[torch.Tensor]
 ) -> SharedGrid:
     """The grid covering ``layer``'s weights and its inputs while ``model`` runs ``batches``."""
-    lo, hi = float(layer.weight.min()), float(layer.weight.max())
+    w = layer.op_weight()
+    lo, hi = float(w.min()), float(w.max())
     seen = []
 
     def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -72,7 +73,7 @@ def int8_adder_conv2d(x: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torc
             f"{layer.groups}, stride={s}, dilation={d}"
         )
     xp = grid.quantize(layer._pad(x)).permute(0, 2, 3, 1).contiguous()
-    wq = grid.quantize(layer.weight.detach()).permute(0, 2, 3, 1).contiguous()
+    wq = grid.quantize(layer.op_weight().detach()).permute(0, 2, 3, 1).contiguous()
     n, hp, wp, c = xp.shape
     t, kh, kw, _ = wq.shape
     oh = (hp - d[0] * (kh - 1) - 1) // s[0] + 1
@@ -108,8 +109,9 @@ def binary_conv2d(x: torch.Tensor, layer: BinaryConv2d) -> torch.Tensor:
     signs = layer._pad(layer._binarize_input(x, 1))  # +-1, padding 0 (as the layer)
     nhwc = signs.permute(0, 2, 3, 1)
     xb, mb = _pack_bits(nhwc > 0), _pack_bits(nhwc != 0)
-    wb = _pack_bits(layer.weight.permute(0, 2, 3, 1) >= 0)
-    alpha = layer.weight.abs().flatten(1).mean(1).contiguous()
+    w = layer.op_weight().detach()
+    wb = _pack_bits(w.permute(0, 2, 3, 1) >= 0)
+    alpha = w.abs().flatten(1).mean(1).contiguous()
     n, hp, wp, q = xb.shape
     t, kh, kw, _ = wb.shape
     oh = (hp - d[0] * (kh - 1) - 1) // s[0] + 1
