@@ -361,3 +361,38 @@ def test_converted_model_state_dict_and_torch_save():
     ann.eval(), loaded.eval(), fresh.eval()
     torch.testing.assert_close(loaded(x), ann(x))
     torch.testing.assert_close(fresh(x), ann(x))
+
+
+class WithConv1d(nn.Module):
+    """ECA-style channel attention: a Conv1d over the pooled channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3)
+        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        gate = self.eca(x.mean((2, 3)).unsqueeze(1)).sigmoid().squeeze(1)
+        return self.head((x * gate[:, :, None, None]).mean((2, 3)))
+
+
+def test_conv1d_layers_convert_with_a_batchnorm1d_and_ops_without_one_skip():
+    from adderize.passes.registry import _OPS, OpSpec, get_op, register_op
+
+    torch.manual_seed(0)
+    net = WithConv1d().eval()
+    x = torch.randn(2, 3, 8, 8)
+    conv, report = adderize.adderize(net, return_report=True)
+    assert type(conv.eca.op).__name__ == "Adder1d" and isinstance(conv.eca.norm, nn.BatchNorm1d)
+    assert conv.train()(x).shape == (2, 2)
+    torch.testing.assert_close(adderize.adderize(net, preserve=True).eval()(x), net(x))
+    adder = get_op("adder")
+    register_op(OpSpec("adder2d_only", adder.conv2d, adder.linear, True, "no 1-D layer"))
+    try:
+        _, report = adderize.adderize(net, "adder2d_only", return_report=True)
+    finally:
+        del _OPS["adder2d_only"]
+    rec = _records(report)["eca"]
+    assert rec.action == "skipped" and rec.reason == "op 'adder2d_only' has no conv1d layer"

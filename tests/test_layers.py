@@ -10,11 +10,14 @@ from torch import nn
 from adderize.kernels.l1 import l1_forward, l1_grad_a
 from adderize.kernels.reference import adder2d_reference, adder_linear_reference
 from adderize.nn import (
+    Adder1d,
     Adder2d,
     AdderLinear,
     BatchNormLastDim,
+    BinaryConv1d,
     BinaryConv2d,
     BinaryLinear,
+    ShiftConv1d,
     ShiftConv2d,
     ShiftLinear,
 )
@@ -304,3 +307,29 @@ def test_batchnorm_last_dim_channels_last():
     flat = y.reshape(-1, 4)
     torch.testing.assert_close(flat.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
     assert y.shape == x.shape
+
+
+@pytest.mark.parametrize("cls", [Adder1d, BinaryConv1d, ShiftConv1d])
+def test_conv1d_layers_are_their_2d_op_over_one_row(cls):
+    torch.manual_seed(0)
+    conv = nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2).double()
+    layer = cls.from_float(conv)
+    # nn.Conv1d's state dict: same keys and shapes (binary adds its input threshold)
+    sd = layer.state_dict()
+    assert all(sd[k].shape == v.shape for k, v in conv.state_dict().items())
+    x = torch.randn(2, 4, 11, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    assert y.shape == conv(x).shape and y.is_contiguous()
+    assert layer(x[0]).shape == conv(x[0]).shape  # unbatched [C, L], as nn.Conv1d
+    two_d = {Adder1d: Adder2d, BinaryConv1d: BinaryConv2d, ShiftConv1d: ShiftConv2d}[cls]
+    ref = two_d(4, 6, (1, 3), stride=(1, 2), padding=(0, 1), groups=2).double()
+    ref.load_state_dict({k: v.unsqueeze(2) if k == "weight" else v for k, v in sd.items()})
+    torch.testing.assert_close(y, ref(x.unsqueeze(2)).squeeze(2))
+    if cls is Adder1d:  # and the adder is -sum |x - w| by the plain reference
+        xp = F.pad(x, (1, 1)).unsqueeze(2)
+        want = adder2d_reference(xp, conv.weight.unsqueeze(2), conv.bias, stride=(1, 2), groups=2)
+        torch.testing.assert_close(y, want.squeeze(2))
+    y.sum().backward()
+    assert x.grad is not None and layer.weight.grad.shape == conv.weight.shape
+    layer.blend = 1.0  # the float path is the Conv1d exactly
+    torch.testing.assert_close(layer(x), conv(x))

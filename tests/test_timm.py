@@ -25,9 +25,9 @@ FAST = [
     ("dla46_c", 32),  # DLA
     ("mixnet_s", 32),  # MixedConv2d (ModuleDict of convs)
     ("mobilevit_xxs", 64),  # non-traceable timm leaf blocks: module walk inside
-    ("ecaresnet26t", 32),  # Conv1d in ECA attention: skipped with a reason
+    ("ecaresnet26t", 32),  # Conv1d in ECA attention: Adder1d
     ("tresnet_m", 64),  # anti-aliasing blur filters as functional convs on buffers
-    ("nf_resnet26", 32),  # ScaledStdConv2d everywhere: skipped with reasons
+    ("nf_resnet26", 32),  # ScaledStdConv2d everywhere: standardised adder layers
 ]
 SLOW = [
     ("densenet121", 32),
@@ -107,3 +107,23 @@ def test_traced_graph_matches_eager(name):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x))
+
+
+def _sweep():
+    """benchmarks/timm_families.py, the sweep over every timm model family."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "timm_families.py"
+    spec = importlib.util.spec_from_file_location("timm_families", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", timm.list_modules())
+def test_every_timm_family_converts(family):
+    result = _sweep().check(family)
+    assert result.ok, f"{family} ({result.model}): {result.error}"

@@ -1,20 +1,24 @@
 """Multiplication-free drop-in layers for ``nn.Conv2d`` / ``nn.Linear``."""
 
-from adderize.nn._base import Blendable, Conv2dLike, LinearLike
-from adderize.nn.adder import Adder2d, AdderLinear, adder2d, adder_linear
-from adderize.nn.binary import BinaryConv2d, BinaryLinear
+from adderize.nn._base import Blendable, Conv1dLike, Conv2dLike, LinearLike
+from adderize.nn.adder import Adder1d, Adder2d, AdderLinear, adder2d, adder_linear
+from adderize.nn.binary import BinaryConv1d, BinaryConv2d, BinaryLinear
 from adderize.nn.norm import BatchNormLastDim, WithNorm
-from adderize.nn.shift import ShiftConv2d, ShiftLinear
+from adderize.nn.shift import ShiftConv1d, ShiftConv2d, ShiftLinear
 
 __all__ = [
+    "Adder1d",
     "Adder2d",
     "AdderLinear",
     "BatchNormLastDim",
+    "BinaryConv1d",
     "BinaryConv2d",
     "BinaryLinear",
     "Blendable",
+    "Conv1dLike",
     "Conv2dLike",
     "LinearLike",
+    "ShiftConv1d",
     "ShiftConv2d",
     "ShiftLinear",
     "WithNorm",

@@ -12,9 +12,10 @@ from torch.nn.common_types import _size_2_t
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.utils import _pair
 
-__all__ = ["Blendable", "Conv2dLike", "LinearLike"]
+__all__ = ["Blendable", "Conv1dLike", "Conv2dLike", "LinearLike"]
 
 _C = TypeVar("_C", bound="Conv2dLike")
+_C1 = TypeVar("_C1", bound="Conv1dLike")
 _L = TypeVar("_L", bound="LinearLike")
 
 
@@ -298,6 +299,87 @@ class Conv2dLike(_ConvNd, Blendable):
             s += f", weight_std_eps={self.weight_std_eps:g}"
             s += ", weight_std_gain=True" if self.gain is not None else ""
         return s
+
+
+class Conv1dLike(Conv2dLike):
+    """``nn.Conv1d``'s signature and state dict, computed as a ``(1, k)`` 2-D layer.
+
+    Put it first in the bases of a 2-D op to get the op's 1-D layer
+    (``class Adder1d(Conv1dLike, Adder2d)``): the input ``[N, C, L]`` runs as
+    ``[N, C, 1, L]`` through the 2-D op, the weight parameter keeps ``nn.Conv1d``'s shape
+    ``[out, in / groups, k]`` (the op reads it as ``[out, in / groups, 1, k]``). The
+    geometry attributes (``kernel_size``, ``stride``, ...) are the 2-D ``(1, k)`` forms.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int],
+        stride: int | tuple[int] = 1,
+        padding: int | tuple[int] | str = 0,
+        dilation: int | tuple[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        def one(v: Any) -> int:
+            return int(v[0] if isinstance(v, (tuple, list)) else v)
+
+        pad = padding if isinstance(padding, str) else (0, one(padding))
+        super().__init__(
+            in_channels,
+            out_channels,
+            (1, one(kernel_size)),
+            stride=(1, one(stride)),
+            padding=pad,
+            dilation=(1, one(dilation)),
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+            **kwargs,
+        )
+        self.weight = nn.Parameter(self.weight.detach().squeeze(2))
+
+    def op_weight(self) -> torch.Tensor:
+        return super().op_weight().unsqueeze(2)
+
+    def _float_weight(self) -> torch.Tensor:
+        return super()._float_weight().unsqueeze(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() not in (2, 3):
+            raise ValueError(f"{type(self).__name__} expects [N, C, L] or [C, L], got {x.shape}")
+        batched = x.dim() == 3
+        y = super().forward((x if batched else x.unsqueeze(0)).unsqueeze(2)).squeeze(2)
+        return y if batched else y.squeeze(0)
+
+    @classmethod
+    def from_float(cls: type[_C1], mod: nn.Conv1d, **kwargs: Any) -> _C1:  # type: ignore[override]
+        """Build from an ``nn.Conv1d``, copying its geometry, weight and bias."""
+        if not isinstance(mod, nn.Conv1d):
+            raise TypeError(f"{cls.__name__}.from_float expects an nn.Conv1d, got {type(mod)}")
+        new = cls(
+            mod.in_channels,
+            mod.out_channels,
+            mod.kernel_size,  # type: ignore[arg-type]
+            stride=mod.stride,  # type: ignore[arg-type]
+            padding=mod.padding,  # type: ignore[arg-type]
+            dilation=mod.dilation,  # type: ignore[arg-type]
+            groups=mod.groups,
+            bias=mod.bias is not None,
+            padding_mode=mod.padding_mode,
+            device=mod.weight.device,
+            dtype=mod.weight.dtype,
+            **kwargs,
+        )
+        _copy_params(mod, new)
+        return new
 
 
 class LinearLike(nn.Linear, Blendable):

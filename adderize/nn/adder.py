@@ -27,9 +27,9 @@ from adderize.kernels.l1 import (
     l1_grad_b,
     use_direct_conv,
 )
-from adderize.nn._base import Conv2dLike, LinearLike
+from adderize.nn._base import Conv1dLike, Conv2dLike, LinearLike
 
-__all__ = ["Adder2d", "AdderLinear", "adder2d", "adder_linear"]
+__all__ = ["Adder1d", "Adder2d", "AdderLinear", "adder2d", "adder_linear"]
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,10 @@ class Adder2d(Conv2dLike):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", p={self.p:g}"
+
+
+class Adder1d(Conv1dLike, Adder2d):
+    """Drop-in for ``nn.Conv1d`` (e.g. ECA attention): :class:`Adder2d` over ``[N, C, 1, L]``."""
 
 
 class AdderLinear(LinearLike):

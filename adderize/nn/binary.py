@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adderize.nn._base import Conv2dLike, LinearLike
+from adderize.nn._base import Conv1dLike, Conv2dLike, LinearLike
 
-__all__ = ["BinaryConv2d", "BinaryLinear", "binarize_activation", "binarize_weight"]
+__all__ = ["BinaryConv1d", "BinaryConv2d", "BinaryLinear", "binarize_activation", "binarize_weight"]
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +81,10 @@ class BinaryConv2d(Conv2dLike, _Thresholded):
             self.dilation,
             self.groups,
         )
+
+
+class BinaryConv1d(Conv1dLike, BinaryConv2d):
+    """Drop-in for ``nn.Conv1d``: :class:`BinaryConv2d` over ``[N, C, 1, L]``."""
 
 
 class BinaryLinear(LinearLike, _Thresholded):

@@ -20,9 +20,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adderize.nn._base import Conv2dLike, LinearLike
+from adderize.nn._base import Conv1dLike, Conv2dLike, LinearLike
 
-__all__ = ["DEEPSHIFT_PS", "DEEPSHIFT_Q", "ShiftConv2d", "ShiftLinear", "round_power_of_two"]
+__all__ = [
+    "DEEPSHIFT_PS",
+    "DEEPSHIFT_Q",
+    "ShiftConv1d",
+    "ShiftConv2d",
+    "ShiftLinear",
+    "round_power_of_two",
+]
 
 #: ``(min_exp, max_exp)`` of DeepShift-PS (the default) and of DeepShift-Q
 DEEPSHIFT_PS = (-14, 0)
@@ -56,6 +63,10 @@ class ShiftConv2d(Conv2dLike):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", shift_range=[{self.min_exp}, {self.max_exp}]"
+
+
+class ShiftConv1d(Conv1dLike, ShiftConv2d):
+    """Drop-in for ``nn.Conv1d``: :class:`ShiftConv2d` over ``[N, C, 1, L]``."""
 
 
 class ShiftLinear(LinearLike):

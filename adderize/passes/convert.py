@@ -143,6 +143,8 @@ def _plan(model: nn.Module, mapping: OpMapping, facts: GraphFacts) -> list[_Deci
             d.requested = "" if spec.keeps_float else op
         elif spec.keeps_float:
             d.action = "kept"
+        elif spec.builder(source.kind) is None:
+            d.action, d.reason = "skipped", f"op {op!r} has no {source.kind} layer"
         elif mapping.preserve:  # every converted layer gets a BatchNorm to fold into
             d.norm_after = "" if site else facts.batchnorm_after.get(name, "")
             d.needs_norm = not d.norm_after
@@ -159,7 +161,7 @@ def _norm_for(kind: str, channels: int, ref: nn.Module, identity: bool) -> nn.Mo
     """The BatchNorm inserted after a converted layer; ``identity``: one that passes its
     input through unchanged in eval mode (function-preserving conversion)."""
     weight = next(ref.parameters())
-    cls = nn.BatchNorm2d if kind == "conv2d" else BatchNormLastDim
+    cls = {"conv2d": nn.BatchNorm2d, "conv1d": nn.BatchNorm1d}.get(kind, BatchNormLastDim)
     norm = cls(channels, device=weight.device, dtype=weight.dtype)
     if identity:
         norm.running_var.fill_(1.0 - norm.eps)  # type: ignore[union-attr]
@@ -307,7 +309,8 @@ def adderize(
                 new.blend = 1.0
                 blend[f"{path}.op" if d.needs_norm else path] = d.norm_after or f"{path}.norm"
             if d.needs_norm:
-                channels = new.out_channels if d.source.kind == "conv2d" else new.out_features
+                linear = d.source.kind == "linear"
+                channels = new.out_features if linear else new.out_channels
                 norm = _norm_for(d.source.kind or "", channels, new, mapping.preserve)
                 new = WithNorm(new, norm)
             swaps.append((d, new))

@@ -19,12 +19,16 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from adderize.nn import (
+    Adder1d,
     Adder2d,
     AdderLinear,
+    BinaryConv1d,
     BinaryConv2d,
     BinaryLinear,
+    Conv1dLike,
     Conv2dLike,
     LinearLike,
+    ShiftConv1d,
     ShiftConv2d,
     ShiftLinear,
 )
@@ -32,7 +36,7 @@ from adderize.nn._base import WEIGHT_STD_CLASSES
 
 __all__ = ["OpSpec", "Source", "classify", "get_op", "op_names", "register_op"]
 
-Kind = Literal["conv2d", "linear"]
+Kind = Literal["conv2d", "conv1d", "linear"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,12 @@ def classify(module: nn.Module) -> Source | None:
             None,
             f"{cls.__name__} overrides nn.Conv2d.forward; a layer swap cannot preserve it",
         )
+    if isinstance(module, nn.Conv1d):
+        if cls.forward is nn.Conv1d.forward:
+            return Source("conv1d")
+        return Source(
+            None, f"{cls.__name__} overrides nn.Conv1d.forward; a layer swap cannot preserve it"
+        )
     if isinstance(module, nn.Linear):
         if cls.forward is nn.Linear.forward or isinstance(module, _timm_classes(*_PLAIN_LINEAR)):
             return Source("linear")
@@ -79,7 +89,9 @@ def classify(module: nn.Module) -> Source | None:
             None, f"{cls.__name__} overrides nn.Linear.forward; a layer swap cannot preserve it"
         )
     if isinstance(module, _ConvNd):
-        return Source(None, f"{cls.__name__}: only 2-D convolutions and linear layers convert")
+        return Source(
+            None, f"{cls.__name__}: only 1-D / 2-D convolutions and linear layers convert"
+        )
     return None
 
 
@@ -96,6 +108,8 @@ class OpSpec:
         linear: builds the replacement of an ``nn.Linear`` (None: keep the original).
         needs_norm: insert a BatchNorm after the new layer when none follows it.
         description: one line for ``--help`` and error messages.
+        conv1d: builds the replacement of an ``nn.Conv1d`` (None: such layers are skipped
+            with a reason, unless the op keeps float layers anyway).
     """
 
     name: str
@@ -103,13 +117,17 @@ class OpSpec:
     linear: Builder | None
     needs_norm: bool
     description: str
+    conv1d: Builder | None = None
 
     @property
     def keeps_float(self) -> bool:
-        return self.conv2d is None and self.linear is None
+        return self.conv2d is None and self.linear is None and self.conv1d is None
+
+    def builder(self, kind: Kind | None) -> Builder | None:
+        return {"conv2d": self.conv2d, "conv1d": self.conv1d, "linear": self.linear}.get(kind or "")
 
     def build(self, module: nn.Module, source: Source) -> nn.Module:
-        builder = self.conv2d if source.kind == "conv2d" else self.linear
+        builder = self.builder(source.kind)
         if builder is None:
             return module
         return builder(module, source)
@@ -146,6 +164,10 @@ def _conv_builder(cls: type[Conv2dLike]) -> Builder:
     return build
 
 
+def _conv1d_builder(cls: type[Conv1dLike]) -> Builder:
+    return lambda module, source: cls.from_float(module)  # type: ignore[arg-type]
+
+
 def _linear_builder(cls: type[LinearLike]) -> Builder:
     return lambda module, source: cls.from_float(module)  # type: ignore[arg-type]
 
@@ -157,7 +179,8 @@ register_op(
         _conv_builder(Adder2d),
         _linear_builder(AdderLinear),
         True,
-        "AdderNet l1-distance layer (Adder2d / AdderLinear)",
+        "AdderNet l1-distance layer (Adder2d / AdderLinear / Adder1d)",
+        _conv1d_builder(Adder1d),
     )
 )
 register_op(
@@ -166,7 +189,8 @@ register_op(
         _conv_builder(BinaryConv2d),
         _linear_builder(BinaryLinear),
         False,
-        "XNOR-Net binary activations and weights (BinaryConv2d / BinaryLinear)",
+        "XNOR-Net binary activations and weights (BinaryConv2d / BinaryLinear / BinaryConv1d)",
+        _conv1d_builder(BinaryConv1d),
     )
 )
 register_op(
@@ -175,6 +199,7 @@ register_op(
         _conv_builder(ShiftConv2d),
         _linear_builder(ShiftLinear),
         False,
-        "DeepShift power-of-two weights (ShiftConv2d / ShiftLinear)",
+        "DeepShift power-of-two weights (ShiftConv2d / ShiftLinear / ShiftConv1d)",
+        _conv1d_builder(ShiftConv1d),
     )
 )

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from adderize.kernels import tvm_l1
-from adderize.nn import Adder2d, AdderLinear
+from adderize.nn import Adder1d, Adder2d, AdderLinear
 from adderize.nn.adder import adder2d, adder_linear
 
 __all__ = ["CompileReport", "CompiledModel", "compile_model"]
@@ -73,6 +73,13 @@ class _ExportAdder2d(nn.Module):
         return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
 
 
+class _ExportAdder1d(_ExportAdder2d):
+    """An :class:`Adder1d` as its 2-D op over ``[N, C, 1, L]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.unsqueeze(2)).squeeze(2)
+
+
 class _ExportAdderLinear(nn.Module):
     def __init__(self, layer: AdderLinear) -> None:
         super().__init__()
@@ -91,7 +98,9 @@ def exportable(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, Adder2d):
+            if isinstance(child, Adder1d):
+                setattr(parent, name, _ExportAdder1d(child))
+            elif isinstance(child, Adder2d):
                 setattr(parent, name, _ExportAdder2d(child))
             elif isinstance(child, AdderLinear):
                 setattr(parent, name, _ExportAdderLinear(child))
