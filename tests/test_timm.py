@@ -112,12 +112,14 @@ def test_traced_graph_matches_eager(name):
 def _sweep():
     """benchmarks/timm_families.py, the sweep over every timm model family."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "benchmarks" / "timm_families.py"
     spec = importlib.util.spec_from_file_location("timm_families", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
 
