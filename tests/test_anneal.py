@@ -100,6 +100,44 @@ def test_calibration_is_the_least_squares_fit_and_freezes_the_float_weight():
     torch.testing.assert_close(layer.blend_shift.double(), shift, rtol=1e-4, atol=1e-5)
 
 
+def test_calibrated_inserted_norms_stay_the_identity_in_training_mode():
+    # mobilenetv3: SE convs and the conv head have no BatchNorm, so the conversion inserts
+    # one; as inserted (running_var = 1 - eps) it is the identity in eval mode only
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=7)
+    for m in model.modules():  # running statistics of the data, as a trained model has
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    with torch.no_grad():
+        for _ in range(4):
+            model.train()(torch.randn(64, 3, 32, 32))
+    ann = adderize.adderize(model.eval(), preserve=True)
+    inserted = [n.removesuffix(".op") for n in blend_layers(ann) if n.endswith(".op")]
+    assert inserted
+
+    def worst_change(mode_train: bool) -> float:
+        """Largest relative change an inserted norm makes to its input, one fresh batch."""
+        seen = []
+        hooks = [ann.get_submodule(n).register_forward_hook(
+            lambda m, a, y: seen.append(float((y - m.op(a[0])).abs().max() / y.abs().max())))
+            for n in inserted]  # fmt: skip
+        with torch.no_grad():
+            ann.train(mode_train)(torch.randn(64, 3, 32, 32))
+        for h in hooks:
+            h.remove()
+        return max(seen)
+
+    state = copy.deepcopy(ann.state_dict())
+    before = worst_change(True)
+    ann.load_state_dict(state)
+    calibrate(ann, [torch.randn(64, 3, 32, 32) for _ in range(2)])
+    exact, after = worst_change(False), worst_change(True)
+    # measured: 1.6 before (batch statistics normalise), 0.49 after (the worst layer: a
+    # new batch's statistics of per-image SE vectors vs the calibration data's; 0.01-0.35
+    # relative in norm), 1e-7 in eval mode
+    assert before > 1.0 and after < 0.7 and exact < 1e-5, (before, after, exact)
+
+
 @pytest.mark.parametrize("name", ["resnet10t", "mobilenetv3_small_050", "convnext_atto"])
 def test_finalize_folds_the_scale_into_the_batchnorm_exactly(name):
     _, ann = _calibrated(name)

@@ -90,6 +90,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
             f64, o64 = layer._channels_first(out).double(), layer._channels_first(o).double()
             row = [f64.sum(1), o64.sum(1), (o64 * o64).sum(1)]
             row += [(f64 * o64).sum(1), torch.tensor(float(f64.shape[1]), dtype=torch.float64)]
+            row += [(f64 * f64).sum(1)]
             acc = stats.setdefault(name, [torch.zeros_like(r) for r in row])
             for a, r in zip(acc, row, strict=True):
                 a += r
@@ -115,9 +116,11 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
         model.train(was_training)
     if not seen:
         raise ValueError("calibrate needs at least one batch")
-    for name, (layer, _) in layers.items():
-        sf, so, soo, sfo, n = stats[name]
+    for name, (layer, norm) in layers.items():
+        sf, so, soo, sfo, n, sff = stats[name]
         mf, mo = sf / n, so / n
+        if _inserted(model, name, norm):
+            _identity_on_data(norm, mf, (sff / n - mf * mf).clamp_min(0.0))
         vo = (soo / n - mo * mo).clamp_min(1e-12)
         cov = sfo / n - mf * mo
         scale = cov / vo
@@ -127,6 +130,31 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
         layer.blend_shift = shift.to(ref.device, ref.dtype)
         layer.float_weight = ref.detach().clone()
     return seen
+
+
+def _inserted(model: nn.Module, name: str, norm: nn.Module) -> bool:
+    """Whether ``norm`` was inserted by the conversion after layer ``name`` (a WithNorm)."""
+    parent = name.removesuffix(".op")
+    return parent != name and _unwrap(model).get_submodule(parent).norm is norm
+
+
+def _identity_on_data(norm: nn.Module, mean: torch.Tensor, var: torch.Tensor) -> None:
+    """Make an inserted BatchNorm the identity on data with this ``mean`` / ``var``.
+
+    Inserted as ``running_var = 1 - eps`` it is the identity in eval mode only: training
+    normalises by the batch statistics and the running statistics follow them, so the
+    function would change as soon as fine-tuning starts. With the running statistics set to
+    the data's and the affine undoing the normalisation (``weight = sqrt(var + eps)``,
+    ``bias = mean``) it stays the identity in eval mode (exactly) and in training mode (up
+    to the batch's deviation from the data's statistics).
+    """
+    assert isinstance(norm, nn.modules.batchnorm._BatchNorm)
+    rm, rv = norm.running_mean, norm.running_var
+    assert rm is not None and rv is not None and norm.weight is not None
+    rm.copy_(mean.to(rm.dtype))
+    rv.copy_(var.to(rv.dtype))
+    norm.weight.copy_(torch.sqrt(var + norm.eps).to(norm.weight.dtype))
+    norm.bias.copy_(mean.to(norm.bias.dtype))
 
 
 @torch.no_grad()
