@@ -41,6 +41,7 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_convert(args: argparse.Namespace) -> int:
     import adderize
 
+    out = _output_path(args.out, args.pretrained_file) if args.out else None
     model, report = adderize.create_model(
         args.model,
         _mapping_arg(args.ops),
@@ -56,21 +57,45 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         print(report)
     else:
         print(report.summary())
-    if args.out:
-        path = adderize.save(model, args.out)
+    if out is not None:
+        path = adderize.save(model, out)
         print(f"saved {path} (reload with adderize.load({str(path)!r}))", file=sys.stderr)
     return 0
 
 
+MAX_SIDE, MAX_BATCH, MAX_CHANNELS = 8192, 4096, 64
+
+
 def _input_size(value: str) -> tuple[int, ...]:
-    """``224`` -> (1, 3, 224, 224); ``1,3,160,160`` -> as given."""
+    """``224`` -> (1, 3, 224, 224); ``1,3,160,160`` -> as given; anything else is refused."""
+    usage = f"--input-size takes 224 or N,C,H,W (e.g. 1,3,224,224), got {value!r}"
     try:
         parts = tuple(int(v) for v in value.split(","))
     except ValueError:
+        raise ValueError(usage) from None
+    if len(parts) not in (1, 4):
+        raise ValueError(f"{usage}: {len(parts)} number(s), not 1 or 4")
+    size = (1, 3, parts[0], parts[0]) if len(parts) == 1 else parts
+    n, c, h, w = size
+    if min(size) < 1 or n > MAX_BATCH or c > MAX_CHANNELS or max(h, w) > MAX_SIDE:
         raise ValueError(
-            f"--input-size takes 224 or N,C,H,W (e.g. 1,3,224,224), got {value!r}"
-        ) from None
-    return (1, 3, parts[0], parts[0]) if len(parts) == 1 else parts
+            f"{usage}: every entry must be positive, N <= {MAX_BATCH}, C <= {MAX_CHANNELS}, "
+            f"H, W <= {MAX_SIDE}"
+        )
+    return size
+
+
+def _output_path(out: str, *inputs: str | None) -> Path:
+    """``out`` checked before any work: not one of the inputs; says when it replaces a file."""
+    path = Path(out)
+    for inp in inputs:
+        if inp and Path(inp).exists() and path.exists() and path.samefile(inp):
+            raise ValueError(f"--out {out} is the input file {inp}: choose another output")
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name")
+    if path.exists():
+        print(f"adderize: replacing the existing {out}", file=sys.stderr)
+    return path
 
 
 def _model_for(args: argparse.Namespace) -> Any:
@@ -171,6 +196,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from adderize.tvm_schedules import compile_model
 
     size = _input_size(args.input_size)
+    _output_path(args.out, args.model)
     model = _model_for(args).eval()
     if args.tune_trials:
         x = torch.randn(*size)

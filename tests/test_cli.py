@@ -56,8 +56,10 @@ def test_convert_with_mapping_file_keep_and_out(capsys, tmp_path):
         (["convert", "resnet18", "--ops", "mul"], "neither a mapping file nor an op name"),
         (["convert", "resnet18", "--keep", "conv9"], "did you mean ['conv1']"),
         (["convert", "resnet18", "--model-kwargs", "[1]"], "must be a JSON object"),
-        # 53 StdConv2d; the stem is the first layer (kept), so 52 requested conversions fail
-        (["convert", "resnetv2_50x1_bit", "--strict"], "strict=True: 52 layer(s)"),
+        # 3 anti-aliasing blur filters: functional convs on fixed buffers, not weights
+        (["convert", "tresnet_m", "--strict"], "strict=True: 3 layer(s)"),
+        (["compile", "resnet18", "--input-size", "1,3,16"], "3 number(s), not 1 or 4"),
+        (["compile", "resnet18", "--input-size", "1,3,0,16"], "every entry must be positive"),
     ],
 )
 def test_errors_exit_2_with_a_clear_message(capsys, argv, message):
@@ -91,3 +93,38 @@ def test_demo_runs_the_pipeline_and_reuses_its_run(capsys, tmp_path):
     assert main(args) == 0  # a rerun reuses the finished run instead of training again
     assert "continuing / reusing the run" in capsys.readouterr().out
     assert json.loads((tmp_path / "summary.json").read_text()) == first
+
+
+@pytest.mark.parametrize(
+    ("command", "text", "message"),
+    [
+        ("finetune --recipe", "model:\n  name: [resnet\nepochs: 1\n", ":3:7: not valid YAML"),
+        ("convert resnet18 --ops", "default: adder\n  bad: indent\n", ":2:6: not valid YAML"),
+        (
+            "convert resnet18 --ops",
+            'default: !!python/object/apply:os.system ["echo pwned"]\n',
+            ":1:10: not valid YAML: could not determine a constructor for the tag "
+            "'tag:yaml.org,2002:python/object/apply:os.system' (only standard YAML tags",
+        ),
+        ("energy resnet18 --table", "mult: [1\n", ":2:1: not valid YAML"),
+    ],
+)
+def test_bad_yaml_names_file_line_and_column(capsys, tmp_path, command, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main([*command.split(), str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}{message}" in err, err
+    assert "Traceback" not in err
+
+
+def test_outputs_are_checked_before_work(capsys, tmp_path):
+    out = tmp_path / "m.safetensors"
+    assert main(["convert", "resnet10t", "--num-classes", "3", "--out", str(out)]) == 0
+    assert "replacing" not in capsys.readouterr().err
+    assert main(["convert", "resnet10t", "--num-classes", "3", "--out", str(out)]) == 0
+    assert f"replacing the existing {out}" in capsys.readouterr().err
+    assert main(["compile", str(out), "--out", str(out)]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert main(["convert", "resnet10t", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -248,3 +251,40 @@ def test_tune_command_tunes_each_new_kernel_and_respects_budgets(monkeypatch, ca
     assert not calls and "time budget of 0.0 min reached" in capsys.readouterr().out
     assert main(["tune", "resnet18", "--trials", "0"]) == 2
     assert "--trials must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_kernel_cache_survives_concurrent_builds_and_killed_writes(tmp_path):
+    code = (
+        "import torch; from adderize.kernels import tvm_l1; torch.manual_seed(0); "
+        "a, b = torch.randn(1, 11, 24), torch.randn(1, 16, 24); "
+        "print(repr(float(tvm_l1.forward(a, b).sum())))"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+
+    def run(n: int) -> list[str]:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(n)
+        ]
+        outs = [p.communicate(timeout=600) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err
+        return [out for out, _ in outs]
+
+    first = run(2)  # two processes build the same kernel at once
+    assert first[0] == first[1]
+    cache = tmp_path / "adderize" / "kernels"
+    (so,) = cache.glob("forward-*.so")
+    assert not list(cache.glob("*.tmp.so"))  # each writer renamed its own temporary file
+    good_size = so.stat().st_size
+    # a writer killed mid-write leaves its temporary file; a damaged final file is rebuilt
+    (cache / f"{so.name}.12345.tmp.so").write_bytes(b"\x7fELF partial")
+    so.write_bytes(so.read_bytes()[: good_size // 3])
+    assert run(1) == first[:1]
+    assert so.stat().st_size == good_size

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
+from adderize._yaml import read_yaml
 
 __all__ = ["COMPUTE_OPS", "HOROWITZ_45NM", "PRECISIONS", "EnergyTable", "resolve_precision"]
 
@@ -132,10 +132,11 @@ class EnergyTable:
 
     @classmethod
     def load(cls, path: str | Path) -> EnergyTable:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"energy table file not found: {p}")
-        return cls.from_dict(yaml.safe_load(p.read_text()) or {})
+        data = read_yaml(path, "energy table file") or {}
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{path}: {e}") from None
 
 
 def _check_energy(key: str, value: Any) -> None:

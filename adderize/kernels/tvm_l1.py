@@ -542,6 +542,36 @@ def _cache_dir() -> Path:
     return Path(root) / "adderize" / "kernels"
 
 
+def _cache_intact(path: Path) -> bool:
+    """Whether ``path`` is a complete cached kernel: its digest file matches its bytes.
+
+    Loading a damaged shared library can kill the process (SIGBUS on a truncated file), so a
+    file is only loaded when the digest written after it says it is whole.
+    """
+    digest = path.with_name(path.name + ".sha256")
+    try:
+        want = digest.read_text().strip()
+        return hashlib.sha256(path.read_bytes()).hexdigest() == want
+    except OSError:
+        return False
+
+
+def _cache_write(lib: Any, path: Path) -> None:
+    """Export ``lib`` to ``path`` and then its digest, each through a temporary file renamed
+    into place: concurrent writers and a writer killed midway leave a usable cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.so")
+        lib.export_library(str(tmp))
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        tmp.replace(path)
+        tmp_digest = path.with_name(f"{path.name}.{os.getpid()}.tmp.sha256")
+        tmp_digest.write_text(digest)
+        tmp_digest.replace(path.with_name(path.name + ".sha256"))
+    except OSError:  # read-only home: keep the in-memory kernel
+        pass
+
+
 def _kernel(kind: str, *shape: int) -> Callable[..., Any]:
     key = (kind, *shape)
     recording = _STATE.get("recording")
@@ -559,20 +589,14 @@ def _kernel(kind: str, *shape: int) -> Callable[..., Any]:
         ident = f"{key}-{KERNEL_VERSION}-{target}-{tvm.__version__}-{_tuning_stamp()}"
         path = _cache_dir() / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:24]}.so"
         lib = None
-        if path.is_file():
+        if _cache_intact(path):
             try:
                 lib = tvm.runtime.load_module(str(path))
-            except Exception:  # a corrupt or incompatible cache entry: rebuild it
+            except Exception:  # an incompatible cache entry: rebuild it
                 lib = None
         if lib is None:
             lib = _build(kind, *shape)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.so")
-                lib.export_library(str(tmp))
-                tmp.replace(path)
-            except OSError:  # read-only home: keep the in-memory kernel
-                pass
+            _cache_write(lib, path)
         fn = lib["main"]
         _KERNELS[key] = fn
         return fn

@@ -23,17 +23,97 @@ folds the op's output scale when it ends (:mod:`adderize.train.anneal`).
 from __future__ import annotations
 
 import re
+import re._parser as _parser  # type: ignore[import-not-found]
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from adderize._yaml import parse_yaml, read_yaml
 from adderize.passes.registry import get_op
 
-__all__ = ["OpMapping"]
+__all__ = ["OpMapping", "check_regex"]
 
 FORMAT_VERSION = 1
+
+
+MAX_REGEX_LENGTH = 256
+MAX_UNBOUNDED = 4  # '.*a.*b.*c.*' backtracks in O(len(name) ** 4) at worst: < 0.5 s here
+
+
+def check_regex(pattern: Any) -> None:
+    """Refuse a layer-name regex that is invalid, too long, or can backtrack
+    catastrophically (``(a+)+``, ``(.*)*``, ``(ab|a)*``): a quantified group that holds
+    another unbounded quantifier or an alternation, or more than :data:`MAX_UNBOUNDED`
+    unbounded quantifiers in all. Python's ``re`` has no time limit, so
+    such a pattern could hang conversion and loading on a crafted name list."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"an OpMapping regex is a string, got {type(pattern).__name__}")
+    if len(pattern) > MAX_REGEX_LENGTH:
+        raise ValueError(
+            f"regex {pattern[:40]!r}... is {len(pattern)} characters; layer-name regexes "
+            f"are limited to {MAX_REGEX_LENGTH}"
+        )
+    try:
+        parsed = _parser.parse(pattern)
+    except re.error as e:
+        raise ValueError(f"invalid regex {pattern!r} in OpMapping: {e}") from None
+    if _nested_repeat(parsed, inside=False):
+        raise ValueError(
+            f"regex {pattern!r} nests a repetition inside a repeated group (as in "
+            "'(a+)*' or '(ab|a)*'), which can take exponential time to match: write it "
+            "without the nesting (e.g. 'layer[0-9.]*conv' instead of '(layer[0-9]+\\.)*conv')"
+        )
+    if _count_unbounded(parsed) > MAX_UNBOUNDED:
+        raise ValueError(
+            f"regex {pattern!r} has more than {MAX_UNBOUNDED} unbounded repetitions ('*', "
+            "'+', '{n,}'); matching time grows as the name length to that power"
+        )
+
+
+_REPEATS = ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
+
+
+def _children(name: str, av: Any) -> list[Any]:
+    """The sub-patterns of one parsed regex item."""
+    if name in _REPEATS:
+        return [av[2]]
+    if name == "BRANCH":
+        return list(av[1])
+    if name == "SUBPATTERN":
+        return [av[-1]]
+    if name in ("ASSERT", "ASSERT_NOT"):
+        return [av[1]]
+    if name == "ATOMIC_GROUP":
+        return [av]
+    return []
+
+
+def _count_unbounded(items: Any) -> int:
+    """Unbounded repeats in parsed regex ``items``, nested ones included."""
+    n = 0
+    for op, av in items:
+        n += str(op) in _REPEATS and av[1] is _parser.MAXREPEAT
+        n += sum(_count_unbounded(c) for c in _children(str(op), av))
+    return n
+
+
+def _nested_repeat(items: Any, inside: bool) -> bool:
+    """Whether parsed regex ``items`` has a repeat or a branch inside an unbounded repeat."""
+    for op, av in items:
+        name = str(op)
+        here = inside
+        if name in _REPEATS:
+            many = av[1] is _parser.MAXREPEAT or av[1] > 1
+            if inside and many:
+                return True
+            here = inside or many
+        elif name == "BRANCH" and inside:
+            return True
+        if any(_nested_repeat(c, here) for c in _children(name, av)):
+            return True
+    return False
 
 
 def _qualname(cls: type) -> str:
@@ -61,10 +141,7 @@ class OpMapping:
             for op in table.values():
                 get_op(op)
         for pattern in self.regex:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"invalid regex {pattern!r} in OpMapping: {e}") from None
+            check_regex(pattern)
         for flag in ("keep_first", "keep_last", "insert_norm", "preserve"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
@@ -149,18 +226,19 @@ class OpMapping:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> OpMapping:
-        return cls.from_dict(yaml.safe_load(text) or {})
+    def from_yaml(cls, text: str, source: str = "op mapping") -> OpMapping:
+        return cls.from_dict(parse_yaml(text, source) or {})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
 
     @classmethod
     def load(cls, path: str | Path) -> OpMapping:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"op mapping file not found: {p}")
-        return cls.from_yaml(p.read_text())
+        data = read_yaml(path, "op mapping file")
+        try:
+            return cls.from_dict(data or {})
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{path}: {e}") from None
 
     @classmethod
     def coerce(cls, ops: OpMapping | str | dict[str, Any] | None) -> OpMapping:

@@ -217,7 +217,17 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint without executing pickled code (``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a checkpoint, or pickled code refused
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ValueError(
+            f"{path} is not a checkpoint adderize can resume from ({type(e).__name__}: "
+            f"{first}); delete it to start the phase over"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: a checkpoint is a mapping, got {type(state).__name__}")
+    return state
 
 
 # ----------------------------------------------------------------------------- one phase
@@ -337,19 +347,26 @@ def run_phase(
     start = 0
     if resuming:
         state = load_checkpoint(ckpt_path)
-        if anneal is not None:  # first: a finished anneal changes which tensors exist
-            anneal.load_state_dict(state["anneal"])
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ema = make_ema()
-        if ema is not None and state["ema"] is not None:
-            ema.load_state_dict(state["ema"])
-        if lp is not None:
-            lp.load_state_dict(state["lp"])
-        _set_rng_state(state["rng"])
-        start = int(state["epoch"])
-        history[:] = [r for r in history if r["phase"] != phase.name] + state["history"]
+        try:
+            if anneal is not None:  # first: a finished anneal changes which tensors exist
+                anneal.load_state_dict(state["anneal"])
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            ema = make_ema()
+            if ema is not None and state["ema"] is not None:
+                ema.load_state_dict(state["ema"])
+            if lp is not None:
+                lp.load_state_dict(state["lp"])
+            _set_rng_state(state["rng"])
+            start = int(state["epoch"])
+            rows_before = [r for r in history if r["phase"] != phase.name]
+            history[:] = rows_before + list(state["history"])
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+            raise ValueError(
+                f"{ckpt_path} does not match this run ({type(e).__name__}: {e}); delete it "
+                "to start the phase over, or resume with the recipe that wrote it"
+            ) from None
         if ctx.main:
             print(f"resumed {phase.name} from {ckpt_path} after epoch {start}")
 

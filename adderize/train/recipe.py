@@ -16,6 +16,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from adderize._yaml import parse_yaml, read_yaml
+
 __all__ = [
     "AdderCfg",
     "AnnealCfg",
@@ -247,9 +249,7 @@ class Recipe:
     def load(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
         """Read a recipe file (safe YAML), then apply ``key.sub=value`` overrides."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path, "recipe") or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
         return cls.from_dict(apply_overrides(data, overrides), source=str(path))
@@ -277,7 +277,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = parse_yaml(raw, f"override {item!r}")
     return data
 
 
