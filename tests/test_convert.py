@@ -396,3 +396,29 @@ def test_conv1d_layers_convert_with_a_batchnorm1d_and_ops_without_one_skip():
         del _OPS["adder2d_only"]
     rec = _records(report)["eca"]
     assert rec.action == "skipped" and rec.reason == "op 'adder2d_only' has no conv1d layer"
+
+
+class FixedStem(nn.Module):
+    """A fixed functional filter on the input (a DCT or blur stem, as csatv2) before the
+    first trained convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("dct", torch.randn(4, 3, 2, 2))
+        self.a, self.b = nn.Conv2d(4, 8, 3), nn.Conv2d(4, 8, 3)
+        self.mid = nn.Conv2d(8, 8, 3)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = F.conv2d(x, self.dct, stride=2)
+        x = self.mid(self.a(x) + self.b(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_fixed_filters_do_not_count_as_the_first_layer():
+    _, report = adderize.adderize(FixedStem(), return_report=True)
+    rec = _records(report)
+    assert rec["dct"].action == "skipped" and "fixed buffer" in rec["dct"].reason
+    for name in ("a", "b"):  # the first trained layers: both read the (filtered) input
+        assert rec[name].action == "kept" and "first layer" in rec[name].reason
+    assert rec["mid"].action == "replaced"

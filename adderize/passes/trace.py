@@ -257,7 +257,8 @@ def analyse(model: nn.Module) -> GraphFacts:
         elif node.op == "call_function" and node.target in _CONV_FNS | _LINEAR_FNS:
             site = _functional_site(node, model, _followed_by_norm(node, modules))
             facts.functional.append(site)
-            parametric[node] = [site.name]
+            if not site.reason:  # a fixed filter (DCT, blur) is not a first/last layer
+                parametric[node] = [site.name]
     for name in candidates:
         if name not in seen and name not in facts.uncalled:
             facts.uncalled[name] = "never called as a module in the traced graph"
