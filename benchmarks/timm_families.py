@@ -64,6 +64,32 @@ def pick_model(family: str) -> str:
     return min(candidates, key=lambda n: (_params_on_meta(n), n))
 
 
+def _runs(model: torch.nn.Module, size: int) -> bool:
+    try:
+        with torch.no_grad():
+            model.eval()(torch.randn(1, 3, size, size))
+        return True
+    except Exception:
+        return False
+
+
+def _small_model(name: str, size: int = 64) -> tuple[torch.nn.Module, int]:
+    """The model at 64 px: as built, else built for 64 px (``img_size``: ViT-like models
+    with a fixed size), else at its own input size."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=7)
+    if _runs(model, size):
+        return model, size
+    try:
+        torch.manual_seed(0)
+        small = timm.create_model(name, pretrained=False, num_classes=7, img_size=size)
+        if _runs(small, size):
+            return small, size
+    except Exception:  # the constructor takes no img_size
+        pass
+    return model, int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+
+
 def _reason_key(reason: str) -> str:
     """A skip reason without the layer-specific parts (class names stay)."""
     return re.sub(r"\d+", "N", reason)
@@ -75,17 +101,9 @@ def check(family: str, model_name: str | None = None) -> FamilyResult:
     start = time.perf_counter()
     try:
         res.model = model_name or pick_model(family)
-        torch.manual_seed(0)
-        model = timm.create_model(res.model, pretrained=False, num_classes=7)
-        cfg_size = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-        size = 64
-        try:
-            with torch.no_grad():
-                model.eval()(torch.randn(1, 3, size, size))
-        except Exception:  # fixed-size models (ViT-like): their own size
-            size = cfg_size
+        model, size = _small_model(res.model)
         res.input_size = size
-        conv, report = adderize.adderize(model.train(), return_report=True)
+        conv, report = adderize.adderize(model.train(), inplace=True, return_report=True)
         acts = Counter(r.action for r in report.records)
         res.replaced, res.kept = acts["replaced"], acts["kept"]
         res.skipped = dict(Counter(_reason_key(r.reason) for r in report.records

@@ -291,3 +291,22 @@ def test_blend_of_a_linear_layer_uses_the_last_dimension():
     conv.blend = 0.5
     with pytest.raises(RuntimeError, match="calibrate"):
         conv(torch.randn(1, 4, 5, 5))
+
+
+def test_tracked_fit_is_the_batch_least_squares_fit():
+    torch.manual_seed(0)
+    layer = Adder2d(6, 5, 3, padding=1)
+    layer.blend, layer.blend_momentum = 0.5, 1.0  # the running fit is this batch's fit
+    layer.blend_scale, layer.blend_shift = torch.zeros(5), torch.zeros(5)
+    layer.float_weight = torch.randn_like(layer.weight)
+    x = torch.randn(4, 6, 7, 7) + 3.0  # adder outputs far from zero: a centred fit is needed
+    layer.train()(x)
+    with torch.no_grad():
+        f = layer.float_forward(x).transpose(0, 1).flatten(1).double()
+        o = layer.op_forward(x).transpose(0, 1).flatten(1).double()
+    oc = o - o.mean(1, keepdim=True)
+    scale = (f * oc).mean(1) / oc.square().mean(1)
+    torch.testing.assert_close(layer.blend_scale.double(), scale, rtol=1e-4, atol=1e-6)
+    shift = f.mean(1) - scale * o.mean(1)
+    torch.testing.assert_close(layer.blend_shift.double(), shift, rtol=1e-4, atol=1e-4)
+    assert layer.blend_loss is not None and layer.blend_loss > 0

@@ -91,13 +91,23 @@ class Blendable(nn.Module):
             self.blend_shift.view(shape).to(y.dtype), y, self.blend_scale.view(shape).to(y.dtype)
         )
 
+    def _reduce_dims(self, y: torch.Tensor) -> list[int]:
+        return [d for d in range(y.dim()) if d != self.channel_dim % y.dim()]
+
     @torch.no_grad()
     def _track_fit(self, f: torch.Tensor, o: torch.Tensor) -> None:
-        """Move scale/shift towards this batch's least-squares fit of ``f`` by ``o``."""
-        f2, o2 = self._channels_first(f).float(), self._channels_first(o).float()
-        mf, mo = f2.mean(1), o2.mean(1)
-        cov = ((f2 - mf[:, None]) * (o2 - mo[:, None])).mean(1)
-        scale = cov / (o2 - mo[:, None]).square().mean(1).clamp_min(1e-12)
+        """Move scale/shift towards this batch's least-squares fit of ``f`` by ``o``.
+
+        Per-channel moments reduced in place (no channels-first copy): the blend's
+        bookkeeping is a few passes over the output, next to a conv and an adder layer.
+        """
+        dims = self._reduce_dims(o)
+        mf, mo = f.mean(dims, keepdim=True), o.mean(dims, keepdim=True)
+        oc = o - mo  # centred: adder outputs sit far from 0, E[o^2] - E[o]^2 would cancel
+        var = oc.square().mean(dims, dtype=torch.float32)
+        cov = (f * oc).mean(dims, dtype=torch.float32)
+        mf, mo = mf.flatten().float(), mo.flatten().float()
+        scale = cov / var.clamp_min(1e-12)
         shift = mf - scale * mo
         assert self.blend_scale is not None and self.blend_shift is not None
         m = self.blend_momentum
