@@ -152,7 +152,7 @@ def test_bad_inputs():
         energy_report(Tiny(), (1, 3, 5, 5), bits=-8)
     with pytest.raises(ValueError, match=r"input_size must be 4 positive ints.*\(3, 5, 5\)"):
         energy_report(Tiny(), (3, 5, 5))
-    with pytest.raises(ValueError, match="unknown layer op 'mul'"):
+    with pytest.raises(ValueError, match="unknown op 'mul'; valid ops: conv, adder"):
         layer_counts(OpCount("l", "conv2d", "Conv2d", macs=1), "mul")
     with pytest.raises(ValueError, match=r"unknown op\(s\) \['mul'\]"):
         cost_table(Tiny(), (1, 3, 5, 5)).energy({"adder": "mul"})
@@ -217,3 +217,59 @@ def test_counting_does_not_touch_the_model():
     energy_report(model, (1, 3, 5, 5))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_a_registered_op_is_priced_by_its_own_descriptor():
+    """One place per op: a user's op declares its layers and counts; energy, the cost table
+    and the search read them (no silent pricing as a conv)."""
+    from adderize.nn import Conv2dLike
+    from adderize.passes.registry import _OPS, OpSpec, register_op
+    from adderize.search import OpSpace
+
+    class TernaryConv2d(Conv2dLike):
+        def op_forward(self, x):
+            w = self.weight.sign() * (self.weight.abs() > 0.05)
+            return torch.nn.functional.conv2d(self._pad(x), w, self.bias, self.stride)
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )  # fmt: skip
+    size = (1, 3, 8, 8)
+
+    def build(m, source):
+        return TernaryConv2d.from_float(m)
+
+    register_op(OpSpec("ternary_undeclared", build, None, False, "no cost model"))
+    try:
+        ann = adderize.adderize(model, "ternary_undeclared")
+        with pytest.raises(ValueError, match="TernaryConv2d is a converted layer that no"):
+            energy_report(ann, size)
+        with pytest.raises(ValueError, match="'ternary_undeclared' has no cost model"):
+            OpSpace.from_model(model, size, 0.5, ops=("conv", "ternary_undeclared"))
+    finally:
+        del _OPS["ternary_undeclared"]
+    spec = OpSpec(
+        "ternary", build, None, False, "ternary weights",
+        layers=(TernaryConv2d,), counts=lambda macs, outputs: {"add": macs}, weight_bits=2,
+    )  # fmt: skip
+    register_op(spec)
+    try:
+        report = energy_report(adderize.adderize(model, "ternary"), size)
+        (mid,) = [x for x in report.layers if x.name == "2"]
+        macs = 8 * 4 * 4 * 8 * 9  # outputs x (in channels x kernel)
+        assert mid.op == "ternary" and mid.counts == {"add": macs + 8 * 4 * 4}  # + bias
+        assert mid.weight_bytes == 2 * 8 * 8 * 9 / 8
+        space = OpSpace.from_model(model, size, 0.9, ops=("conv", "ternary"))
+        assert space.costs.energy({"2": "ternary"}) == pytest.approx(report.total_pj, rel=1e-9)
+    finally:
+        del _OPS["ternary"]
+
+
+def test_all_conv_baseline_counts_bias_adds_like_the_converted_totals():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten())
+    report = energy_report(model, (1, 3, 7, 7))  # a float model: as converted = as all-conv
+    assert report.op_totals(baseline=True) == report.op_totals()
+    assert report.op_totals(parametric_only=True, baseline=True) == report.op_totals(
+        parametric_only=True
+    )

@@ -1,13 +1,12 @@
 """Operation counts and energy of any (converted) model, from cited energy tables."""
 
-from adderize.energy.cost import LAYER_OPS, CostTable
+from adderize.energy.cost import CostTable
 from adderize.energy.count import OpCount, count_ops
 from adderize.energy.report import EnergyReport, LayerEnergy, cost_table, energy_report
 from adderize.energy.tables import HOROWITZ_45NM, PRECISIONS, EnergyTable, resolve_precision
 
 __all__ = [
     "HOROWITZ_45NM",
-    "LAYER_OPS",
     "PRECISIONS",
     "CostTable",
     "EnergyReport",

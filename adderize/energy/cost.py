@@ -18,41 +18,27 @@ import numpy as np
 
 from adderize.energy.count import OpCount
 from adderize.energy.tables import PRECISIONS, EnergyTable
+from adderize.passes.registry import priced_op, priced_op_names
 
-__all__ = ["LAYER_OPS", "CostTable", "compute_breakdown", "layer_counts", "node_energy"]
-
-#: The ops a conv / linear layer can be priced as.
-LAYER_OPS = ("conv", "adder", "binary", "shift")
-_SHIFT_WEIGHT_BITS = 5
+__all__ = ["CostTable", "compute_breakdown", "layer_counts", "node_energy"]
 
 
 def layer_counts(c: OpCount, op: str | None = None) -> dict[str, int]:
     """Operation counts of node ``c``; conv/linear layers as ``op`` (default: its own)."""
     if not c.parametric:
         return dict(c.counts)
-    op = op or c.op
-    m = c.macs
-    if op == "conv":
-        counts = {"mult": m, "add": m}
-    elif op == "adder":
-        counts = {"add": 2 * m}
-    elif op == "binary":
-        counts = {"xnor": m, "popcount": m, "mult": c.out_numel}
-    elif op == "shift":
-        counts = {"shift": m, "add": m}
-    else:
-        raise ValueError(f"unknown layer op {op!r}; valid: {LAYER_OPS}")
+    spec = priced_op(op or c.op)
+    assert spec.counts is not None
+    counts = dict(spec.counts(c.macs, c.out_numel))
     if c.bias:
         counts["add"] = counts.get("add", 0) + c.out_numel
     return counts
 
 
 def _weight_bits(c: OpCount, op: str, precision: str) -> int:
-    if op == "binary":
-        return c.weight_numel + 32 * c.out_channels
-    if op == "shift":
-        return _SHIFT_WEIGHT_BITS * c.weight_numel
-    return PRECISIONS[precision] * c.weight_numel
+    spec = priced_op(op)
+    per_weight = PRECISIONS[precision] if spec.weight_bits is None else spec.weight_bits
+    return per_weight * c.weight_numel + spec.channel_bits * c.out_channels
 
 
 def compute_breakdown(
@@ -104,8 +90,11 @@ class CostTable:
         counts: Sequence[OpCount],
         table: EnergyTable,
         precision: str,
-        ops: Sequence[str] = LAYER_OPS,
+        ops: Sequence[str] | None = None,
     ) -> CostTable:
+        ops = priced_op_names() if ops is None else tuple(ops)
+        for op in ops:
+            priced_op(op)  # an op without a cost model is refused by name, up front
         rows: dict[str, list[float]] = {}
         fixed = 0.0
         for c in counts:

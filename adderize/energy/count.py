@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from adderize.nn import BinaryConv2d, BinaryLinear, Conv2dLike, LinearLike, ShiftConv2d, ShiftLinear
-from adderize.nn.adder import Adder2d, AdderLinear
+from adderize.nn import Conv2dLike, LinearLike
+from adderize.passes.registry import op_of_layer
 from adderize.passes.trace import _Tracer, is_norm
 
 __all__ = ["OpCount", "count_ops", "layer_op"]
@@ -139,16 +139,17 @@ class OpCount:
 
 
 def layer_op(module: nn.Module) -> str | None:
-    """The op a conv/linear-like module computes: conv, adder, binary or shift."""
-    if isinstance(module, (Adder2d, AdderLinear)):
-        return "adder"
-    if isinstance(module, (BinaryConv2d, BinaryLinear)):
-        return "binary"
-    if isinstance(module, (ShiftConv2d, ShiftLinear)):
-        return "shift"
-    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, Conv2dLike, LinearLike)):
-        return "conv"
-    return None
+    """The registered op a conv/linear-like module computes (``OpSpec.layers``), None for
+    other modules. A multiplication-free layer class no registered op declares is an
+    error, not a conv: it would be priced as multiplications without a word."""
+    op = op_of_layer(module)
+    if op in ("conv", None) and isinstance(module, (Conv2dLike, LinearLike)):
+        raise ValueError(
+            f"{type(module).__name__} is a converted layer that no registered op declares: "
+            "register its op with OpSpec(layers=(YourLayer, ...), counts=...) so energy "
+            "reports can price it"
+        )
+    return op
 
 
 def _numel(meta: Any) -> int:

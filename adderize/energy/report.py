@@ -48,6 +48,7 @@ class LayerEnergy:
     baseline_compute_by_op: dict[str, float]
     weight_bytes: float
     activation_bytes: float
+    baseline_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_pj(self) -> float:
@@ -99,10 +100,7 @@ class EnergyReport:
         for x in self.layers:
             if parametric_only and x.kind not in ("conv2d", "linear"):
                 continue
-            if baseline and x.kind in ("conv2d", "linear"):
-                total.update({"mult": x.macs, "add": x.macs})
-            else:
-                total.update(x.counts)
+            total.update(x.baseline_counts if baseline else x.counts)
         return dict(total)
 
     @property
@@ -254,6 +252,7 @@ def energy_report(
                 base_by_op,
                 weight_bits / 8,
                 act_bits / 8,
+                layer_counts(c, "conv"),
             )
         )
     notes = []

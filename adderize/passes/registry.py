@@ -34,7 +34,17 @@ from adderize.nn import (
 )
 from adderize.nn._base import WEIGHT_STD_CLASSES
 
-__all__ = ["OpSpec", "Source", "classify", "get_op", "op_names", "register_op"]
+__all__ = [
+    "OpSpec",
+    "Source",
+    "classify",
+    "get_op",
+    "op_names",
+    "op_of_layer",
+    "priced_op",
+    "priced_op_names",
+    "register_op",
+]
 
 Kind = Literal["conv2d", "conv1d", "linear"]
 
@@ -110,6 +120,14 @@ class OpSpec:
         description: one line for ``--help`` and error messages.
         conv1d: builds the replacement of an ``nn.Conv1d`` (None: such layers are skipped
             with a reason, unless the op keeps float layers anyway).
+        layers: the module classes the op builds: how the energy counter, the search and
+            export recognise a converted layer as this op.
+        counts: the op's operation counts for ``macs`` multiply-accumulate positions and
+            ``outputs`` output elements (bias excluded), e.g. ``{"add": 2 * macs}``: how
+            energy reports and the search price the op. None: the op cannot be priced
+            (energy reports and the search refuse it by name).
+        weight_bits: bits one weight element takes (None: the layer precision's), and
+        channel_bits: extra bits per output channel (a binary layer's 32-bit scale).
     """
 
     name: str
@@ -118,6 +136,10 @@ class OpSpec:
     needs_norm: bool
     description: str
     conv1d: Builder | None = None
+    layers: tuple[type, ...] = ()
+    counts: Callable[[int, int], dict[str, int]] | None = None
+    weight_bits: int | None = None
+    channel_bits: int = 0
 
     @property
     def keeps_float(self) -> bool:
@@ -156,6 +178,34 @@ def op_names() -> tuple[str, ...]:
     return tuple(_OPS)
 
 
+def priced_op_names() -> tuple[str, ...]:
+    """The ops with a cost model (``OpSpec.counts``): what energy reports can price."""
+    return tuple(n for n, s in _OPS.items() if s.counts is not None)
+
+
+def priced_op(name: str) -> OpSpec:
+    """The registered op ``name`` with a cost model; ValueError naming the priced ops."""
+    spec = get_op(name)
+    if spec.counts is None:
+        raise ValueError(
+            f"op {name!r} has no cost model (OpSpec.counts), so energy reports and the "
+            f"search cannot price it; priced ops: {', '.join(priced_op_names())}"
+        )
+    return spec
+
+
+def op_of_layer(module: nn.Module) -> str | None:
+    """The registered op whose layer classes ``module`` is one of (most specific first)."""
+    best: tuple[int, str] | None = None
+    for name, spec in _OPS.items():
+        for cls in spec.layers:
+            if isinstance(module, cls):
+                depth = type(module).__mro__.index(cls)
+                if best is None or depth < best[0]:
+                    best = (depth, name)
+    return None if best is None else best[1]
+
+
 def _conv_builder(cls: type[Conv2dLike]) -> Builder:
     def build(module: nn.Module, source: Source) -> nn.Module:
         kwargs: dict[str, Any] = {"dynamic_same": True} if source.dynamic_same else {}
@@ -172,7 +222,18 @@ def _linear_builder(cls: type[LinearLike]) -> Builder:
     return lambda module, source: cls.from_float(module)  # type: ignore[arg-type]
 
 
-register_op(OpSpec("conv", None, None, False, "keep the original multiply-accumulate layer"))
+# The counting conventions (the papers' way; stated in every energy report):
+register_op(
+    OpSpec(
+        "conv",
+        None,
+        None,
+        False,
+        "keep the original multiply-accumulate layer",
+        layers=(nn.modules.conv._ConvNd, nn.Linear),
+        counts=lambda macs, outputs: {"mult": macs, "add": macs},  # MAC: 1 mult + 1 add
+    )
+)
 register_op(
     OpSpec(
         "adder",
@@ -181,6 +242,9 @@ register_op(
         True,
         "AdderNet l1-distance layer (Adder2d / AdderLinear / Adder1d)",
         _conv1d_builder(Adder1d),
+        layers=(Adder2d, AdderLinear),
+        # the subtraction, and the accumulation of |.| (a sign-controlled add/subtract)
+        counts=lambda macs, outputs: {"add": 2 * macs},
     )
 )
 register_op(
@@ -191,6 +255,11 @@ register_op(
         False,
         "XNOR-Net binary activations and weights (BinaryConv2d / BinaryLinear / BinaryConv1d)",
         _conv1d_builder(BinaryConv1d),
+        layers=(BinaryConv2d, BinaryLinear),
+        # 1 XNOR + 1 popcount bit per MAC, 1 mult per output for the channel scale
+        counts=lambda macs, outputs: {"xnor": macs, "popcount": macs, "mult": outputs},
+        weight_bits=1,
+        channel_bits=32,
     )
 )
 register_op(
@@ -201,5 +270,8 @@ register_op(
         False,
         "DeepShift power-of-two weights (ShiftConv2d / ShiftLinear / ShiftConv1d)",
         _conv1d_builder(ShiftConv1d),
+        layers=(ShiftConv2d, ShiftLinear),
+        counts=lambda macs, outputs: {"shift": macs, "add": macs},  # 1 shift + 1 add
+        weight_bits=5,  # sign and a 4-bit exponent in [-14, 0]
     )
 )

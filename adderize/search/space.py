@@ -46,11 +46,12 @@ class OpSpace:
         all-conv energy, above 1 an absolute energy in pJ."""
         from adderize.energy.report import cost_table
         from adderize.passes.convert import adderize
-        from adderize.passes.registry import op_names
+        from adderize.passes.registry import priced_op, priced_op_names
 
-        bad = [op for op in ops if op not in op_names()]
-        if bad or not ops:
-            raise ValueError(f"unknown op(s) {bad}; valid: {', '.join(op_names())}")
+        if not ops:
+            raise ValueError(f"no ops to search; priced ops: {', '.join(priced_op_names())}")
+        for op in ops:
+            priced_op(op)  # registered, with a cost model: refused by name here, not later
         if budget <= 0:
             raise ValueError(f"budget must be > 0 (a fraction <= 1 or pJ), got {budget}")
         mapping = OpMapping(
