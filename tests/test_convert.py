@@ -422,3 +422,24 @@ def test_fixed_filters_do_not_count_as_the_first_layer():
     for name in ("a", "b"):  # the first trained layers: both read the (filtered) input
         assert rec[name].action == "kept" and "first layer" in rec[name].reason
     assert rec["mid"].action == "replaced"
+
+
+class OptionalArg(nn.Module):
+    """Hiera-style: the head runs only when an optional argument keeps its default."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.mid, self.head = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x, mask=None):
+        x = self.mid(self.stem(x))
+        if mask is None:
+            return self.head(x.mean((2, 3)))
+        return x
+
+
+def test_tracing_keeps_optional_arguments_at_their_defaults():
+    _, report = adderize.adderize(OptionalArg(), return_report=True)
+    rec = _records(report)
+    assert rec["head"].action == "kept" and "last layer" in rec["head"].reason
+    assert rec["mid"].action == "replaced"

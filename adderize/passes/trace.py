@@ -15,6 +15,7 @@ modules that timm marks as not traceable are analysed on their own, recursively.
 
 from __future__ import annotations
 
+import inspect
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -105,6 +106,19 @@ class _Tracer(fx.Tracer):
 
         super().__init__(autowrap_functions=tuple(get_notrace_functions()))
         self._leaf_types = tuple(get_notrace_modules())
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """Trace ``root`` as ``root(x)`` runs: optional forward arguments keep their defaults
+        (Hiera's ``forward(x, mask=None)`` skips its head when ``mask`` is a proxy)."""
+        if concrete_args is None and isinstance(root, nn.Module):
+            params = list(inspect.signature(root.forward).parameters.values())[1:]
+            kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            concrete_args = {
+                p.name: p.default
+                for p in params
+                if p.default is not inspect.Parameter.empty and p.kind in kinds
+            } or None
+        return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if classify(m) is not None or isinstance(m, self._leaf_types):

@@ -218,12 +218,11 @@ def _nni(out: Path, space: OpSpace, settings: SearchSettings) -> None:
     c.experiment_working_directory = str((out / "nni-experiments").resolve())
     c.training_service.use_active_gpu = False
     port = settings.port or _free_port()
+    saved = os.environ.get("NODE_OPTIONS")
     if settings.expose_portal:
         print(f"WARNING: the NNI portal on port {port} listens on every network interface")
     else:  # NNI 3.0 has no host option: bind its node.js servers to 127.0.0.1 ourselves
-        os.environ["NODE_OPTIONS"] = (
-            os.environ.get("NODE_OPTIONS", "") + f" --require {_BIND_LOCALHOST}"
-        ).strip()
+        os.environ["NODE_OPTIONS"] = f"{saved or ''} --require {_BIND_LOCALHOST}".strip()
     print(
         f"NNI experiment: portal http://127.0.0.1:{port} ; logs in {c.experiment_working_directory}"
     )
@@ -231,6 +230,10 @@ def _nni(out: Path, space: OpSpace, settings: SearchSettings) -> None:
         exp.run(port, wait_completion=True)
     finally:
         exp.stop()
+        if saved is None:  # the caller's environment as it was
+            os.environ.pop("NODE_OPTIONS", None)
+        else:
+            os.environ["NODE_OPTIONS"] = saved
 
 
 # --------------------------------------------------------------------------- results
