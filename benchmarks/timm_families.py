@@ -7,7 +7,8 @@ fewest parameters among the family's smallest-named models (counted on the meta 
 family: at least one layer converted, the first and last layers kept, every skipped layer
 reported with a reason, forward and backward finite.
 
-    python benchmarks/timm_families.py [--only resnet convnext] [--json runs/timm-families.json]
+    python benchmarks/timm_families.py [--only resnet convnext [--merge]]
+        [--json runs/timm-families.json]
 
 Prints one line per family and a summary (families tried / passed, skipped layers by
 reason); exits 1 if any family fails. ``tests/test_timm.py`` runs it in the slow set.
@@ -92,7 +93,7 @@ def _small_model(name: str, size: int = 64) -> tuple[torch.nn.Module, int]:
 
 def _reason_key(reason: str) -> str:
     """A skip reason without the layer-specific parts (class names stay)."""
-    return re.sub(r"\d+", "N", reason)
+    return re.sub(r"\b\d+\b", "N", reason)
 
 
 def check(family: str, model_name: str | None = None) -> FamilyResult:
@@ -160,6 +161,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="families (timm modules) to check")
     parser.add_argument("--json", default="runs/timm-families.json")
     parser.add_argument("--verbose", action="store_true", help="print tracebacks")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="rerun --only's families into the existing --json and summarise all of it",
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     families = args.only or timm.list_modules()
@@ -171,9 +177,13 @@ def main() -> None:
         print(f"[{i:3d}/{len(families)}] {status} {family:24s} {r.model:32s} "
               f"{r.replaced:4d} replaced {sum(r.skipped.values()):3d} skipped "
               f"{r.seconds:6.1f} s {r.error}", flush=True)  # fmt: skip
+    out = Path(args.json)
+    if args.merge and out.is_file():
+        fresh = {r.family: r for r in results}
+        old = [FamilyResult(**d) for d in json.loads(out.read_text())]
+        results = [fresh.pop(r.family, r) for r in old] + list(fresh.values())
     print()
     print(summarize(results))
-    out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([asdict(r) for r in results], indent=1))
     sys.exit(0 if all(r.ok for r in results) else 1)

@@ -443,3 +443,32 @@ def test_tracing_keeps_optional_arguments_at_their_defaults():
     rec = _records(report)
     assert rec["head"].action == "kept" and "last layer" in rec["head"].reason
     assert rec["mid"].action == "replaced"
+
+
+class ComputedBias(nn.Module):
+    """BEiT-style qkv: ``F.linear`` with a bias concatenated at run time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, 8)
+        self.qkv = nn.Linear(8, 12, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, x):
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        return self.head(F.linear(self.stem(x), self.qkv.weight, bias))
+
+
+def test_functional_linear_with_a_computed_bias_converts():
+    torch.manual_seed(0)
+    net = ComputedBias().eval()
+    x = torch.randn(5, 6)
+    conv, report = adderize.adderize(net, return_report=True)
+    assert _records(report)["qkv"].action == "replaced"
+    assert isinstance(conv, fx.GraphModule) and isinstance(conv.qkv_adder.op, AdderLinear)
+    assert conv.qkv_adder.op.bias is None  # the computed bias is added after the layer
+    kept = adderize.adderize(net, preserve=True).eval()
+    torch.testing.assert_close(kept(x), net(x))
+    conv.train()(x).sum().backward()
+    assert net.q_bias.grad is None and conv.q_bias.grad is not None  # it still trains

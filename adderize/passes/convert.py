@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -138,7 +139,7 @@ def _plan(model: nn.Module, mapping: OpMapping, facts: GraphFacts) -> list[_Deci
         elif source.kind is None:
             d.action, d.reason = "skipped", source.reason
             d.requested = "" if spec.keeps_float else op
-        elif name in facts.uncalled:
+        elif name in facts.uncalled and site is None:  # a module used only functionally
             d.action, d.reason = "skipped", facts.uncalled[name]
             d.requested = "" if spec.keeps_float else op
         elif spec.keeps_float:
@@ -214,6 +215,8 @@ def _rewrite_functional(root: nn.Module, steps: list[tuple[_Decision, nn.Module]
         gm.add_submodule(target, new)
         with gm.graph.inserting_before(node):
             call = gm.graph.call_module(target, (node.args[0],))
+            if d.site.bias_node:  # the bias the model computes at run time, added after
+                call = gm.graph.call_function(operator.add, (call, nodes[d.site.bias_node]))
         node.replace_all_uses_with(call)
         gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()

@@ -70,6 +70,9 @@ class FunctionalSite:
     kwargs: dict[str, Any]
     reason: str  # why it cannot be converted; "" when it can
     followed_by_norm: bool = False
+    # a linear bias computed at run time (BEiT / EVA / SwinV2 qkv: cat(q_bias, 0, v_bias)):
+    # the graph node that computes it, added after the converted layer
+    bias_node: str = ""
 
     @property
     def name(self) -> str:
@@ -212,13 +215,18 @@ def _functional_site(node: fx.Node, root: nn.Module, followed: bool) -> Function
         return target, ""
 
     w_name, reason = param_name(weight)
-    b_name = None
-    if bias is not None:
+    b_name, bias_node = None, ""
+    computed = isinstance(bias, fx.Node) and bias.op != "get_attr"
+    if computed and kind == "linear" and not reason:
+        bias_node = bias.name  # type: ignore[union-attr]
+    elif bias is not None:
         b_name, b_reason = param_name(bias)
+        if computed:
+            b_reason = "bias computed at run time for a functional conv"
         reason = reason or b_reason
     if not reason and any(isinstance(v, fx.Node) for v in kwargs.values()):
         reason = "geometry (stride/padding/dilation/groups) computed at run time"
-    return FunctionalSite(node.name, kind, w_name, b_name, kwargs, reason, followed)
+    return FunctionalSite(node.name, kind, w_name, b_name, kwargs, reason, followed, bias_node)
 
 
 def _mark_positions(graph: fx.Graph, parametric: dict[fx.Node, list[str]]) -> tuple[list, list]:
