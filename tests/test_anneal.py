@@ -310,3 +310,18 @@ def test_tracked_fit_is_the_batch_least_squares_fit():
     shift = f.mean(1) - scale * o.mean(1)
     torch.testing.assert_close(layer.blend_shift.double(), shift, rtol=1e-4, atol=1e-4)
     assert layer.blend_loss is not None and layer.blend_loss > 0
+
+
+def test_the_float_path_is_a_target_without_gradient_in_training():
+    torch.manual_seed(0)
+    layer = Adder2d(3, 4, 3, padding=1)
+    layer.blend = 0.5
+    layer.blend_scale, layer.blend_shift = torch.zeros(4), torch.zeros(4)
+    layer.blend_momentum = 0.0  # keep the zero scale: the op path contributes nothing
+    layer.float_weight = torch.randn_like(layer.weight)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    layer.train()(x).sum().backward()
+    assert torch.count_nonzero(x.grad) == 0  # no conv backward through the float path
+    x.grad = None
+    layer.eval()(x).sum().backward()  # outside training the layer is an ordinary function
+    assert torch.count_nonzero(x.grad) > 0

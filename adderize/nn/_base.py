@@ -128,13 +128,17 @@ class Blendable(nn.Module):
         o = self.op_forward(x)
         if lam == 0.0:
             return self._affine(o)
-        f = self.float_forward(x).to(o.dtype)
         if self.training:
-            fd = f.detach()
-            self._track_fit(fd, o.detach())
+            # the float path is the frozen target: no gradient through it (its input
+            # gradient would cost a conv backward per layer); the task loss reaches the
+            # layers upstream through the op path, which is what remains after the anneal
+            with torch.no_grad():
+                f = self.float_forward(x).to(o.dtype)
+            self._track_fit(f, o.detach())
             y = self._affine(o)
-            self.blend_loss = (y - fd).square().mean() / fd.var().clamp_min(1e-12)
+            self.blend_loss = (y - f).square().mean() / f.var().clamp_min(1e-12)
         else:
+            f = self.float_forward(x).to(o.dtype)
             y = self._affine(o)
         return torch.lerp(y, f, lam)
 
