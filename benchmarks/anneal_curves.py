@@ -51,7 +51,7 @@ def run(model: str, seed: int, epochs: int, out: Path) -> dict[str, Any]:
         if variant == "plain":
             overrides.append(f"model.pretrained_file={teacher}")
         r = finetune(Recipe().override(overrides), resume=run_dir.is_dir(), progress=False)
-        student = [h for h in r.history if h["phase"] == "student"]
+        student = [h for h in r.history if h["phase"] == "student"][-epochs:]
         rows["teacher"] = r.teacher_acc
         rows[variant] = [h["val_acc"] for h in student]
         if variant == "anneal":

@@ -369,6 +369,8 @@ def run_phase(
             ) from None
         if ctx.main:
             print(f"resumed {phase.name} from {ckpt_path} after epoch {start}")
+    else:  # a phase started over (no checkpoint): its old rows in metrics.json are stale
+        history[:] = [r for r in history if r["phase"] != phase.name]
 
     rows = [r for r in history if r["phase"] == phase.name]
     for epoch in range(start, phase.epochs):
