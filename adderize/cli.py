@@ -38,6 +38,31 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def _number(kind: type, low: float, inclusive: bool = True) -> Any:
+    """An argparse ``type``: a ``kind`` number >= ``low`` (> ``low`` if not inclusive),
+    so a bad count or size is refused before any work starts."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low or (not inclusive and value == low):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>=' if inclusive else '>'} {low:g}, got {text}"
+            )
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+COUNT = _number(int, 0)
+NON_NEGATIVE = _number(float, 0.0)
+POSITIVE = _number(float, 0.0, inclusive=False)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     import adderize
 
@@ -136,8 +161,6 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     if not tvm_l1.available():
         raise ValueError(f"tuning needs TVM, which is unavailable: {tvm_l1.unavailable_reason()}")
-    if args.trials < 1:
-        raise ValueError(f"--trials must be >= 1, got {args.trials}")
     size = _input_size(args.input_size)
     if args.train and size[0] < 2:
         raise ValueError(
@@ -399,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail if a layer the mapping asks to convert cannot be",
     )
     conv.add_argument("--pretrained-file", help="local weights (safetensors or state dict)")
-    conv.add_argument("--num-classes", type=int, help="classifier size passed to timm")
+    conv.add_argument("--num-classes", type=COUNT, help="classifier size passed to timm")
     conv.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     conv.set_defaults(func=_cmd_convert)
 
@@ -419,8 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     energy.add_argument("--table", help="energy table YAML (default: Horowitz 45 nm)")
     energy.add_argument("--json", action="store_true", help="print the report as JSON")
     energy.add_argument("--plot", help="write a PNG of per-layer energy here")
-    energy.add_argument("--rows", type=int, default=None, help="print at most this many rows")
-    energy.add_argument("--num-classes", type=int)
+    energy.add_argument(
+        "--rows", type=POSITIVE_INT, default=None, help="print at most this many rows"
+    )
+    energy.add_argument("--num-classes", type=COUNT)
     energy.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     energy.set_defaults(func=_cmd_energy)
 
@@ -436,10 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--train", action="store_true", help="also tune the backward kernels (a training step)"
     )
-    tune.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per kernel")
-    tune.add_argument("--minutes", type=float, help="stop starting new kernels after this")
+    tune.add_argument(
+        "--trials", type=POSITIVE_INT, default=64, help="MetaSchedule trials per kernel"
+    )
+    tune.add_argument("--minutes", type=POSITIVE, help="stop starting new kernels after this")
     tune.add_argument("--retune", action="store_true", help="tune kernels already tuned")
-    tune.add_argument("--num-classes", type=int)
+    tune.add_argument("--num-classes", type=COUNT)
     tune.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     tune.set_defaults(func=_cmd_tune)
 
@@ -454,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     fine.add_argument("--data-dir", help="ImageFolder root (sets data.data_dir)")
     fine.add_argument("--pretrained-file", help="local conv weights (sets model.pretrained_file)")
     fine.add_argument("--out", help="run directory (sets out)")
-    fine.add_argument("--epochs", type=int, help="student epochs (sets epochs)")
+    fine.add_argument("--epochs", type=POSITIVE_INT, help="student epochs (sets epochs)")
     fine.add_argument("--resume", action="store_true", help="continue the run in --out")
     fine.add_argument("--no-progress", action="store_true", help="no progress bars")
     fine.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -468,13 +495,15 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument("model", help="timm model name")
     srch.add_argument(
         "--budget",
-        type=float,
+        type=POSITIVE,
         default=0.5,
         help="energy budget: a fraction of all-conv (<= 1) or pJ (> 1)",
     )
     srch.add_argument("--strategy", default="evolution", choices=list(STRATEGIES))
-    srch.add_argument("--trials", type=int, default=20)
-    srch.add_argument("--trial-epochs", type=int, default=3, help="fine-tune epochs per candidate")
+    srch.add_argument("--trials", type=POSITIVE_INT, default=20)
+    srch.add_argument(
+        "--trial-epochs", type=POSITIVE_INT, default=3, help="fine-tune epochs per candidate"
+    )
     srch.add_argument("--ops", default="conv,adder,binary,shift", help="comma-separated op set")
     srch.add_argument(
         "--search-first-last",
@@ -490,8 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(ENGINES),
         help="nni: a local NNI experiment; sequential: in this process",
     )
-    srch.add_argument("--concurrency", type=int, default=1, help="NNI trials run at once")
-    srch.add_argument("--port", type=int, default=0, help="NNI portal port (0: a free one)")
+    srch.add_argument("--concurrency", type=POSITIVE_INT, default=1, help="NNI trials run at once")
+    srch.add_argument("--port", type=COUNT, default=0, help="NNI portal port (0: a free one)")
     srch.add_argument(
         "--expose-portal",
         action="store_true",
@@ -519,25 +548,25 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--out", default="model.so", help="shared library to write")
     comp.add_argument(
         "--tune-trials",
-        type=int,
+        type=COUNT,
         default=0,
         help="MetaSchedule trials per adder kernel before compiling (0: none)",
     )
-    comp.add_argument("--tune-minutes", type=float, help="time budget for tuning")
+    comp.add_argument("--tune-minutes", type=POSITIVE, help="time budget for tuning")
     comp.add_argument(
         "--tolerance",
-        type=float,
+        type=NON_NEGATIVE,
         default=1e-3,
         help="max |TVM - PyTorch| accepted by the CPU check",
     )
-    comp.add_argument("--num-classes", type=int)
+    comp.add_argument("--num-classes", type=COUNT)
     comp.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     comp.set_defaults(func=_cmd_compile)
 
     run = sub.add_parser("run", help="run a compiled library in the Relax VM and time it")
     run.add_argument("library", help="a .so written by adderize compile")
     run.add_argument("--input-size", help="check the compiled input size (224 or N,C,H,W)")
-    run.add_argument("--repeat", type=int, default=20)
+    run.add_argument("--repeat", type=POSITIVE_INT, default=20)
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser(
@@ -546,7 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
         "report energy, save",
     )
     demo.add_argument("--out", default="runs/demo", help="output folder (reused when rerun)")
-    demo.add_argument("--epochs", type=int, help="student epochs (default: the digits recipe)")
+    demo.add_argument(
+        "--epochs", type=POSITIVE_INT, help="student epochs (default: the digits recipe)"
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="digits recipe overrides (as finetune)"

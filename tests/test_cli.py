@@ -128,3 +128,20 @@ def test_outputs_are_checked_before_work(capsys, tmp_path):
     assert "is the input file" in capsys.readouterr().err
     assert main(["convert", "resnet10t", "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compile", "resnet18", "--tune-trials", "-1"], "--tune-trials: must be >= 0, got -1"),
+        (["run", "model.so", "--repeat", "0"], "--repeat: must be >= 1, got 0"),
+        (["search", "resnet10t", "--budget", "-1"], "--budget: must be > 0, got -1"),
+        (["tune", "resnet18", "--trials", "abc"], "--trials: expected a number, got 'abc'"),
+        (["compile", "resnet18", "--tolerance", "-0.1"], "--tolerance: must be >= 0, got -0.1"),
+    ],
+)
+def test_counts_and_sizes_are_checked_before_any_work(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
