@@ -129,7 +129,14 @@ def create_float_model(
         path = Path(pretrained_file)
         if not path.is_file():
             raise FileNotFoundError(f"pretrained file not found: {path}")
-        load_checkpoint(model, str(path), weights_only=True)
+        try:
+            load_checkpoint(model, str(path), weights_only=True)
+        except Exception as e:  # not a state dict, damaged, or made for another model
+            lines = [ln.strip() for ln in str(e).strip().splitlines()] or [type(e).__name__]
+            first = " ".join(lines[:2])[:300]
+            raise ValueError(
+                f"cannot load pretrained file {path} into {model_name}: {first}"
+            ) from None
     return model
 
 

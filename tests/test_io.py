@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 import adderize
 from adderize import OpMapping
@@ -98,3 +99,14 @@ def test_unknown_model_name_suggests_close_ones():
         ValueError, match=r"unknown timm model 'resnet1x'; close matches: .*resnet18"
     ):
         adderize.create_model("resnet1x")
+
+
+def test_bad_pretrained_files_are_named(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"cannot load pretrained file .*junk.safetensors"):
+        adderize.create_model("resnet10t", pretrained_file=junk)
+    other = tmp_path / "other.pth"
+    torch.save(nn.Linear(2, 2).state_dict(), other)
+    with pytest.raises(ValueError, match=r"into resnet10t: Error\(s\) in loading state_dict"):
+        adderize.create_model("resnet10t", pretrained_file=other)
