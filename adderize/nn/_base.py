@@ -15,7 +15,6 @@ from torch.nn.modules.utils import _pair
 __all__ = ["Blendable", "Conv1dLike", "Conv2dLike", "LinearLike"]
 
 _C = TypeVar("_C", bound="Conv2dLike")
-_C1 = TypeVar("_C1", bound="Conv1dLike")
 _L = TypeVar("_L", bound="LinearLike")
 
 
@@ -163,6 +162,8 @@ class Conv2dLike(_ConvNd, Blendable):
     """
 
     gain: nn.Parameter | None
+    #: the float layer class ``from_float`` converts
+    float_type: type[_ConvNd] = nn.Conv2d
 
     def __init__(
         self,
@@ -268,15 +269,18 @@ class Conv2dLike(_ConvNd, Blendable):
         return F.pad(x, pads, mode=self.padding_mode)
 
     @classmethod
-    def from_float(cls: type[_C], mod: nn.Conv2d, **kwargs: Any) -> _C:
+    def from_float(cls: type[_C], mod: _ConvNd, **kwargs: Any) -> _C:
         """Build from an ``nn.Conv2d``, copying its geometry, weight and bias.
 
         Extra keyword arguments (e.g. ``dynamic_same``, ``p``) go to the constructor. A
         weight-standardised conv (timm's ``StdConv2d`` / ``ScaledStdConv2d`` and their
         ``Same`` variants) keeps its standardisation, gain and dynamic 'same' padding.
         """
-        if not isinstance(mod, nn.Conv2d):
-            raise TypeError(f"{cls.__name__}.from_float expects an nn.Conv2d, got {type(mod)}")
+        if not isinstance(mod, cls.float_type):
+            raise TypeError(
+                f"{cls.__name__}.from_float expects an nn.{cls.float_type.__name__}, got "
+                f"{type(mod)}"
+            )
         if _is_weight_std(mod):
             kwargs.setdefault("weight_std_eps", float(mod.eps))  # type: ignore[arg-type]
             if isinstance(getattr(mod, "gain", None), torch.Tensor):
@@ -323,7 +327,10 @@ class Conv1dLike(Conv2dLike):
     ``[N, C, 1, L]`` through the 2-D op, the weight parameter keeps ``nn.Conv1d``'s shape
     ``[out, in / groups, k]`` (the op reads it as ``[out, in / groups, 1, k]``). The
     geometry attributes (``kernel_size``, ``stride``, ...) are the 2-D ``(1, k)`` forms.
+    ``from_float`` takes an ``nn.Conv1d``.
     """
+
+    float_type = nn.Conv1d
 
     def __init__(
         self,
@@ -372,28 +379,6 @@ class Conv1dLike(Conv2dLike):
         batched = x.dim() == 3
         y = super().forward((x if batched else x.unsqueeze(0)).unsqueeze(2)).squeeze(2)
         return y if batched else y.squeeze(0)
-
-    @classmethod
-    def from_float(cls: type[_C1], mod: nn.Conv1d, **kwargs: Any) -> _C1:  # type: ignore[override]
-        """Build from an ``nn.Conv1d``, copying its geometry, weight and bias."""
-        if not isinstance(mod, nn.Conv1d):
-            raise TypeError(f"{cls.__name__}.from_float expects an nn.Conv1d, got {type(mod)}")
-        new = cls(
-            mod.in_channels,
-            mod.out_channels,
-            mod.kernel_size,  # type: ignore[arg-type]
-            stride=mod.stride,  # type: ignore[arg-type]
-            padding=mod.padding,  # type: ignore[arg-type]
-            dilation=mod.dilation,  # type: ignore[arg-type]
-            groups=mod.groups,
-            bias=mod.bias is not None,
-            padding_mode=mod.padding_mode,
-            device=mod.weight.device,
-            dtype=mod.weight.dtype,
-            **kwargs,
-        )
-        _copy_params(mod, new)
-        return new
 
 
 class LinearLike(nn.Linear, Blendable):
