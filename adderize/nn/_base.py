@@ -281,7 +281,7 @@ class Conv2dLike(_ConvNd, Blendable):
                 f"{cls.__name__}.from_float expects an nn.{cls.float_type.__name__}, got "
                 f"{type(mod)}"
             )
-        if _is_weight_std(mod):
+        if is_weight_std(mod):
             kwargs.setdefault("weight_std_eps", float(mod.eps))  # type: ignore[arg-type]
             if isinstance(getattr(mod, "gain", None), torch.Tensor):
                 kwargs.setdefault("weight_std_gain", True)
@@ -420,7 +420,7 @@ class LinearLike(nn.Linear, Blendable):
 WEIGHT_STD_CLASSES = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
 
 
-def _is_weight_std(mod: nn.Module) -> bool:
+def is_weight_std(mod: nn.Module) -> bool:
     """Whether ``mod`` is one of timm's weight-standardised convs."""
     import timm.layers as tl
 

@@ -25,14 +25,13 @@ from adderize.nn import (
     BinaryConv1d,
     BinaryConv2d,
     BinaryLinear,
-    Conv1dLike,
     Conv2dLike,
     LinearLike,
     ShiftConv1d,
     ShiftConv2d,
     ShiftLinear,
 )
-from adderize.nn._base import WEIGHT_STD_CLASSES
+from adderize.nn._base import is_weight_std
 
 __all__ = [
     "OpSpec",
@@ -75,7 +74,7 @@ def classify(module: nn.Module) -> Source | None:
     if isinstance(module, (Conv2dLike, LinearLike)):
         return Source(None, f"already multiplication-free ({cls.__name__})")
     if isinstance(module, nn.Conv2d):
-        if isinstance(module, _timm_classes(*WEIGHT_STD_CLASSES)):
+        if is_weight_std(module):
             # the op keeps the standardisation (Conv2dLike.from_float reads it)
             return Source("conv2d", dynamic_same=bool(getattr(module, "same_pad", False)))
         if isinstance(module, _timm_classes(*_SAME_PAD)):
@@ -207,15 +206,13 @@ def op_of_layer(module: nn.Module) -> str | None:
 
 
 def _conv_builder(cls: type[Conv2dLike]) -> Builder:
+    """Builds ``cls`` from the float conv (2-D, or 1-D for a ``Conv1dLike`` class)."""
+
     def build(module: nn.Module, source: Source) -> nn.Module:
         kwargs: dict[str, Any] = {"dynamic_same": True} if source.dynamic_same else {}
         return cls.from_float(module, **kwargs)  # type: ignore[arg-type]
 
     return build
-
-
-def _conv1d_builder(cls: type[Conv1dLike]) -> Builder:
-    return lambda module, source: cls.from_float(module)  # type: ignore[arg-type]
 
 
 def _linear_builder(cls: type[LinearLike]) -> Builder:
@@ -241,7 +238,7 @@ register_op(
         _linear_builder(AdderLinear),
         True,
         "AdderNet l1-distance layer (Adder2d / AdderLinear / Adder1d)",
-        _conv1d_builder(Adder1d),
+        _conv_builder(Adder1d),
         layers=(Adder2d, AdderLinear),
         # the subtraction, and the accumulation of |.| (a sign-controlled add/subtract)
         counts=lambda macs, outputs: {"add": 2 * macs},
@@ -254,7 +251,7 @@ register_op(
         _linear_builder(BinaryLinear),
         False,
         "XNOR-Net binary activations and weights (BinaryConv2d / BinaryLinear / BinaryConv1d)",
-        _conv1d_builder(BinaryConv1d),
+        _conv_builder(BinaryConv1d),
         layers=(BinaryConv2d, BinaryLinear),
         # 1 XNOR + 1 popcount bit per MAC, 1 mult per output for the channel scale
         counts=lambda macs, outputs: {"xnor": macs, "popcount": macs, "mult": outputs},
@@ -269,7 +266,7 @@ register_op(
         _linear_builder(ShiftLinear),
         False,
         "DeepShift power-of-two weights (ShiftConv2d / ShiftLinear / ShiftConv1d)",
-        _conv1d_builder(ShiftConv1d),
+        _conv_builder(ShiftConv1d),
         layers=(ShiftConv2d, ShiftLinear),
         counts=lambda macs, outputs: {"shift": macs, "add": macs},  # 1 shift + 1 add
         weight_bits=5,  # sign and a 4-bit exponent in [-14, 0]
