@@ -32,6 +32,7 @@ from typing import Any
 
 from torch import nn
 
+from adderize._errors import brief
 from adderize._version import __version__
 from adderize.nn import Blendable
 from adderize.passes.convert import BLEND_ATTR, META_ATTR, adderize
@@ -132,10 +133,9 @@ def create_float_model(
         try:
             load_checkpoint(model, str(path), weights_only=True)
         except Exception as e:  # not a state dict, damaged, or made for another model
-            lines = [ln.strip() for ln in str(e).strip().splitlines()] or [type(e).__name__]
-            first = " ".join(lines[:2])[:300]
+            why = brief(e, lines=2, limit=300) or type(e).__name__
             raise ValueError(
-                f"cannot load pretrained file {path} into {model_name}: {first}"
+                f"cannot load pretrained file {path} into {model_name}: {why}"
             ) from None
     return model
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from adderize._errors import brief
 from adderize.passes.registry import Kind, classify
 
 __all__ = ["FunctionalSite", "GraphFacts", "analyse", "is_norm"]
@@ -248,8 +249,8 @@ def analyse(model: nn.Module) -> GraphFacts:
     try:
         graph = _Tracer().trace(model)
     except Exception as e:  # fx raises many types; we report the message
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return _module_walk(model, f"torch.fx could not trace {type(model).__name__} ({msg[:160]})")
+        msg = brief(e, limit=160) or type(e).__name__
+        return _module_walk(model, f"torch.fx could not trace {type(model).__name__} ({msg})")
     facts = GraphFacts(mode="fx", graph=graph)
     modules = dict(model.named_modules())
     candidates = _candidates(model)

@@ -36,6 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from adderize._errors import brief
 from adderize.passes.convert import BLEND_ATTR
 from adderize.train.adaptive_lr import AdaptiveLRScaling, adder_weights
 from adderize.train.anneal import Anneal, calibrate
@@ -220,10 +221,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or pickled code refused
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ValueError(
             f"{path} is not a checkpoint adderize can resume from ({type(e).__name__}: "
-            f"{first}); delete it to start the phase over"
+            f"{brief(e)}); delete it to start the phase over"
         ) from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: a checkpoint is a mapping, got {type(state).__name__}")
