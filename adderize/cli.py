@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--trials", type=POSITIVE_INT, default=64, help="MetaSchedule trials per kernel"
     )
-    tune.add_argument("--minutes", type=POSITIVE, help="stop starting new kernels after this")
+    tune.add_argument("--minutes", type=NON_NEGATIVE, help="stop starting new kernels after this")
     tune.add_argument("--retune", action="store_true", help="tune kernels already tuned")
     tune.add_argument("--num-classes", type=COUNT)
     tune.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="MetaSchedule trials per adder kernel before compiling (0: none)",
     )
-    comp.add_argument("--tune-minutes", type=POSITIVE, help="time budget for tuning")
+    comp.add_argument("--tune-minutes", type=NON_NEGATIVE, help="time budget for tuning")
     comp.add_argument(
         "--tolerance",
         type=NON_NEGATIVE,
@@ -587,16 +587,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for a usage error, as argparse)."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # KEY=VALUE overrides may follow options (argparse keeps positionals contiguous)
-    if extra and hasattr(args, "overrides") and all("=" in e and e[0] != "-" for e in extra):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # KEY=VALUE overrides may follow options (argparse keeps positionals contiguous)
+        if extra and hasattr(args, "overrides") and all("=" in e and e[0] != "-" for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exit_:  # argparse's usage errors and --help
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"adderize: error: {e}", file=sys.stderr)
         return 2
 

@@ -250,7 +250,7 @@ def test_tune_command_tunes_each_new_kernel_and_respects_budgets(monkeypatch, ca
     assert main(["tune", "resnet18", "--input-size", "32", "--minutes", "0"]) == 0
     assert not calls and "time budget of 0.0 min reached" in capsys.readouterr().out
     assert main(["tune", "resnet18", "--trials", "0"]) == 2
-    assert "--trials must be >= 1, got 0" in capsys.readouterr().err
+    assert "argument --trials: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_kernel_cache_survives_concurrent_builds_and_killed_writes(tmp_path):

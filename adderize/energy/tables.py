@@ -136,7 +136,7 @@ class EnergyTable:
         try:
             return cls.from_dict(data)
         except (ValueError, TypeError) as e:
-            raise type(e)(f"{path}: {e}") from None
+            raise ValueError(f"{path}: {e}") from None
 
 
 def _check_energy(key: str, value: Any) -> None:

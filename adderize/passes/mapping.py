@@ -238,7 +238,7 @@ class OpMapping:
         try:
             return cls.from_dict(data or {})
         except (ValueError, TypeError) as e:
-            raise type(e)(f"{path}: {e}") from None
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def coerce(cls, ops: OpMapping | str | dict[str, Any] | None) -> OpMapping:
