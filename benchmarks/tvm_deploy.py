@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from layers import paired  # benchmarks/ is on sys.path when run as a script
 
 import adderize
-from adderize.kernels import tvm_l1
+from adderize.kernels import tvm_build, tvm_l1
+from adderize.kernels.machine import llvm_target
 from adderize.train import recalibrate_bn
-from adderize.tvm_schedules import compile_model
+from adderize.tvm_schedules import compile_model, cpu
 
 LAYERS = [(c, h) for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))]
 
@@ -49,7 +50,7 @@ def whole_model(size: int) -> None:
     program = torch.export.export(conv, (x,))
     conv_tvm = tvm.relax.VirtualMachine(
         tvm.compile(from_exported_program(program, unwrap_unit_return_tuple=True),
-                    target=tvm_l1._target()).jit(),
+                    target=llvm_target()).jit(),
         tvm.cpu(),
     )  # fmt: skip
     print(f"conv resnet18 TVM build (untuned): {time.perf_counter() - tic:.1f} s")
@@ -87,12 +88,12 @@ def per_layer(trials: int) -> None:
         if fresh:
             tvm_l1.tune("conv_forward", *shape, trials=trials)
         minutes = (time.perf_counter() - tic) / 60
-        tvm_l1._KERNELS.clear()  # rebuild with the tuned schedule
-        hand = tvm_l1._hand_module("conv_forward", *shape)
-        hand_fn = tvm.compile(hand, target=tvm_l1._target())["main"]
+        tvm_build.forget("conv_forward", *shape)  # rebuild with the tuned schedule
+        hand = cpu.schedule("conv_forward", *shape)
+        hand_fn = tvm.compile(hand, target=llvm_target())["main"]
         out = x.new_empty(1, h, h, 1, c)
         wt = w.reshape(1, c, c, 3, 3).permute(0, 2, 3, 4, 1).contiguous()
-        tuned_fn = tvm_l1._kernel("conv_forward", *shape)
+        tuned_fn = tvm_build.kernel("conv_forward", *shape)
 
         def conv(x=x, w=w):
             F.conv2d(x, w)
@@ -100,7 +101,7 @@ def per_layer(trials: int) -> None:
         args = (x, wt, out)
         t_conv, t_tuned = paired(conv, lambda f=tuned_fn, a=args: f(*a))
         _, t_hand = paired(conv, lambda f=hand_fn, a=args: f(*a))
-        q_fn = tvm_l1._kernel("int8_conv_forward", 1, h + 2, h + 2, c, c, 3, 3, 1, 1)
+        q_fn = tvm_build.kernel("int8_conv_forward", 1, h + 2, h + 2, c, c, 3, 3, 1, 1)
         q_args = (
             torch.randint(0, 256, (1, h + 2, h + 2, c), dtype=torch.uint8),
             torch.randint(0, 256, (c, 3, 3, c), dtype=torch.uint8),
@@ -108,7 +109,7 @@ def per_layer(trials: int) -> None:
         )
         _, t_int8 = paired(conv, lambda f=q_fn, a=q_args: f(*a))
         words = c // 32
-        b_fn = tvm_l1._kernel("binary_conv_forward", 1, h + 2, h + 2, words, c, 3, 3, 1, 1)
+        b_fn = tvm_build.kernel("binary_conv_forward", 1, h + 2, h + 2, words, c, 3, 3, 1, 1)
         b_args = (
             torch.randint(-(2**31), 2**31 - 1, (1, h + 2, h + 2, words), dtype=torch.int32),
             torch.full((1, h + 2, h + 2, words), -1, dtype=torch.int32),

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from adderize.kernels import l1 as l1_mod
-from adderize.kernels import tvm_l1
+from adderize.kernels import tvm_build, tvm_l1
 from adderize.kernels.reference import adder2d_reference, adder_rows_reference
 from adderize.nn import Adder2d, AdderLinear
+from adderize.tvm_schedules.tuning import tuned_module
 
 pytestmark = pytest.mark.tvm
 if not tvm_l1.available():
@@ -94,8 +95,8 @@ def test_dispatch_uses_tvm_only_where_it_applies(monkeypatch):
 
 
 def test_unavailable_tvm_warns_once_and_tvm_backend_raises(monkeypatch):
-    monkeypatch.setitem(tvm_l1._STATE, "ok", False)
-    monkeypatch.setitem(tvm_l1._STATE, "error", "ImportError: no tvm")
+    monkeypatch.setitem(tvm_build._STATE, "ok", False)
+    monkeypatch.setitem(tvm_build._STATE, "error", "ImportError: no tvm")
     monkeypatch.setattr(l1_mod, "_WARNED", set())
     layer = Adder2d(16, 16, 3, padding=1)
     x = torch.randn(1, 16, 6, 6)
@@ -113,17 +114,17 @@ def test_unavailable_tvm_warns_once_and_tvm_backend_raises(monkeypatch):
 
 def test_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(tvm_l1, "_KERNELS", {})
+    monkeypatch.setattr(tvm_build, "_KERNELS", {})
     a, b = torch.randn(1, 11, 24), torch.randn(1, 16, 24)
     first = tvm_l1.forward(a, b)
     files = list((tmp_path / "adderize" / "kernels").glob("forward-*.so"))
     assert len(files) == 1
-    monkeypatch.setattr(tvm_l1, "_KERNELS", {})
+    monkeypatch.setattr(tvm_build, "_KERNELS", {})
 
     def no_build(*args):
         raise AssertionError("rebuilt a kernel that is in the disk cache")
 
-    monkeypatch.setattr(tvm_l1, "_build", no_build)
+    monkeypatch.setattr(tvm_build, "build", no_build)
     torch.testing.assert_close(tvm_l1.forward(a, b), first)
 
 
@@ -196,15 +197,14 @@ def test_tuned_schedules_are_used_when_present(tmp_path, monkeypatch):
     import torch.nn.functional as F
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(tvm_l1, "_KERNELS", {})
+    monkeypatch.setattr(tvm_build, "_KERNELS", {})
     shape = (1, 16, 10, 10, 32, 3, 3, 1, 1, 1)
-    assert tvm_l1._tuned_module("conv_forward", *shape) is None  # nothing tuned yet
+    assert tuned_module("conv_forward", *shape) is None  # nothing tuned yet
     database = tvm_l1.tune("conv_forward", *shape, trials=8)
     assert (database / "database_tuning_record.json").stat().st_size > 0
-    assert tvm_l1._tuned_module("conv_forward", *shape) is not None
+    assert tuned_module("conv_forward", *shape) is not None
     used = []
-    original = tvm_l1._tuned_module
-    monkeypatch.setattr(tvm_l1, "_tuned_module", lambda *a: used.append(a) or original(*a))
+    monkeypatch.setattr(tvm_build, "tuned_module", lambda *a: used.append(a) or tuned_module(*a))
     torch.manual_seed(0)
     x, w = torch.randn(1, 16, 8, 8), torch.randn(32, 16, 3, 3)
     xp = F.pad(x, (1, 1, 1, 1))

@@ -6,9 +6,23 @@
 MetaSchedule-tuned when the tuning database has them), lets TVM lower everything else, and
 builds a shared library that :class:`CompiledModel` loads and runs in the Relax VM.
 
-The compute definitions, hand schedules and tuning live in :mod:`adderize.kernels.tvm_l1`.
+Modules: ``compute`` (the TE compute definitions), ``cpu`` (CPU schedules and the candidate
+tiles measured at first use), ``tuning`` (MetaSchedule), ``cuda``, ``model`` (Relax),
+``quant`` (int8 and binary layers). The build and cache of kernels for training live in
+:mod:`adderize.kernels.tvm_build`.
 """
 
-from adderize.tvm_schedules.model import CompiledModel, CompileReport, compile_model
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["CompileReport", "CompiledModel", "compile_model"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: the kernel builder imports this package's compute and schedule modules
+    if name in __all__:
+        from adderize.tvm_schedules import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

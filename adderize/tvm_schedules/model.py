@@ -12,9 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from adderize.kernels import tvm_l1
+from adderize.kernels import tvm_build, tvm_l1
+from adderize.kernels.machine import llvm_target
 from adderize.nn import Adder1d, Adder2d, AdderLinear
 from adderize.nn.adder import adder2d, adder_linear
+from adderize.tvm_schedules import cpu
+from adderize.tvm_schedules.compute import computes
+from adderize.tvm_schedules.cpu import tile
+from adderize.tvm_schedules.tuning import tuned_module
 
 __all__ = ["CompileReport", "CompiledModel", "compile_model"]
 
@@ -146,14 +151,16 @@ class _Converters:
         from tvm import te
 
         if self.target == "cuda":  # scheduled later by dlight with the rest of the model
-            return te.create_prim_func(tvm_l1._computes(kind, *shape)), "default"
-        tuned = tvm_l1._tuned_module(kind, *shape)
+            return te.create_prim_func(computes(kind, *shape)), "default"
+        tuned = tuned_module(kind, *shape)
         if tuned is not None:
             return tuned["main"], "tuned"
-        try:
-            return tvm_l1._hand_module(kind, *shape)["main"], "hand"
+        try:  # the register tile the training kernels measured fastest on this machine
+            return cpu.schedule(kind, *shape, variant=tvm_build.variant(kind, *shape))[
+                "main"
+            ], "hand"
         except Exception:  # a shape the hand schedule cannot tile: TVM's own lowering
-            return te.create_prim_func(tvm_l1._computes(kind, *shape)), "default"
+            return te.create_prim_func(computes(kind, *shape)), "default"
 
     def _call(self, bb: Any, kind: str, shape: tuple[int, ...], args: list[Any], out: Any) -> Any:
         from tvm import relax
@@ -251,7 +258,7 @@ class _Converters:
             raise ValueError(f"TVM export compiles p = 1 adder layers; {node.name} has p = {p}")
         m, k = (int(v) for v in x.ty.shape)
         t = int(w.ty.shape[0])
-        _, tp = tvm_l1._tile(t)
+        _, tp = tile(t)
         op = relax.op
         wt = op.permute_dims(w, [1, 0])
         if tp != t:
@@ -267,7 +274,7 @@ def _tvm_target(target: str) -> Any:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if target == "cpu":
-        return tvm_l1._target()
+        return llvm_target()
     return tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
 
 

@@ -5,7 +5,7 @@ Int8 adder: one shared uint8 grid for inputs and weights, calibrated on data.
 ``|x - w|`` is only cheap in integers when ``x`` and ``w`` share the scale and zero point:
 ``|s(qx - z) - s(qw - z)| = s |qx - qw|``. :func:`calibrate` picks that grid (per tensor,
 asymmetric) from the layer's weights and its inputs over a few batches; the kernel sums
-byte absolute differences in int32 (``tvm_l1.int8_conv_forward_compute``) and the float
+byte absolute differences in int32 (``compute.int8_conv_forward_compute``) and the float
 output is ``-scale * sum (+ bias)``. Each ``|x - w|`` term is off by at most one step
 ``scale``, so the error is at most ``scale * Cin * kh * kw``.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adderize.kernels import tvm_l1
+from adderize.kernels.tvm_build import kernel
 from adderize.nn import Adder2d, BinaryConv2d
 
 __all__ = ["SharedGrid", "binary_conv2d", "calibrate", "int8_adder_conv2d"]
@@ -79,7 +79,7 @@ def int8_adder_conv2d(x: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torc
     oh = (hp - d[0] * (kh - 1) - 1) // s[0] + 1
     ow = (wp - d[0] * (kw - 1) - 1) // s[0] + 1
     out = torch.empty(n, oh, ow, t, dtype=torch.int32)
-    tvm_l1._kernel("int8_conv_forward", n, hp, wp, c, t, kh, kw, s[0], d[0])(xp, wq, out)
+    kernel("int8_conv_forward", n, hp, wp, c, t, kh, kw, s[0], d[0])(xp, wq, out)
     y = out.permute(0, 3, 1, 2).float() * -grid.scale
     return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
 
@@ -117,7 +117,7 @@ def binary_conv2d(x: torch.Tensor, layer: BinaryConv2d) -> torch.Tensor:
     oh = (hp - d[0] * (kh - 1) - 1) // s[0] + 1
     ow = (wp - d[0] * (kw - 1) - 1) // s[0] + 1
     out = torch.empty(n, oh, ow, t)
-    fn = tvm_l1._kernel("binary_conv_forward", n, hp, wp, q, t, kh, kw, s[0], d[0])
+    fn = kernel("binary_conv_forward", n, hp, wp, q, t, kh, kw, s[0], d[0])
     fn(xb.contiguous(), mb.contiguous(), wb.contiguous(), alpha, out)
     y = out.permute(0, 3, 1, 2)
     return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)

@@ -1,0 +1,265 @@
+"""Building, selecting and caching the TVM adder kernels on this machine.
+
+A kernel is named by ``(kind, *shape)`` (:func:`adderize.tvm_schedules.compute.computes`).
+At first use it is built with the schedule MetaSchedule tuning recorded, if any; else the
+register tiles of :func:`adderize.tvm_schedules.cpu.candidates` are each built (a few ms)
+and timed on random data of the kernel's shapes, and the fastest is kept: a new CPU gets
+kernels fitted to its vector registers and ports without a tuning run. Set
+``ADDERIZE_KERNEL_SELECT=first`` to skip the timing and take the first candidate (the
+best guess; the test suite does, to compile faster).
+
+The chosen kernel is kept in memory and in a disk cache (``$XDG_CACHE_HOME/adderize/
+kernels``) keyed by kernel version, shape, target (LLVM's CPU name), TVM version, tuning
+database and selection mode; :func:`chosen` says which tile won.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adderize.kernels.machine import cache_dir, llvm_target
+from adderize.tvm_schedules import cpu
+from adderize.tvm_schedules.tuning import tuned_module, tuning_stamp
+
+__all__ = [
+    "KERNEL_VERSION",
+    "SELECT_MODES",
+    "available",
+    "build",
+    "chosen",
+    "forget",
+    "kernel",
+    "select_mode",
+    "unavailable_reason",
+    "variant",
+    "workloads",
+]
+
+KERNEL_VERSION = 7
+#: ``ADDERIZE_KERNEL_SELECT`` values: time the candidate tiles, or take the first
+SELECT_MODES = ("measure", "first")
+_LOCK = threading.Lock()
+_KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
+_CHOSEN: dict[tuple[Any, ...], str] = {}
+_STATE: dict[str, Any] = {}
+
+
+def available() -> bool:
+    """Whether TVM can be imported (checked once; the import takes a few seconds).
+
+    Before TVM's first import its thread pool is sized to torch's thread count, told not
+    to pin threads (its default here is one pinned thread, which also slows torch down) and
+    not to spin when idle (spinning workers slow the torch ops between adder layers);
+    a process that imported TVM earlier keeps its own settings.
+    """
+    if "ok" not in _STATE:
+        os.environ.setdefault("TVM_NUM_THREADS", str(max(1, torch.get_num_threads())))
+        os.environ.setdefault("TVM_BIND_THREADS", "0")
+        # idle workers block at once instead of spinning on the cores torch needs next
+        os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+        try:
+            import tvm  # noqa: F401
+            from tvm import s_tir, te  # noqa: F401
+
+            _STATE["ok"] = True
+        except Exception as e:  # ImportError, or a broken native library
+            _STATE["ok"], _STATE["error"] = False, f"{type(e).__name__}: {e}"
+    return bool(_STATE["ok"])
+
+
+def unavailable_reason() -> str:
+    available()
+    return str(_STATE.get("error", ""))
+
+
+def select_mode() -> str:
+    """``ADDERIZE_KERNEL_SELECT`` (default ``measure``), checked against :data:`SELECT_MODES`."""
+    mode = os.environ.get("ADDERIZE_KERNEL_SELECT", "measure")
+    if mode not in SELECT_MODES:
+        raise ValueError(
+            f"ADDERIZE_KERNEL_SELECT={mode!r} is not a selection mode; valid: "
+            f"{', '.join(SELECT_MODES)}"
+        )
+    return mode
+
+
+def _path(key: tuple[Any, ...]) -> Path:
+    import tvm
+
+    ident = (
+        f"{key}-{KERNEL_VERSION}-{llvm_target()}-{tvm.__version__}-{tuning_stamp()}-{select_mode()}"
+    )
+    return cache_dir("kernels") / f"{key[0]}-{hashlib.sha256(ident.encode()).hexdigest()[:24]}.so"
+
+
+def _cache_intact(path: Path) -> bool:
+    """Whether ``path`` is a complete cached kernel: its digest file matches its bytes.
+
+    Loading a damaged shared library can kill the process (SIGBUS on a truncated file), so a
+    file is only loaded when the digest written after it says it is whole.
+    """
+    digest = path.with_name(path.name + ".sha256")
+    try:
+        want = digest.read_text().strip()
+        return hashlib.sha256(path.read_bytes()).hexdigest() == want
+    except OSError:
+        return False
+
+
+def _cache_write(lib: Any, path: Path, label: str) -> None:
+    """Export ``lib`` to ``path``, its schedule label, and then its digest, each through a
+    temporary file renamed into place: concurrent writers and a writer killed midway leave
+    a usable cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.so")
+        lib.export_library(str(tmp))
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        tmp.replace(path)
+        tmp_label = path.with_name(f"{path.name}.{os.getpid()}.tmp.variant")
+        tmp_label.write_text(label)
+        tmp_label.replace(path.with_name(path.name + ".variant"))
+        tmp_digest = path.with_name(f"{path.name}.{os.getpid()}.tmp.sha256")
+        tmp_digest.write_text(digest)
+        tmp_digest.replace(path.with_name(path.name + ".sha256"))
+    except OSError:  # read-only home: keep the in-memory kernel
+        pass
+
+
+def kernel(kind: str, *shape: int) -> Callable[..., Any]:
+    """The compiled kernel ``(kind, *shape)``: from memory, the disk cache, or built (and
+    selected) now."""
+    key = (kind, *shape)
+    recording = _STATE.get("recording")
+    if recording is not None:
+        recording.setdefault(key, None)
+    fn = _KERNELS.get(key)
+    if fn is not None:
+        return fn
+    with _LOCK:
+        if key in _KERNELS:
+            return _KERNELS[key]
+        if not available():
+            raise RuntimeError(f"TVM kernels are unavailable: {unavailable_reason()}")
+        import tvm
+
+        path = _path(key)
+        lib = None
+        if _cache_intact(path):
+            try:
+                lib = tvm.runtime.load_module(str(path))
+                label = path.with_name(path.name + ".variant")
+                _CHOSEN[key] = label.read_text() if label.is_file() else "cached"
+            except Exception:  # an incompatible cache entry: rebuild it
+                lib = None
+        if lib is None:
+            lib, _CHOSEN[key] = build(kind, *shape)
+            _cache_write(lib, path, _CHOSEN[key])
+        fn = lib["main"]
+        _KERNELS[key] = fn
+        return fn
+
+
+def forget(kind: str, *shape: int) -> None:
+    """Drop the in-memory kernel (after tuning changed its schedule)."""
+    _KERNELS.pop((kind, *shape), None)
+    _CHOSEN.pop((kind, *shape), None)
+
+
+def chosen(kind: str, *shape: int) -> str | None:
+    """Which schedule kernel ``(kind, *shape)`` of this process uses: ``"tuned"``, a
+    register tile (e.g. ``"7x16/cols-outer"``), ``"fixed"`` (int8 / binary), or None if it
+    was not built yet."""
+    return _CHOSEN.get((kind, *shape))
+
+
+def _random_args(mod: Any) -> list[Any]:
+    """Arguments for timing a built kernel: random float32 tensors of its buffer shapes
+    (outputs included) and 1.5 for a scalar (``p`` of the l_p kernels)."""
+    func = mod["main"]
+    args: list[Any] = []
+    gen = torch.Generator().manual_seed(0)
+    for param in func.params:
+        shape = getattr(param, "shape", None)  # tensor parameters carry their shape
+        if shape is None:
+            args.append(1.5)
+        else:
+            args.append(torch.randn([int(d) for d in shape], generator=gen))
+    return args
+
+
+def _timed(fn: Callable[..., Any], args: list[Any]) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def fastest(fns: list[Callable[..., Any]], args: list[Any], rounds: int = 3) -> int:
+    """Index of the fastest of ``fns`` on ``args``: each is called once to warm up and once
+    timed; those within 1.5x of the best are then timed in alternation for ``rounds - 1``
+    more rounds, so a burst of load on a shared machine hits every contender. Min time."""
+    for fn in fns:
+        fn(*args)
+    best = [_timed(fn, args) for fn in fns]
+    contenders = [i for i, t in enumerate(best) if t <= 1.5 * min(best)]
+    for _ in range(rounds - 1):
+        for i in contenders:
+            best[i] = min(best[i], _timed(fns[i], args))
+    return min(contenders, key=best.__getitem__)
+
+
+def build(kind: str, *shape: int) -> tuple[Any, str]:
+    """Compile kernel ``(kind, *shape)``; returns ``(library, schedule label)``: the tuned
+    schedule when the tuning database has one, else the fastest candidate tile on this
+    machine (the first one in ``first`` mode)."""
+    import tvm
+
+    target = llvm_target()
+    mod = tuned_module(kind, *shape)
+    if mod is not None:
+        return tvm.compile(mod, target=target), "tuned"
+    if kind.removesuffix("_lp") not in cpu.SELECTABLE:
+        return tvm.compile(cpu.schedule(kind, *shape), target=target), "fixed"
+    options = cpu.candidates(kind, *shape)
+    if select_mode() == "first" or len(options) == 1:
+        mod = cpu.schedule(kind, *shape, variant=options[0])
+        return tvm.compile(mod, target=target), str(options[0])
+    # timed at the kernel's own shape: a smaller batch ranks the loop orders differently
+    # (1x1 convs: 2x apart at batch 32, equal at batch 1)
+    mods = [cpu.schedule(kind, *shape, variant=option) for option in options]
+    libs = [tvm.compile(mod, target=target) for mod in mods]
+    pick = fastest([lib["main"] for lib in libs], _random_args(mods[0]))
+    return libs[pick], str(options[pick])
+
+
+def variant(kind: str, *shape: int) -> cpu.Variant | None:
+    """The register tile kernel ``(kind, *shape)`` uses on this machine (selecting it now
+    if needed); None for tuned and fixed schedules. Whole-model compilation reads it."""
+    kernel(kind, *shape)
+    label = _CHOSEN.get((kind, *shape), "")
+    for option in (
+        cpu.candidates(kind, *shape) if kind.removesuffix("_lp") in cpu.SELECTABLE else []
+    ):
+        if str(option) == label:
+            return option
+    return None
+
+
+def workloads(run: Callable[[], Any]) -> list[tuple[Any, ...]]:
+    """The kernels (``(kind, *shape)``) that ``run()`` uses, e.g. a forward and backward of
+    a converted model, in first-use order: the tuning tasks of that model."""
+    seen: dict[tuple[Any, ...], None] = {}
+    _STATE["recording"] = seen
+    try:
+        run()
+    finally:
+        del _STATE["recording"]
+    return list(seen)

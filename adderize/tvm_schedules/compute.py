@@ -1,0 +1,401 @@
+"""TE compute definitions of the adder kernels: the one definition of each computation,
+shared by the training kernels (:mod:`adderize.kernels.tvm_l1`), MetaSchedule tuning
+(:mod:`adderize.tvm_schedules.tuning`) and whole-model compilation
+(:mod:`adderize.tvm_schedules.model`). Pure ``te.compute``: no schedule here (the CPU
+schedules are in :mod:`adderize.tvm_schedules.cpu`), as in TVM's topi.
+
+* forward, ``out[m, t] = -sum_k |a[m, k] - b[t, k]|``, computed as written (sub, abs, add);
+* l_p: ``|d|^p`` by :func:`pow_nonneg`, vectorisable float32 arithmetic;
+* input gradient, ``g_a[m, k] = sum_t G[m, t] HardTanh(b[t, k] - a[m, k])``: with
+  ``HardTanh(b - a) = clamp(b, a - 1, a + 1) - a`` it is
+  ``sum_t G[m, t] clamp(b[t, k], a[m, k] - 1, a[m, k] + 1) - a[m, k] sum_t G[m, t]``:
+  3 vector ops per MAC (max, min, fma).
+
+A kernel is named by ``(kind, *shape)``: :func:`computes` maps it to its tensors.
+TVM is imported inside the functions (``import adderize`` must not import it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "binary_conv_forward_compute",
+    "computes",
+    "conv_forward_compute",
+    "conv_grad_input_compute",
+    "depthwise_forward_compute",
+    "depthwise_grad_input_compute",
+    "int8_conv_forward_compute",
+    "l1_forward_compute",
+    "l1_grad_a_compute",
+    "pow_nonneg",
+]
+
+_LN2 = 0.6931471805599453
+
+
+def pow_nonneg(d: Any, p: Any) -> Any:
+    """``d ** p`` for ``d >= 0`` as vectorisable float32 arithmetic (LLVM turns ``pow`` and
+    ``exp``/``log`` into scalar libm calls): ``log2 d`` from the exponent bits plus an
+    atanh series for the mantissa, ``2 ** y`` from a degree-6 polynomial and the exponent
+    bits. Relative error about 3e-6; ``0 ** p = 0``."""
+    from tvm import tirx
+
+    i32 = "int32"
+    bits = tirx.reinterpret(i32, d)
+    exponent = tirx.shift_right(bits, tirx.const(23, i32)) - 127
+    low = tirx.bitwise_and(bits, tirx.const(0x7FFFFF, i32))
+    mantissa = tirx.reinterpret("float32", tirx.bitwise_or(low, tirx.const(0x3F800000, i32)))
+    t = (mantissa - 1.0) / (mantissa + 1.0)
+    t2 = t * t
+    ln_m = 2.0 * t * (1.0 + t2 * (1.0 / 3 + t2 * (1.0 / 5 + t2 * (1.0 / 7 + t2 / 9))))
+    log2d = exponent.astype("float32") + ln_m * (1.0 / _LN2)
+    y = tirx.max(p * log2d, tirx.const(-126.0, "float32"))
+    whole = tirx.floor(y)
+    g = (y - whole) * _LN2
+    poly = 1.0 + g * (1.0 + g * (0.5 + g * (1.0 / 6 + g * (1.0 / 24 + g * (1.0 / 120 + g / 720)))))
+    biased = tirx.shift_left(whole.astype(i32) + 127, tirx.const(23, i32))
+    scale = tirx.reinterpret("float32", biased)
+    return tirx.Select(d > 0.0, poly * scale, tirx.const(0.0, "float32"))
+
+
+def _lp_terms(lp: bool) -> tuple[Any, Any, Any]:
+    """``(p, distance term, input-gradient term)``: the l1 kernels' (``p`` None) or the l_p
+    kernels' (``p`` a runtime float32 argument, so changing p never recompiles)."""
+    from tvm import te, tirx
+
+    if not lp:
+        return None, te.abs, None
+    p = te.var("p", dtype="float32")
+
+    def grad(d: Any) -> Any:  # eq. 27 for p > 1: sign(d) |d|^(p-1), d = w - x
+        mag = pow_nonneg(te.abs(d), p - 1.0)
+        return tirx.Select(d < 0.0, -mag, mag)
+
+    return p, (lambda d: pow_nonneg(te.abs(d), p)), grad
+
+
+def l1_forward_compute(m: int, t: int, k: int) -> list[Any]:
+    """``out[m, t] = -sum_k |a[m, k] - bT[k, t]|``.
+
+    Shapes: a [M, K], bT [K, T] (weights transposed) -> out [M, T].
+    """
+    from tvm import te
+
+    a = te.placeholder((m, k), name="a")
+    bt = te.placeholder((k, t), name="bT")
+    r = te.reduce_axis((0, k), name="k")
+    acc = te.compute((m, t), lambda i, j: te.sum(te.abs(a[i, r] - bt[r, j]), axis=r), name="acc")
+    out = te.compute((m, t), lambda i, j: -acc[i, j], name="out", tag="adder_l1_forward")
+    return [a, bt, out]
+
+
+def l1_grad_a_compute(m: int, t: int, k: int) -> list[Any]:
+    """``out[m, k] = sum_t g[m, t] clamp(b[t, k], a[m, k] - 1, a[m, k] + 1) - a[m, k] gs[m]``
+    (= sum_t g HardTanh(b - a)). Shapes: a [M, K], b [T, K], g [M, T], gs [M] -> [M, K]."""
+    from tvm import te
+
+    a = te.placeholder((m, k), name="a")
+    b = te.placeholder((t, k), name="b")
+    g = te.placeholder((m, t), name="g")
+    gs = te.placeholder((m,), name="gs")
+    r = te.reduce_axis((0, t), name="t")
+    acc = te.compute(
+        (m, k),
+        lambda i, j: te.sum(
+            g[i, r] * te.min(te.max(b[r, j], a[i, j] - 1.0), a[i, j] + 1.0), axis=r
+        ),
+        name="acc",
+    )
+    out = te.compute(
+        (m, k), lambda i, j: acc[i, j] - a[i, j] * gs[i], name="out", tag="adder_l1_grad_a"
+    )
+    return [a, b, g, gs, out]
+
+
+def conv_forward_compute(
+    n: int,
+    c: int,
+    hp: int,
+    wp: int,
+    t: int,
+    kh: int,
+    kw: int,
+    stride: int,
+    dil: int,
+    g: int,
+    lp: bool = False,
+    mac: bool = False,
+) -> list[Any]:
+    """Direct adder conv, NCHW input (already padded) -> NHWC output:
+    ``out[n, oh, ow, g, t] = -sum_{c, i, j} |x[n, g*Cg + c, oh*s + i*d, ow*s + j*d] -
+    wt[g, c, i, j, t]|`` (to the power ``p``, a trailing run-time argument, with ``lp``).
+    Shapes: x [N, C, Hp, Wp], wt [G, Cg, kh, kw, Tg] -> out [N, OH, OW, G, Tg].
+    ``mac=True`` is the ordinary convolution ``sum x * wt`` on the same loops (for the
+    full-precision layers of a compiled model).
+    """
+    from tvm import te
+
+    cg, tg = c // g, t // g
+    oh = (hp - dil * (kh - 1) - 1) // stride + 1
+    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    p, dist, _ = _lp_terms(lp)
+    term = (lambda a, b: a * b) if mac else (lambda a, b: dist(a - b))
+    x = te.placeholder((n, c, hp, wp), name="x")
+    wt = te.placeholder((g, cg, kh, kw, tg), name="wt")
+    rc = te.reduce_axis((0, cg), name="rc")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+    acc = te.compute(
+        (n, oh, ow, g, tg),
+        lambda b, y, z, gg, o: te.sum(
+            term(
+                x[b, gg * cg + rc, y * stride + ri * dil, z * stride + rj * dil],
+                wt[gg, rc, ri, rj, o],
+            ),
+            axis=[rc, ri, rj],
+        ),
+        name="acc",
+    )
+    out = te.compute(
+        (n, oh, ow, g, tg),
+        lambda b, y, z, gg, o: acc[b, y, z, gg, o] if mac else -acc[b, y, z, gg, o],
+        name="out",
+        tag="conv2d_nchw_nhwc" if mac else "adder_conv2d_nchw_nhwc",
+    )
+    return [x, wt, out] + ([p] if lp else [])
+
+
+def conv_grad_input_compute(
+    n: int,
+    c: int,
+    hp: int,
+    wp: int,
+    t: int,
+    kh: int,
+    kw: int,
+    dil: int,
+    g: int,
+    lp: bool = False,
+) -> list[Any]:
+    """Input gradient of the adder conv (eq. 27) as a direct correlation, NHWC.
+
+    The eq. 27 term depends on X at the input position itself, so
+    ``gx[n, h, w, g, c] = sum_{t, i, j} gd[n, h + d(kh-1) - i d, w + d(kw-1) - j d, g*Tg + t]
+    phi(wt[g, i, j, t, c] - x)`` with ``gd`` the output gradient zero-dilated by the stride
+    and padded, and ``x`` the padded input at ``[n, h, w, g*Cg + c]``. For p = 1,
+    ``phi = HardTanh`` is computed as ``clamp(w, x - 1, x + 1) - x``, the ``- x`` summed
+    through ``gs`` (window sums of ``gd``); for l_p, ``phi(d) = sign(d) |d|^(p-1)``.
+    Shapes: xn [N, Hp, Wp, C], wt [G, kh, kw, Tg, Cg], gd [N, Hp + d(kh-1), Wp + d(kw-1), T],
+    gs [N, Hp, Wp, G] (p = 1 only) -> out [N, Hp, Wp, G, Cg]; then ``p`` for l_p.
+    """
+    from tvm import te
+
+    cg, tg = c // g, t // g
+    p, _, phi = _lp_terms(lp)
+    xn = te.placeholder((n, hp, wp, c), name="xn")
+    wt = te.placeholder((g, kh, kw, tg, cg), name="wt")
+    gd = te.placeholder((n, hp + dil * (kh - 1), wp + dil * (kw - 1), t), name="gd")
+    gs = te.placeholder((n, hp, wp, g), name="gs")
+    rt = te.reduce_axis((0, tg), name="rt")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+
+    def term(b: Any, y: Any, z: Any, gg: Any, cc: Any) -> Any:
+        xv = xn[b, y, z, gg * cg + cc]
+        w = wt[gg, ri, rj, rt, cc]
+        grad = gd[b, y + dil * (kh - 1) - ri * dil, z + dil * (kw - 1) - rj * dil, gg * tg + rt]
+        step = phi(w - xv) if lp else te.min(te.max(w, xv - 1.0), xv + 1.0)
+        return te.sum(grad * step, axis=[ri, rj, rt])
+
+    acc = te.compute((n, hp, wp, g, cg), term, name="acc")
+    if lp:
+        out = te.compute(
+            (n, hp, wp, g, cg),
+            lambda b, y, z, gg, cc: acc[b, y, z, gg, cc],
+            name="out",
+            tag="adder_conv2d_grad_input_lp_nhwc",
+        )
+        return [xn, wt, gd, out, p]
+    out = te.compute(
+        (n, hp, wp, g, cg),
+        lambda b, y, z, gg, cc: acc[b, y, z, gg, cc] - xn[b, y, z, gg * cg + cc] * gs[b, y, z, gg],
+        name="out",
+        tag="adder_conv2d_grad_input_nhwc",
+    )
+    return [xn, wt, gd, gs, out]
+
+
+def depthwise_forward_compute(
+    n: int, c: int, hp: int, wp: int, kh: int, kw: int, stride: int, dil: int, lp: bool = False
+) -> list[Any]:
+    """Depthwise adder conv, NHWC, channels vectorised:
+    ``out[n, oh, ow, c] = -sum_{i, j} |x[n, oh*s + i*d, ow*s + j*d, c] - w[i, j, c]|``
+    (to the power ``p``, a trailing run-time argument, with ``lp``).
+    Shapes: x [N, Hp, Wp, C], w [kh, kw, C] -> out [N, OH, OW, C]."""
+    from tvm import te
+
+    oh = (hp - dil * (kh - 1) - 1) // stride + 1
+    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    p, dist, _ = _lp_terms(lp)
+    x = te.placeholder((n, hp, wp, c), name="x")
+    w = te.placeholder((kh, kw, c), name="w")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+    acc = te.compute(
+        (n, oh, ow, c),
+        lambda b, y, z, ch: te.sum(
+            dist(x[b, y * stride + ri * dil, z * stride + rj * dil, ch] - w[ri, rj, ch]),
+            axis=[ri, rj],
+        ),
+        name="acc",
+    )
+    out = te.compute(
+        (n, oh, ow, c),
+        lambda b, y, z, ch: -acc[b, y, z, ch],
+        name="out",
+        tag="adder_depthwise_conv2d_nhwc",
+    )
+    return [x, w, out] + ([p] if lp else [])
+
+
+def depthwise_grad_input_compute(
+    n: int, c: int, hp: int, wp: int, kh: int, kw: int, dil: int, lp: bool = False
+) -> list[Any]:
+    """Input gradient of the depthwise adder conv (eq. 27), NHWC, as
+    :func:`conv_grad_input_compute` with one channel per group. Shapes: xn [N, Hp, Wp, C],
+    w [kh, kw, C], gd [N, Hp + d(kh-1), Wp + d(kw-1), C], gs [N, Hp, Wp, C] (p = 1 only)."""
+    from tvm import te
+
+    p, _, phi = _lp_terms(lp)
+    xn = te.placeholder((n, hp, wp, c), name="xn")
+    w = te.placeholder((kh, kw, c), name="w")
+    gd = te.placeholder((n, hp + dil * (kh - 1), wp + dil * (kw - 1), c), name="gd")
+    gs = te.placeholder((n, hp, wp, c), name="gs")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+
+    def term(b: Any, y: Any, z: Any, ch: Any) -> Any:
+        xv = xn[b, y, z, ch]
+        grad = gd[b, y + dil * (kh - 1) - ri * dil, z + dil * (kw - 1) - rj * dil, ch]
+        step = phi(w[ri, rj, ch] - xv) if lp else te.min(te.max(w[ri, rj, ch], xv - 1.0), xv + 1.0)
+        return te.sum(grad * step, axis=[ri, rj])
+
+    acc = te.compute((n, hp, wp, c), term, name="acc")
+    if lp:
+        out = te.compute(
+            (n, hp, wp, c),
+            lambda b, y, z, ch: acc[b, y, z, ch],
+            name="out",
+            tag="adder_depthwise_conv2d_grad_input_lp_nhwc",
+        )
+        return [xn, w, gd, out, p]
+    out = te.compute(
+        (n, hp, wp, c),
+        lambda b, y, z, ch: acc[b, y, z, ch] - xn[b, y, z, ch] * gs[b, y, z, ch],
+        name="out",
+        tag="adder_depthwise_conv2d_grad_input_nhwc",
+    )
+    return [xn, w, gd, gs, out]
+
+
+def int8_conv_forward_compute(
+    n: int, hp: int, wp: int, c: int, t: int, kh: int, kw: int, stride: int, dil: int
+) -> list[Any]:
+    """Integer adder conv on one shared uint8 grid (inputs and weights quantised with the same
+    scale and zero point, so ``|x - w|`` needs no rescaling):
+    ``out[n, oh, ow, t] = sum_{i, j, c} |x[n, oh*s + i*d, ow*s + j*d, c] - w[t, i, j, c]|``
+    in int32 (the float output is ``-scale * out``). ``|a - b|`` is ``max - min`` in uint8.
+    Shapes: x [N, Hp, Wp, C] uint8 (padded with the zero point), w [T, kh, kw, C] uint8 ->
+    out [N, OH, OW, T] int32."""
+    from tvm import te
+
+    oh = (hp - dil * (kh - 1) - 1) // stride + 1
+    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    x = te.placeholder((n, hp, wp, c), "uint8", name="x")
+    w = te.placeholder((t, kh, kw, c), "uint8", name="w")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+    rc = te.reduce_axis((0, c), name="rc")
+
+    def absdiff(a: Any, b: Any) -> Any:
+        return (te.max(a, b) - te.min(a, b)).astype("int32")
+
+    out = te.compute(
+        (n, oh, ow, t),
+        lambda b, y, z, o: te.sum(
+            absdiff(x[b, y * stride + ri * dil, z * stride + rj * dil, rc], w[o, ri, rj, rc]),
+            axis=[ri, rj, rc],
+        ),
+        name="out",
+        tag="adder_conv2d_int8_nhwc",
+    )
+    return [x, w, out]
+
+
+def binary_conv_forward_compute(
+    n: int, hp: int, wp: int, words: int, t: int, kh: int, kw: int, stride: int, dil: int
+) -> list[Any]:
+    """Bit-packed XNOR conv (XNOR-Net): 32 channels per 32-bit word, bit set for +1.
+    ``m`` marks real (non-padding) channels; padded positions and channels are 0 in ``m``
+    and contribute 0, as in the float layer. With ``d = popcount((x ^ w) & m)`` (the
+    disagreeing signs) and ``v = popcount(m)`` (the valid terms), the dot product of the
+    +-1 vectors is ``v - 2 d``, scaled by the per-output-channel ``alpha``:
+    ``out[n, oh, ow, t] = alpha[t] * sum_{i, j, q} (popcount(m) - 2 popcount((x ^ w) & m))``.
+    Shapes: x, m [N, Hp, Wp, Q] int32 (bit patterns), w [T, kh, kw, Q], alpha [T] ->
+    out [N, OH, OW, T] float32.
+    """
+    from tvm import te, tirx
+
+    oh = (hp - dil * (kh - 1) - 1) // stride + 1
+    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    x = te.placeholder((n, hp, wp, words), "int32", name="x")
+    m = te.placeholder((n, hp, wp, words), "int32", name="m")
+    w = te.placeholder((t, kh, kw, words), "int32", name="w")
+    alpha = te.placeholder((t,), name="alpha")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+    rq = te.reduce_axis((0, words), name="rq")
+
+    def agree(b: Any, y: Any, z: Any, o: Any) -> Any:
+        yy, zz = y * stride + ri * dil, z * stride + rj * dil
+        mask = m[b, yy, zz, rq]
+        differ = tirx.popcount(
+            tirx.bitwise_and(tirx.bitwise_xor(x[b, yy, zz, rq], w[o, ri, rj, rq]), mask)
+        )
+        return tirx.popcount(mask).astype("int32") - 2 * differ.astype("int32")
+
+    acc = te.compute(
+        (n, oh, ow, t),
+        lambda b, y, z, o: te.sum(agree(b, y, z, o), axis=[ri, rj, rq]),
+        name="acc",
+    )
+    out = te.compute(
+        (n, oh, ow, t),
+        lambda b, y, z, o: alpha[o] * acc[b, y, z, o].astype("float32"),
+        name="out",
+        tag="binary_conv2d_xnor_nhwc",
+    )
+    return [x, m, w, alpha, out]
+
+
+def computes(kind: str, *shape: int) -> list[Any]:
+    """The compute definition (tensors) behind kernel ``kind``."""
+    lp = kind.endswith("_lp")
+    base = kind.removesuffix("_lp")
+    if base in ("forward", "grad_a"):
+        return (l1_forward_compute if base == "forward" else l1_grad_a_compute)(*shape)
+    if base == "conv_mac_forward":
+        return conv_forward_compute(*shape, mac=True)
+    if base == "int8_conv_forward":
+        return int8_conv_forward_compute(*shape)
+    if base == "binary_conv_forward":
+        return binary_conv_forward_compute(*shape)
+    fn = {
+        "conv_forward": conv_forward_compute,
+        "conv_grad_input": conv_grad_input_compute,
+        "depthwise_forward": depthwise_forward_compute,
+        "depthwise_grad_input": depthwise_grad_input_compute,
+    }[base]
+    return fn(*shape, lp=lp)

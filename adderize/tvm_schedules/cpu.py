@@ -1,0 +1,262 @@
+"""CPU schedules of the adder computes, and the candidate set measured at first use.
+
+Every float kernel (dense, depthwise, row-GEMM; forward and input gradient; l_1 and l_p)
+uses one register-blocked schedule (:func:`register_tile`): a tile of ``rows`` output
+positions (unrolled) x ``cols`` output channels (vectorised) of accumulators kept in
+registers, the reduction outside the tile, the epilogue fused, outer loops parallel. Which
+tile is fastest depends on the CPU (32 vector registers of 16 lanes with AVX-512, 16 of 8
+with AVX2; how many FP-add ports) and on the shape, so :func:`candidates` lists a few
+tiles (the hand-measured one, tiles that fit the machine's register file, both loop
+orders), and the kernel builder
+(:mod:`adderize.kernels.tvm_build`) times them once per shape on this machine and caches
+the winner with the kernel. MetaSchedule tuning (:mod:`adderize.tvm_schedules.tuning`)
+replaces the choice where the tuning database has a record.
+
+Why the inner loop stays ``sub, abs, add``: ``|x - w| = 2 max(x, w) - x - w`` needs one op
+less per MAC but measured 1.4-1.6x slower on AVX-512 Zen 5 (it also needs window sums).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from adderize.kernels.machine import cpu_isa
+from adderize.tvm_schedules.compute import computes
+
+__all__ = [
+    "SELECTABLE",
+    "Variant",
+    "candidates",
+    "int8_schedule",
+    "register_tile",
+    "schedule",
+    "tile",
+    "vector_lanes",
+]
+
+#: kernel kinds whose schedule is a :class:`Variant` of :func:`register_tile` (with ``_lp``)
+SELECTABLE = (
+    "forward",
+    "grad_a",
+    "conv_forward",
+    "conv_mac_forward",
+    "conv_grad_input",
+    "depthwise_forward",
+    "depthwise_grad_input",
+)
+#: at most this many candidates are timed per kernel (a few ms to compile each)
+MAX_CANDIDATES = 8
+
+
+def vector_lanes() -> int:
+    """float32 lanes of this CPU's widest vectors: 16 (AVX-512), 8 (AVX2), else 4."""
+    isa = cpu_isa()
+    return 16 if "avx512f" in isa else 8 if "avx2" in isa else 4
+
+
+def tile(n: int) -> tuple[int, int]:
+    """(vector tile, padded extent) for a dimension the row-GEMM kernels vectorise: the
+    python wrappers pad it to a multiple of 8 (16 when not a multiple of 8)."""
+    for t in (32, 16, 8):
+        if n % t == 0:
+            return t, n
+    return 16, -(-n // 16) * 16
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One register tile: ``rows`` positions x ``cols`` channels; ``cols_outer`` runs the
+    column tiles outermost (a weight slice stays in cache over all positions)."""
+
+    rows: int
+    cols: int
+    cols_outer: bool
+
+    def __str__(self) -> str:
+        return f"{self.rows}x{self.cols}{'/cols-outer' if self.cols_outer else ''}"
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a kind's tile sits in its compute's loops."""
+
+    n_reduce: int  # reduction loops of the "acc" block
+    row_axis: int  # spatial loop tiled by rows
+    row_extent: int
+    col_extent: int  # the last spatial loop, tiled by cols
+    cols_outer: bool  # the default loop order
+    grad: bool  # input-gradient kernels keep more values live per row
+
+
+def _out_size(size: int, k: int, stride: int, dil: int) -> int:
+    return (size - dil * (k - 1) - 1) // stride + 1
+
+
+def _layout(kind: str, shape: tuple[int, ...]) -> _Layout:
+    base = kind.removesuffix("_lp")
+    if base in ("forward", "grad_a"):
+        m, t, k = shape
+        return _Layout(1, 0, m, tile(t if base == "forward" else k)[1], False, base == "grad_a")
+    if base in ("conv_forward", "conv_mac_forward"):
+        _, _, _, wp, t, _, kw, stride, dil, g = shape
+        return _Layout(3, 2, _out_size(wp, kw, stride, dil), t // g, True, False)
+    if base == "depthwise_forward":
+        _, c, _, wp, _, kw, stride, dil = shape
+        return _Layout(2, 2, _out_size(wp, kw, stride, dil), c, False, False)
+    if base == "depthwise_grad_input":
+        _, c, _, wp, *_ = shape
+        return _Layout(2, 2, wp, c, False, True)
+    if base == "conv_grad_input":
+        _, c, _, wp, *_, g = shape
+        return _Layout(3, 2, wp, c // g, True, True)
+    raise ValueError(f"kernel kind {kind!r} has no register-tile schedule; known: {SELECTABLE}")
+
+
+#: unrolled rows per tile at most (code size)
+MAX_ROWS = 14
+
+
+def _rows(extent: int, most: int) -> list[int]:
+    """Row tiles up to ``most``: the largest dividing ``extent`` (no tail), and ``most``
+    itself when that divisor is much smaller (a tail, but more accumulators); a divisor
+    below half of ``most`` is dropped."""
+    most = max(1, min(most, extent, MAX_ROWS))
+    divisor = next(r for r in range(most, 0, -1) if extent % r == 0)
+    if divisor * 4 >= most * 3:
+        return [divisor]
+    return [most, divisor] if divisor * 2 >= most else [most]
+
+
+def _hand_tile(kind: str, lay: _Layout) -> Variant:
+    """The tiles chosen by hand on AVX-512 (Zen 5), kept as that machine's first guess."""
+    base = kind.removesuffix("_lp")
+    cols = tile(lay.col_extent)[0]
+
+    def pick(choices: tuple[int, ...]) -> int:
+        ext = lay.row_extent
+        return next((r for r in choices if ext % r == 0), min(choices[0], ext))
+
+    rows = {
+        "forward": 6 if cols == 32 else 12,
+        "grad_a": 4 if cols == 32 else 8,
+        "conv_forward": pick((7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6)),
+        "conv_mac_forward": pick((7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6)),
+        "depthwise_forward": pick((8, 7, 6, 5, 4)),
+        "depthwise_grad_input": pick((4, 5, 6, 7, 3)),
+        "conv_grad_input": pick((4, 5, 3, 6) if cols == 32 else (8, 7, 6, 5, 4)),
+    }[base]
+    return Variant(rows, cols, lay.cols_outer)
+
+
+def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant]:
+    """Register tiles for kernel ``(kind, *shape)``, best guess first (at most
+    :data:`MAX_CANDIDATES`).
+
+    The first is the tile measured by hand on AVX-512 (Zen 5) in earlier releases (the
+    ``first`` selection mode keeps it). The others fit this CPU's register file: with
+    ``v = cols / lanes`` vectors per row a tile holds ``rows * v`` accumulators besides the
+    ``v`` weight vectors and a few temporaries (more for input gradients, which keep
+    ``x - 1``, ``x + 1`` and the gradient per row). Convolutions also get the other loop
+    order of the two leading tiles (column tiles outermost or not: 2x apart on 1x1 convs on
+    AVX2 Zen 3, either way round on other shapes).
+    """
+    lanes = lanes or vector_lanes()
+    lay = _layout(kind, tuple(shape))
+    regs = 32 if lanes >= 16 else 16
+    reserve = 5 if lay.grad else 3
+    fitted: list[Variant] = []
+    for cols in (16, 32, 8, 24, 48, 64):
+        if lay.col_extent % cols or cols > 4 * lanes:
+            continue
+        v = -(-cols // lanes)
+        most = (regs - reserve - v) // v
+        if lay.grad:
+            most = min(most, (regs - reserve) // (v + 1))
+        fitted += [Variant(r, cols, lay.cols_outer) for r in _rows(lay.row_extent, most)]
+    found = [_hand_tile(kind, lay), *fitted[:1]]
+    if lay.n_reduce == 3:  # dense convs: both loop orders
+        found += [Variant(c.rows, c.cols, not c.cols_outer) for c in found]
+    found += fitted[1:]
+    return list(dict.fromkeys(found))[:MAX_CANDIDATES]
+
+
+def schedule(kind: str, *shape: int, variant: Variant | None = None) -> Any:
+    """The scheduled IRModule of kernel ``(kind, *shape)``: ``variant`` (default: the first
+    of :func:`candidates`) for the register-tiled kinds, the fixed schedule for the int8 and
+    binary kernels."""
+    tensors = computes(kind, *shape)
+    base = kind.removesuffix("_lp")
+    if base == "int8_conv_forward":
+        c = shape[3]
+        return int8_schedule(tensors, next(v for v in (64, 32, 16, 8, 4, 2, 1) if c % v == 0))
+    if base == "binary_conv_forward":
+        _, _, wp, _, t, _, kw, stride, dil = shape
+        ow = _out_size(wp, kw, stride, dil)
+        rows = next((r for r in (8, 7, 6, 5, 4) if ow % r == 0), min(8, ow))
+        return register_tile(tensors, 3, 2, Variant(rows, tile(t)[0], False))
+    lay = _layout(kind, tuple(shape))
+    variant = variant or candidates(kind, *shape)[0]
+    return register_tile(tensors, lay.n_reduce, lay.row_axis, variant)
+
+
+def int8_schedule(tensors: list[Any], lanes: int) -> Any:
+    """Channel-vectorised schedule for
+    :func:`~adderize.tvm_schedules.compute.int8_conv_forward_compute`: the channel
+    reduction is split by ``lanes`` and factored into a per-output local vector accumulator
+    (byte |a - b| widened and added lane-wise), summed horizontally at the end; output
+    rows run in parallel."""
+    from tvm import s_tir, te
+
+    sch = s_tir.Schedule(te.create_prim_func(tensors))
+    out = sch.get_sblock("out")
+    b, y, *_, rc = sch.get_loops(out)
+    _, rc_inner = sch.split(rc, [None, lanes])
+    rf = sch.rfactor(rc_inner, 0)
+    sch.compute_at(rf, sch.get_loops(out)[3])
+    sch.set_scope(rf, 0, "local")
+    lane, *red = sch.get_loops(rf)[4:]
+    sch.reorder(*red, lane)
+    sch.vectorize(lane)
+    sch.parallel(sch.fuse(b, y))
+    sch.decompose_reduction(rf, sch.get_loops(rf)[3])  # after fusing: (b y) z o | ri rj .. lane
+    return sch.mod
+
+
+def register_tile(tensors: list[Any], n_reduce: int, row_axis: int, variant: Variant) -> Any:
+    """Register-blocked schedule of the ``acc`` block (its last ``n_reduce`` loops reduce): a
+    tile of ``rows`` (spatial axis ``row_axis``, unrolled) x ``cols`` (last spatial axis,
+    vectorised) accumulators kept local, reduction loops outside the tile, the ``out``
+    epilogue fused into the tile, outer loops in parallel.
+
+    ``cols_outer`` puts the column-tile loop (and the spatial axes between rows and columns)
+    above every other spatial loop, so the weight slice of one column tile stays in cache
+    while all positions are computed (convolutions with large weights).
+    """
+    from tvm import s_tir, te
+
+    rows, cols, cols_outer = variant.rows, variant.cols, variant.cols_outer
+    sch = s_tir.Schedule(te.create_prim_func(tensors))
+    blk = sch.get_sblock("acc")
+    loops = sch.get_loops(blk)
+    spatial, red = loops[:-n_reduce], loops[-n_reduce:]
+    ro, ri = sch.split(spatial[row_axis], [None, rows])
+    co, ci = sch.split(spatial[-1], [None, cols])
+    middle = list(spatial[row_axis + 1 : -1])
+    before = list(spatial[:row_axis])
+    if cols_outer:
+        sch.reorder(*middle, co, *before, ro, *red, ri, ci)
+        anchor, parallel = ro, [*middle, co, *before]
+    else:
+        sch.reorder(*before, ro, *middle, co, *red, ri, ci)
+        anchor, parallel = co, ([ro, co] if not before and not middle else before)
+    out = sch.get_sblock("out")
+    sch.reverse_compute_at(out, anchor)
+    sch.set_scope(blk, 0, "local")
+    sch.vectorize(ci)
+    sch.unroll(ri)
+    sch.vectorize(sch.get_loops(out)[-1])
+    sch.parallel(sch.fuse(*parallel) if len(parallel) > 1 else parallel[0])
+    sch.decompose_reduction(blk, red[0])
+    sch.vectorize(sch.get_loops(sch.get_sblock("acc_init"))[-1])
+    return sch.mod

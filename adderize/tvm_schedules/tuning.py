@@ -1,0 +1,88 @@
+"""MetaSchedule tuning of the adder kernels, on top of the candidate tiles measured at
+first use: records go to a JSON database (:func:`tuning_dir`) that later builds of the same
+kernel read (:func:`tuned_module`), in training and in whole-model compilation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from adderize.kernels.machine import cache_dir, llvm_target
+from adderize.tvm_schedules.compute import computes
+
+__all__ = ["tune", "tuned", "tuned_module", "tuning_dir", "tuning_stamp"]
+
+
+def tuning_dir() -> Path:
+    """Where tuning records live (``$XDG_CACHE_HOME/adderize/tuning``)."""
+    return cache_dir("tuning")
+
+
+def tuning_stamp() -> str:
+    """Changes whenever the tuning database does (part of the kernel cache key)."""
+    records = tuning_dir() / "database_tuning_record.json"
+    return f"{records.stat().st_mtime_ns}" if records.is_file() else "untuned"
+
+
+def tuned(kind: str, *shape: int) -> bool:
+    """Whether the tuning database holds a schedule for this kernel."""
+    return tuned_module(kind, *shape) is not None
+
+
+def tuned_module(kind: str, *shape: int) -> Any | None:
+    """The best MetaSchedule schedule recorded for this kernel, if the database has one."""
+    records = tuning_dir() / "database_tuning_record.json"
+    if not records.is_file():
+        return None
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(work_dir=str(tuning_dir()))
+    mod = tvm.IRModule({"main": te.create_prim_func(computes(kind, *shape))})
+    sch = database.query_schedule(mod, llvm_target(), workload_name="main")
+    return None if sch is None else sch.mod
+
+
+def _warm_builder() -> None:
+    """Builder-worker initializer: pay TVM's slow tensor-intrinsic import once per worker
+    (about 77 s here) instead of timing out every build."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def tune(kind: str, *shape: int, trials: int = 64, timeout_sec: float = 60.0) -> Path:
+    """Tune one kernel with MetaSchedule into the tuning database, which later builds of
+    that kernel use (``~/.cache/adderize/tuning``; interrupted runs keep their records).
+
+    ``kind`` and ``shape`` are those of the kernel cache (e.g. ``"conv_forward", N, C, Hp,
+    Wp, T, kh, kw, stride, dilation, groups``). Returns the database directory.
+    """
+    import importlib.util
+
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    if importlib.util.find_spec("psutil") is None:
+        raise RuntimeError("MetaSchedule tuning needs psutil: pip install 'adderize[tune]'")
+    # xgboost's cost model guides the search; without it the search samples at random
+    cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
+    work_dir = tuning_dir()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    mod = tvm.IRModule({"main": te.create_prim_func(computes(kind, *shape))})
+    builder = ms.builder.LocalBuilder(
+        max_workers=1, timeout_sec=timeout_sec, initializer=_warm_builder
+    )
+    ms.tir_integration.tune_tir(
+        mod,
+        llvm_target(),
+        str(work_dir),
+        max_trials_global=trials,
+        num_trials_per_iter=min(trials, 16),
+        builder=builder,
+        cost_model=cost_model,
+    )
+    from adderize.kernels import tvm_build  # the builder reads this module: import late
+
+    tvm_build.forget(kind, *shape)
+    return work_dir

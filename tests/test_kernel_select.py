@@ -1,0 +1,130 @@
+"""The kernels' per-machine selection: every candidate tile computes the same thing, the
+fastest is kept and cached with its label, and the modes are checked."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from adderize.kernels import tvm_build, tvm_l1
+from adderize.kernels.machine import cpu_isa, cpu_model, describe
+
+if not tvm_l1.available():
+    pytest.skip(f"TVM unavailable: {tvm_l1.unavailable_reason()}", allow_module_level=True)
+
+from adderize.tvm_schedules import cpu  # noqa: E402
+from adderize.tvm_schedules.compute import computes  # noqa: E402
+
+pytestmark = pytest.mark.tvm
+
+KERNELS = [
+    ("forward", (50, 64, 72)),  # row tail
+    ("grad_a", (33, 16, 48)),
+    ("conv_forward", (2, 16, 9, 9, 32, 3, 3, 1, 1, 1)),
+    ("conv_forward", (2, 32, 10, 10, 64, 3, 3, 2, 1, 2)),  # stride 2, groups
+    ("conv_forward", (1, 8, 7, 7, 24, 1, 1, 1, 1, 1)),  # 1x1, 24 channels
+    ("conv_forward_lp", (1, 16, 9, 9, 16, 3, 3, 1, 1, 1)),
+    ("conv_grad_input", (2, 16, 11, 11, 32, 3, 3, 1, 1)),
+    ("depthwise_forward", (2, 16, 11, 11, 3, 3, 2, 1)),
+    ("depthwise_grad_input", (2, 24, 11, 11, 3, 3, 1)),
+]
+
+
+def _run(mod, args):
+    import tvm
+
+    from adderize.kernels.machine import llvm_target
+
+    fn = tvm.compile(mod, target=llvm_target())["main"]
+    copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    fn(*copies)
+    return [a for a in copies if isinstance(a, torch.Tensor)]
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize(("kind", "shape"), KERNELS, ids=[f"{k}-{s}" for k, s in KERNELS])
+def test_every_candidate_tile_computes_what_the_unscheduled_compute_does(kind, shape, lanes):
+    import tvm
+    from tvm import te
+
+    options = cpu.candidates(kind, *shape, lanes=lanes)
+    assert 1 <= len(options) <= cpu.MAX_CANDIDATES
+    assert len(set(options)) == len(options)
+    plain = tvm.IRModule({"main": te.create_prim_func(computes(kind, *shape))})
+    args = tvm_build._random_args(plain)
+    want = _run(plain, args)
+    for option in options:
+        got = _run(cpu.schedule(kind, *shape, variant=option), args)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-3, msg=f"tile {option}")
+
+
+def test_candidates_fit_the_register_file_after_the_hand_tile():
+    shape = (32, 64, 58, 58, 64, 3, 3, 1, 1, 1)
+    for lanes, regs in ((8, 16), (16, 32)):
+        hand, *others = cpu.candidates("conv_forward", *shape, lanes=lanes)
+        assert hand == cpu.candidates("conv_forward", *shape, lanes=16)[0]
+        for c in others:
+            vectors = -(-c.cols // lanes)
+            assert c.rows * vectors + vectors + 3 <= regs or c in {
+                cpu.Variant(hand.rows, hand.cols, not hand.cols_outer)
+            }, f"{c} spills with {lanes} lanes"
+    # both loop orders are tried for dense convs
+    orders = {c.cols_outer for c in cpu.candidates("conv_forward", *shape, lanes=8)}
+    assert orders == {True, False}
+
+
+def test_fastest_keeps_the_quickest_function():
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.02)
+
+    def quick():
+        calls.append("quick")
+
+    assert tvm_build.fastest([slow, quick, slow], []) == 1
+    # the clearly slower ones are not timed again after the first round
+    assert calls.count("slow") == 4 and calls.count("quick") == 4
+
+
+def test_measured_choice_is_built_labelled_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("ADDERIZE_KERNEL_SELECT", "measure")
+    monkeypatch.setattr(tvm_build, "_KERNELS", {})
+    monkeypatch.setattr(tvm_build, "_CHOSEN", {})
+    picks = []
+    monkeypatch.setattr(tvm_build, "fastest", lambda fns, args: picks.append(len(fns)) or 1)
+    shape = (2, 16, 9, 9, 32, 3, 3, 1, 1, 1)
+    options = cpu.candidates("conv_forward", *shape)
+    x, w = torch.randn(2, 16, 9, 9), torch.randn(32, 16, 3, 3)
+    y = tvm_l1.conv_forward(x, w, 1, 1, 1)
+    assert picks == [len(options)]
+    assert tvm_build.chosen("conv_forward", *shape) == str(options[1])
+    assert tvm_build.variant("conv_forward", *shape) == options[1]
+    (label,) = (tmp_path / "adderize" / "kernels").glob("conv_forward-*.so.variant")
+    assert label.read_text() == str(options[1])
+    # a new process (here: emptied memory) loads the choice from disk without timing
+    monkeypatch.setattr(tvm_build, "_KERNELS", {})
+    monkeypatch.setattr(tvm_build, "_CHOSEN", {})
+    monkeypatch.setattr(tvm_build, "build", lambda *a: pytest.fail("rebuilt a cached kernel"))
+    torch.testing.assert_close(tvm_l1.conv_forward(x, w, 1, 1, 1), y)
+    assert tvm_build.chosen("conv_forward", *shape) == str(options[1])
+    # the first-candidate mode is a different cache entry
+    monkeypatch.setenv("ADDERIZE_KERNEL_SELECT", "first")
+    assert tvm_build._path(("conv_forward", *shape)) != label.with_suffix("")
+
+
+def test_a_bad_selection_mode_names_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("ADDERIZE_KERNEL_SELECT", "fastest")
+    with pytest.raises(ValueError, match="ADDERIZE_KERNEL_SELECT='fastest'.*measure, first"):
+        tvm_build.select_mode()
+
+
+def test_machine_description_names_the_cpu():
+    line = describe()
+    assert cpu_model() in line and "torch threads" in line
+    assert all(flag in line for flag in cpu_isa())
