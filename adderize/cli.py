@@ -124,16 +124,23 @@ def _output_path(out: str, *inputs: str | None) -> Path:
 
 
 def _model_for(args: argparse.Namespace) -> Any:
-    """A saved model file, or a timm model name converted with ``--ops`` / ``--keep``."""
+    """The model of :func:`_add_model_source`'s options: a saved model file, or a timm model
+    name (with ``--pretrained-file``) converted with ``--ops`` / ``--keep``."""
     import adderize
 
     path = Path(args.model)
     if path.suffix == ".safetensors" or path.is_file():
-        if args.ops or args.keep:
-            raise ValueError("--ops/--keep apply to a timm model name, not a saved model")
+        given = [o for o, v in (("--ops", args.ops), ("--keep", args.keep),
+                 ("--pretrained-file", args.pretrained_file)) if v]  # fmt: skip
+        if given:
+            raise ValueError(f"{'/'.join(given)} apply to a timm model name, not a saved model")
         return adderize.load(path)
     return adderize.create_model(
-        args.model, _mapping_arg(args.ops), keep=args.keep, **_model_kwargs(args)
+        args.model,
+        _mapping_arg(args.ops),
+        keep=args.keep,
+        pretrained_file=args.pretrained_file,
+        **_model_kwargs(args),
     )
 
 
@@ -295,6 +302,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from adderize.search import SearchSettings, search
     from adderize.train.recipe import Recipe
 
+    if args.ops is not None:
+        raise ValueError(
+            f"search takes --op-set {args.ops} (the ops each layer chooses from); --ops is an "
+            "op mapping in convert, energy, tune and compile"
+        )
     overrides = [f"model.name={args.model}", *args.overrides]
     if args.data != "digits":
         if not Path(args.data).is_dir():
@@ -309,7 +321,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         trials=args.trials,
         trial_epochs=args.trial_epochs,
-        ops=args.ops.split(","),
+        ops=args.op_set.split(","),
         search_first_last=args.search_first_last,
         engine=args.engine,
         concurrency=args.concurrency,
@@ -322,74 +334,32 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """The whole pipeline on the built-in digits recipe; rerunning it reuses the run."""
-    import adderize
-    from adderize.energy import energy_report
-    from adderize.train.data import build_loaders
-    from adderize.train.finetune import Context, evaluate, finetune
-    from adderize.train.recipe import Recipe
+    from adderize.demo import run_demo
 
-    out = Path(args.out)
-    overrides = [*args.overrides, f"out={out / 'run'}"]
-    if args.epochs is not None:
-        overrides.append(f"epochs={args.epochs}")
-    recipe = Recipe().override(overrides)
-    print(
-        f"[1/5] digits (scikit-learn, 8x8 -> {recipe.data.input_size} px): train the conv "
-        f"timm {recipe.model.name}, convert it, fine-tune the adder model with distillation"
+    ok = run_demo(args.out, args.epochs, args.overrides, progress=not args.no_progress)
+    return 0 if ok else 1
+
+
+def _add_model_source(p: argparse.ArgumentParser, saved: bool = True) -> None:
+    """The options that say which model a command works on, the same in every command."""
+    p.add_argument(
+        "model",
+        help="timm model name, e.g. resnet50"
+        + (" (converted with --ops), or a file saved by adderize convert --out" if saved else ""),
     )
-    resume = (out / "run" / "config.yaml").is_file()
-    if resume:
-        print(f"      continuing / reusing the run in {out / 'run'}")
-    result = finetune(recipe, resume=resume, progress=not args.no_progress)
-
-    print(f"\n[2/5] energy of one {recipe.data.input_size} px image (45 nm tables):")
-    student = adderize.load(result.student_file).eval()
-    size = (1, 3, recipe.data.input_size, recipe.data.input_size)
-    energy = energy_report(student, size)
-    print(energy.table_str(max_rows=8))
-    print(energy.summary())
-    energy.plot(out / "energy.png")
-
-    print("\n[3/5] reload the saved model (safetensors, no pickle) and re-evaluate it:")
-    val = build_loaders(recipe.data)[1]
-    reloaded_acc = evaluate(student, val, Context())
-    same = reloaded_acc == result.student_acc
-    print(f"      {result.student_file}: accuracy {reloaded_acc:.4f} (same as trained: {same})")
-
-    from adderize.kernels import tvm_l1
-
-    tvm_error = None
-    if tvm_l1.available():
-        from adderize.tvm_schedules import compile_model
-
-        print("\n[4/5] compile the adder model with TVM (Relax) and compare with PyTorch:")
-        lib = out / "student.so"
-        compiled, creport = compile_model(student, size, out=lib)
-        tvm_error = creport.max_abs_error
-        print(f"      {creport.summary()}")
-        assert compiled is not None
-        print(f"      {lib}: median latency {sorted(compiled.latency(10))[5] * 1e3:.2f} ms")
-    else:
-        print(f"\n[4/5] TVM unavailable ({tvm_l1.unavailable_reason()}): compile step skipped")
-
-    summary = {
-        "tvm_max_abs_error": tvm_error,
-        "conv_accuracy": result.teacher_acc,
-        "adder_accuracy": result.student_acc,
-        "layers_replaced": result.replaced,
-        "compute_energy_ratio": result.compute_pj / result.conv_compute_pj,
-        "total_energy_ratio": result.energy_pj / result.conv_energy_pj,
-        "run_dir": result.run_dir,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(
-        f"\n[5/5] conv accuracy {result.teacher_acc:.4f}, adder accuracy "
-        f"{result.student_acc:.4f}; compute energy {summary['compute_energy_ratio']:.3f}x "
-        f"of all-conv. Written: {out / 'summary.json'}, {out / 'energy.png'}, "
-        f"{Path(result.run_dir) / 'curves.png'}"
+    p.add_argument(
+        "--ops", help="op mapping YAML file, or one op for every layer (adder, binary, shift, conv)"
     )
-    return 0 if same and (tvm_error is None or tvm_error < 1e-3) else 1
+    p.add_argument(
+        "--keep", nargs="+", default=[], metavar="NAME", help="module names to keep full precision"
+    )
+    p.add_argument("--pretrained-file", help="local weights (safetensors or state dict)")
+    p.add_argument("--num-classes", type=COUNT, help="classifier size passed to timm")
+    p.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
+
+
+def _add_input_size(p: argparse.ArgumentParser, what: str = "input size") -> None:
+    p.add_argument("--input-size", default="224", help=f"{what}: 224 (1,3,224,224) or N,C,H,W")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,16 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     conv = sub.add_parser("convert", help="convert a timm model and report every layer")
-    conv.add_argument("model", help="timm model name, e.g. resnet50")
+    _add_model_source(conv, saved=False)
     conv.add_argument(
         "--out",
         help="write the converted model here (safetensors format, whatever the suffix; no pickle)",
-    )
-    conv.add_argument(
-        "--ops", help="op mapping YAML file, or one op for every layer (adder, binary, shift, conv)"
-    )
-    conv.add_argument(
-        "--keep", nargs="+", default=[], metavar="NAME", help="module names to keep full precision"
     )
     conv.add_argument("--report", action="store_true", help="print the per-layer table")
     conv.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -421,32 +385,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail if a layer the mapping asks to convert cannot be",
     )
-    conv.add_argument("--pretrained-file", help="local weights (safetensors or state dict)")
-    conv.add_argument("--num-classes", type=COUNT, help="classifier size passed to timm")
-    conv.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     conv.set_defaults(func=_cmd_convert)
 
     energy = sub.add_parser("energy", help="op counts and energy per layer, vs all-conv")
-    energy.add_argument(
-        "model",
-        help="timm model name (converted with --ops) or a file saved by adderize convert --out",
-    )
-    energy.add_argument("--ops", help="op mapping YAML file, or one op for every layer")
-    energy.add_argument("--keep", nargs="+", default=[], metavar="NAME")
+    _add_model_source(energy)
     energy.add_argument(
         "--bits",
         default="32",
         help="8, 16, 32 (int8, fp16, fp32) or a precision name: fp32, fp16, int32, int8",
     )
-    energy.add_argument("--input-size", default="224", help="224 or N,C,H,W")
+    _add_input_size(energy)
     energy.add_argument("--table", help="energy table YAML (default: Horowitz 45 nm)")
     energy.add_argument("--json", action="store_true", help="print the report as JSON")
     energy.add_argument("--plot", help="write a PNG of per-layer energy here")
     energy.add_argument(
         "--rows", type=POSITIVE_INT, default=None, help="print at most this many rows"
     )
-    energy.add_argument("--num-classes", type=COUNT)
-    energy.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     energy.set_defaults(func=_cmd_energy)
 
     tune = sub.add_parser(
@@ -454,10 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="tune a model's adder kernels with MetaSchedule "
         "(needs the 'tune' extra); later runs reuse the records",
     )
-    tune.add_argument("model", help="timm model name (converted with --ops) or a saved file")
-    tune.add_argument("--ops", help="op mapping YAML file, or one op for every layer")
-    tune.add_argument("--keep", nargs="+", default=[], metavar="NAME")
-    tune.add_argument("--input-size", default="1,3,224,224", help="224 or N,C,H,W")
+    _add_model_source(tune)
+    _add_input_size(tune)
     tune.add_argument(
         "--train", action="store_true", help="also tune the backward kernels (a training step)"
     )
@@ -466,8 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--minutes", type=NON_NEGATIVE, help="stop starting new kernels after this")
     tune.add_argument("--retune", action="store_true", help="tune kernels already tuned")
-    tune.add_argument("--num-classes", type=COUNT)
-    tune.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     tune.set_defaults(func=_cmd_tune)
 
     fine = sub.add_parser(
@@ -504,7 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument(
         "--trial-epochs", type=POSITIVE_INT, default=3, help="fine-tune epochs per candidate"
     )
-    srch.add_argument("--ops", default="conv,adder,binary,shift", help="comma-separated op set")
+    srch.add_argument(
+        "--op-set",
+        default="conv,adder,binary,shift",
+        help="comma-separated ops each layer chooses from",
+    )
+    srch.add_argument("--ops", help=argparse.SUPPRESS)  # an op mapping elsewhere: refused
     srch.add_argument(
         "--search-first-last",
         action="store_true",
@@ -535,16 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
         "compile",
         help="compile a converted model with TVM (Relax) into a shared library",
     )
-    comp.add_argument("model", help="timm model name (converted with --ops) or a saved file")
-    comp.add_argument("--ops", help="op mapping YAML file, or one op for every layer")
-    comp.add_argument("--keep", nargs="+", default=[], metavar="NAME")
+    _add_model_source(comp)
     comp.add_argument(
         "--target",
         default="cpu",
         choices=["cpu", "cuda"],
         help="cpu: this machine (LLVM); cuda: sm_80 (compile only without a GPU)",
     )
-    comp.add_argument("--input-size", default="1,3,224,224", help="224 or N,C,H,W")
+    _add_input_size(comp)
     comp.add_argument("--out", default="model.so", help="shared library to write")
     comp.add_argument(
         "--tune-trials",
@@ -559,13 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1e-3,
         help="max |TVM - PyTorch| accepted by the CPU check",
     )
-    comp.add_argument("--num-classes", type=COUNT)
-    comp.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
     comp.set_defaults(func=_cmd_compile)
 
     run = sub.add_parser("run", help="run a compiled library in the Relax VM and time it")
     run.add_argument("library", help="a .so written by adderize compile")
-    run.add_argument("--input-size", help="check the compiled input size (224 or N,C,H,W)")
+    run.add_argument("--input-size", help="check the compiled input size: 224 or N,C,H,W")
     run.add_argument("--repeat", type=POSITIVE_INT, default=20)
     run.set_defaults(func=_cmd_run)
 

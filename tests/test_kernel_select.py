@@ -14,8 +14,8 @@ from adderize.kernels.machine import cpu_isa, cpu_model, describe
 if not tvm_l1.available():
     pytest.skip(f"TVM unavailable: {tvm_l1.unavailable_reason()}", allow_module_level=True)
 
-from adderize.tvm_schedules import cpu  # noqa: E402
-from adderize.tvm_schedules.compute import computes  # noqa: E402
+from adderize.tvm_schedules import cpu
+from adderize.tvm_schedules.compute import computes
 
 pytestmark = pytest.mark.tvm
 
@@ -120,7 +120,7 @@ def test_measured_choice_is_built_labelled_and_cached(tmp_path, monkeypatch):
 
 def test_a_bad_selection_mode_names_the_valid_ones(monkeypatch):
     monkeypatch.setenv("ADDERIZE_KERNEL_SELECT", "fastest")
-    with pytest.raises(ValueError, match="ADDERIZE_KERNEL_SELECT='fastest'.*measure, first"):
+    with pytest.raises(ValueError, match=r"ADDERIZE_KERNEL_SELECT='fastest'.*measure, first"):
         tvm_build.select_mode()
 
 

@@ -88,8 +88,8 @@ def use_direct_conv(
     backend: str,
 ) -> bool:
     """Whether an adder conv runs on the direct TVM conv kernels (no im2col), for any p:
-    square stride and dilation, per-group channels multiples of 8 or depthwise, float32 on
-    CPU."""
+    square stride and dilation, float32 on CPU, and channels the kernels take
+    (:func:`adderize.kernels.tvm_l1.conv_supported`)."""
     return (
         stride[0] == stride[1]
         and dilation[0] == dilation[1]

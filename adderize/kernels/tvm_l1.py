@@ -115,8 +115,9 @@ def _prepared(
 
 def conv_supported(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether the direct conv kernels apply: float32 CPU, and per-group in/out channels
-    multiples of 8 (the vector tiles) or depthwise with channels a multiple of 8. Narrow
-    grouped convs (e.g. ResNeXt's 4 channels per group) use the fallback."""
+    multiples of 8 (the vector tiles), depthwise with channels a multiple of 8, or a dense
+    conv of any width (its channels are zero-padded to multiples of 8: SE and other narrow
+    layers). Narrow grouped convs (e.g. ResNeXt's 4 channels per group) use the fallback."""
     if not (
         x.dtype == weight.dtype == torch.float32
         and x.device.type == "cpu"
@@ -124,7 +125,32 @@ def conv_supported(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     ):
         return False
     cg, tg = weight.shape[1], weight.shape[0] // groups
-    return (cg % 8 == 0 and tg % 8 == 0) or _depthwise(weight, groups)
+    return (cg % 8 == 0 and tg % 8 == 0) or _depthwise(weight, groups) or groups == 1
+
+
+def _round8(n: int) -> int:
+    return -(-n // 8) * 8
+
+
+def _narrow(weight: torch.Tensor, groups: int) -> bool:
+    """A dense conv whose channels are not multiples of 8: computed zero-padded."""
+    t, c = weight.shape[:2]
+    return groups == 1 and (t % 8 != 0 or c % 8 != 0)
+
+
+def _padded_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` with zero filters and zero input channels up to multiples of 8: a zero
+    input channel against a zero weight adds ``|0 - 0| = 0``; the extra outputs are dropped."""
+    t, c = weight.shape[:2]
+
+    def make() -> tuple[torch.Tensor, ...]:
+        return (F.pad(weight.detach(), (0, 0, 0, 0, 0, _round8(c) - c, 0, _round8(t) - t)),)
+
+    return _prepared(weight, "pad8", make)[0]
+
+
+def _pad_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    return x if x.shape[1] == channels else F.pad(x, (0, 0, 0, 0, 0, channels - x.shape[1]))
 
 
 def _is_depthwise(t: int, cg: int, groups: int) -> bool:
@@ -186,16 +212,62 @@ def conv_grad_input(
     groups: int,
     p: float = 1.0,
 ) -> torch.Tensor:
-    """Eq. 27 input gradient of :func:`conv_forward` w.r.t. the padded input."""
+    """Eq. 27 input gradient of :func:`conv_forward` w.r.t. the padded input (NCHW shape,
+    channels-last memory).
+
+    With stride ``s > 1`` (and no dilation) the gradient is computed per output phase, as
+    in a sub-pixel (transposed) convolution: the input positions ``(ry + s u, rx + s v)``
+    receive only the taps ``(ry + s a, rx + s b)``, a stride-1 correlation of the output
+    gradient with that slice of the kernel. No work is spent on the zeros a
+    stride-dilated gradient would hold (3/4 of the terms at stride 2).
+    """
+    if _narrow(weight, groups):
+        wpad = _padded_weight(weight)
+        t, c = wpad.shape[:2]
+        gpad = _pad_channels(grad_out, t)
+        grad = conv_grad_input(_pad_channels(xp, c), wpad, gpad, stride, dil, 1, p)
+        return grad[:, : weight.shape[1]]
     n, c, hp, wp = xp.shape
+    kh, kw = weight.shape[-2:]
+    xn = xp.permute(0, 2, 3, 1).contiguous()
+    g = grad_out.permute(0, 2, 3, 1)
+    if stride == 1 or dil != 1:
+        return _grad_input_nhwc(xn, weight, g, stride, dil, groups, p, "").permute(0, 3, 1, 2)
+    out = xn.new_zeros(n, hp, wp, c)  # phases no tap reaches (1x1, stride 2) stay 0
+    for ry in range(min(stride, kh)):
+        for rx in range(min(stride, kw)):
+            x_sub = xn[:, ry::stride, rx::stride].contiguous()
+            w_sub = weight[:, :, ry::stride, rx::stride]
+            phase = _grad_input_nhwc(x_sub, w_sub, g, 1, 1, groups, p, f"{ry},{rx}", weight)
+            out[:, ry::stride, rx::stride] = phase
+    return out.permute(0, 3, 1, 2)
+
+
+def _grad_input_nhwc(
+    xn: torch.Tensor,
+    weight: torch.Tensor,
+    g: torch.Tensor,
+    stride: int,
+    dil: int,
+    groups: int,
+    p: float,
+    phase: str,
+    owner: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The input-gradient kernel on an NHWC input ``xn`` [N, H, W, C] and an NHWC output
+    gradient ``g`` [N, OH, OW, T] (rows beyond the input's reach are ignored); returns
+    [N, H, W, C]. ``owner`` is the full weight ``weight`` is a slice of (``phase`` names the
+    slice), for the re-layout cache."""
+    n, hp, wp, c = xn.shape
     t, cg, kh, kw = weight.shape
     tg = t // groups
-    oh, ow = grad_out.shape[-2:]
     top, left = dil * (kh - 1), dil * (kw - 1)
-    gd = grad_out.new_zeros(n, hp + top, wp + left, t)
+    oh = min(g.shape[1], -(-hp // stride))
+    ow = min(g.shape[2], -(-wp // stride))
+    gd = g.new_zeros(n, hp + top, wp + left, t)
     gd[
         :, top : top + (oh - 1) * stride + 1 : stride, left : left + (ow - 1) * stride + 1 : stride
-    ] = grad_out.permute(0, 2, 3, 1)
+    ] = g[:, :oh, :ow]
     dw = _depthwise(weight, groups)
 
     def prepare() -> tuple[torch.Tensor, ...]:
@@ -204,8 +276,7 @@ def conv_grad_input(
             return (w.reshape(t, kh, kw).permute(1, 2, 0).contiguous(),)
         return (w.reshape(groups, tg, cg, kh, kw).permute(0, 3, 4, 1, 2).contiguous(),)
 
-    (wt,) = _prepared(weight, "grad_input", prepare)
-    xn = xp.permute(0, 2, 3, 1).contiguous()
+    (wt,) = _prepared(owner if owner is not None else weight, f"grad_input{phase}", prepare)
     if p == 1.0:  # HardTanh form: needs the window sums of the gradient
         ones = weight.new_ones(groups, 1, kh, kw)
         gsum = gd.view(n, hp + top, wp + left, groups, tg).sum(-1).permute(0, 3, 1, 2)
@@ -215,11 +286,11 @@ def conv_grad_input(
         suffix, args = "_lp", ()
     extra = () if p == 1.0 else (float(p),)
     if dw:
-        out = xp.new_empty(n, hp, wp, c)
+        out = xn.new_empty(n, hp, wp, c)
         fn = kernel("depthwise_grad_input" + suffix, n, c, hp, wp, kh, kw, dil)
         fn(xn, wt, gd, *args, out, *extra)
-        return out.permute(0, 3, 1, 2)
-    out = xp.new_empty(n, hp, wp, groups, cg)
+        return out
+    out = xn.new_empty(n, hp, wp, groups, cg)
     fn = kernel("conv_grad_input" + suffix, n, c, hp, wp, t, kh, kw, dil, groups)
     fn(xn, wt, gd, *args, out, *extra)
-    return out.view(n, hp, wp, c).permute(0, 3, 1, 2)
+    return out.view(n, hp, wp, c)
