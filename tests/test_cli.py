@@ -143,3 +143,24 @@ def test_outputs_are_checked_before_work(capsys, tmp_path):
 def test_counts_and_sizes_are_checked_before_any_work(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_search_names_its_op_set_apart_from_an_op_mapping(capsys):
+    # --ops is an op mapping in convert/energy/tune/compile; search chooses from --op-set
+    assert main(["search", "resnet10t", "--ops", "adder,conv", "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "search takes --op-set adder,conv" in err and "--ops is an op mapping" in err
+
+
+def test_model_source_options_are_the_same_in_every_command():
+    from adderize.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    wanted = {"--ops", "--keep", "--pretrained-file", "--num-classes", "--model-kwargs"}
+    for name in ("convert", "energy", "tune", "compile"):
+        options = {o for a in sub.choices[name]._actions for o in a.option_strings}
+        assert wanted <= options, f"{name} lacks {wanted - options}"
+    for name in ("energy", "tune", "compile"):
+        (size,) = [a for a in sub.choices[name]._actions if "--input-size" in a.option_strings]
+        assert size.default == "224"
