@@ -226,7 +226,7 @@ def test_workloads_lists_forward_and_backward_kernels_once():
     x = torch.randn(2, 3, 32, 32)
     tasks = tvm_l1.workloads(lambda: model(x).sum().backward())
     kinds = {t[0] for t in tasks}
-    assert {"conv_forward", "conv_grad_input"} <= kinds
+    assert {"conv_forward_nchw", "conv_grad_input"} <= kinds
     assert len(tasks) == len(set(tasks))
     assert all(t[1] == 2 for t in tasks)  # batch size is part of the shape
 
@@ -240,7 +240,7 @@ def test_tune_command_tunes_each_new_kernel_and_respects_budgets(monkeypatch, ca
     monkeypatch.setattr(tvm_l1, "tuned", lambda *task: bool(first) and task == first[0])
     assert main(["tune", "resnet18", "--input-size", "1,3,32,32", "--trials", "3"]) == 0
     assert calls and all(trials == 3 for _, trials in calls)
-    assert all(task[0] == "conv_forward" for task, _ in calls)  # forward only by default
+    assert all(task[0] == "conv_forward_nchw" for task, _ in calls)  # forward only by default
     n_forward = len(calls)
     first.append(calls[0][0])  # now pretend the first one is tuned: it is skipped
     calls.clear()
@@ -251,7 +251,7 @@ def test_tune_command_tunes_each_new_kernel_and_respects_budgets(monkeypatch, ca
     assert "1 already tuned" in capsys.readouterr().out
     calls.clear()
     assert main(["tune", "resnet18", "--input-size", "2,3,32,32", "--train"]) == 0
-    assert {task[0] for task, _ in calls} >= {"conv_forward", "conv_grad_input"}
+    assert {task[0] for task, _ in calls} >= {"conv_forward_nchw", "conv_grad_input"}
     calls.clear()
     assert main(["tune", "resnet18", "--input-size", "32", "--minutes", "0"]) == 0
     assert not calls and "time budget of 0.0 min reached" in capsys.readouterr().out

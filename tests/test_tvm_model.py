@@ -61,7 +61,7 @@ def test_depthwise_and_adder_linear_layers_compile():
     model = _calibrated(model, 24)
     compiled, report = compile_model(model, (1, 3, 24, 24))
     kinds = [k["kind"] for k in report.kernels]
-    assert kinds == ["conv_mac_forward", "depthwise_forward", "conv_forward", "forward"]
+    assert kinds == ["conv_mac_forward", "depthwise_forward", "conv_forward_nchw", "forward"]
     x = torch.randn(1, 3, 24, 24)
     with torch.no_grad():
         exact = copy.deepcopy(model).double()(x.double()).float()
@@ -141,7 +141,7 @@ def test_compile_tunes_first_when_asked(tmp_path, monkeypatch, capsys):
     args = ["compile", "resnet18", "--num-classes", "10", "--input-size", "1,3,64,64"]
     assert main([*args, "--tune-trials", "3", "--out", str(lib)]) == 0
     assert len(calls) == len({c[0] for c in calls}) > 0 and all(t == 3 for _, t in calls)
-    assert all(task[0] in ("conv_forward", "depthwise_forward", "forward") for task, _ in calls)
+    assert all(task[0] in ("conv_forward_nchw", "depthwise_forward", "forward") for task, _ in calls)
     assert lib.is_file() and "adder kernels" in capsys.readouterr().out
 
 

@@ -176,9 +176,10 @@ def forward_weight_layout(
 def conv_forward(
     xp: torch.Tensor, weight: torch.Tensor, stride: int, dil: int, groups: int, p: float = 1.0
 ) -> torch.Tensor:
-    """``-sum |X - W|^p`` adder conv of a padded NCHW input; the result is NCHW in
-    channels-last memory (no copy). Depthwise convs use the channel-vectorised kernel;
-    p != 1 uses the l_p kernels (p passed at run time, no recompilation)."""
+    """``-sum |X - W|^p`` adder conv of a padded NCHW input; the result is contiguous NCHW
+    for a contiguous input, else NCHW in channels-last memory (no copy either way).
+    Depthwise convs use the channel-vectorised kernel; p != 1 uses the l_p kernels (p
+    passed at run time, no recompilation)."""
     n, c, hp, wp = xp.shape
     t, cg, kh, kw = weight.shape
     tg = t // groups
@@ -197,9 +198,13 @@ def conv_forward(
         fn = kernel("depthwise_forward" + suffix, n, c, hp, wp, kh, kw, stride, dil)
         fn(xp.permute(0, 2, 3, 1).contiguous(), wt, out, *extra)
         return out.permute(0, 3, 1, 2)
+    shape = (n, c, hp, wp, t, kh, kw, stride, dil, groups)
+    if xp.is_contiguous():  # an NCHW model: NCHW out, no layout copy after the layer
+        out = xp.new_empty(n, groups, tg, oh, ow)
+        kernel("conv_forward_nchw" + suffix, *shape)(xp, wt, out, *extra)
+        return out.view(n, t, oh, ow)
     out = xp.new_empty(n, oh, ow, groups, tg)
-    fn = kernel("conv_forward" + suffix, n, c, hp, wp, t, kh, kw, stride, dil, groups)
-    fn(xp.contiguous(), wt, out, *extra)
+    kernel("conv_forward" + suffix, *shape)(xp.contiguous(), wt, out, *extra)
     return out.view(n, oh, ow, t).permute(0, 3, 1, 2)
 
 

@@ -261,6 +261,166 @@ def _batches(loader: Any, ctx: Context, desc: str, progress: bool) -> Iterator[A
         yield from bar
 
 
+@dataclass
+class _PhaseState:
+    """What a phase trains with; all of it is in the phase's checkpoint after every epoch."""
+
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    lp: LpSchedule | None
+    anneal: Anneal | None
+    ema_decay: float
+    ema: Any = None
+
+    def refresh_ema(self) -> None:
+        """Start the EMA once there is an op model to average (after the anneal)."""
+        ready = self.ema_decay and (self.anneal is None or self.anneal.finalized)
+        if self.ema is None and ready:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=self.ema_decay)
+
+    def after_step(self, step: int) -> None:
+        """Advance every schedule after optimizer step ``step`` (counted from 1)."""
+        self.scheduler.step_update(step)
+        if self.lp is not None:
+            self.lp.step()
+        if self.anneal is not None and not self.anneal.finalized:
+            self.anneal.step()
+            self.refresh_ema()
+        if self.ema is not None:
+            self.ema.update(self.model, step=step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "lp": self.lp.state_dict() if self.lp is not None else None,
+            "anneal": self.anneal.state_dict() if self.anneal is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.anneal is not None:  # first: a finished anneal changes which tensors exist
+            self.anneal.load_state_dict(state["anneal"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.refresh_ema()
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.lp is not None:
+            self.lp.load_state_dict(state["lp"])
+
+
+def _phase_state(
+    phase: Phase, model: nn.Module, recipe: Recipe, train_loader: Any, ctx: Context, fresh: bool
+) -> _PhaseState:
+    """Optimizer, LR schedule, the papers' scheme (adaptive LR, p schedule) and the anneal
+    (calibrated on training batches when ``fresh``; a resumed one comes from the
+    checkpoint). Call before DDP wraps the model: it broadcasts rank 0's calibration."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    updates = len(train_loader)
+    anneal = None
+    if phase.anneal:
+        cfg = recipe.anneal
+        if fresh:
+            batches = itertools.islice(train_loader, cfg.calibration_batches)
+            calibrate(model, (x.to(ctx.device) for x, _ in batches))
+        total = phase.epochs * updates
+        anneal = Anneal(model, max(1, min(total, round(cfg.fraction * total))), cfg.shape)
+    o = recipe.optim
+    optimizer = create_optimizer_v2(
+        model, opt=o.opt, lr=phase.lr, weight_decay=o.weight_decay, momentum=o.momentum
+    )
+    lp = None
+    if phase.scheme:
+        a = recipe.adder
+        AdaptiveLRScaling(model, eta=a.eta, per=a.eta_per).attach(optimizer)  # type: ignore[arg-type]
+        lp = LpSchedule(
+            model, decay_steps=round(a.p_decay * phase.epochs * updates), start=a.p_start,
+            end=a.p_end,
+        )  # fmt: skip
+    s = recipe.sched
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=s.sched,
+        num_epochs=phase.epochs,
+        warmup_epochs=s.warmup_epochs,
+        warmup_lr=s.warmup_lr,
+        min_lr=s.min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=updates,
+    )
+    state = _PhaseState(model, optimizer, scheduler, lp, anneal, recipe.ema)
+    state.refresh_ema()
+    return state
+
+
+def _mixup(recipe: Recipe) -> Any:
+    d = recipe.data
+    if d.mixup <= 0 and d.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=d.mixup,
+        cutmix_alpha=d.cutmix,
+        label_smoothing=d.label_smoothing,
+        num_classes=recipe.model.num_classes,
+    )
+
+
+def _phase_objective(
+    recipe: Recipe, model: nn.Module, teacher: nn.Module | None, anneal: Anneal | None, soft: bool
+) -> tuple[Objective, Callable[[], None]]:
+    """The task/distillation objective, plus the anneal's local reconstruction loss."""
+    objective, remove_taps = make_objective(recipe, model, teacher, soft_targets=soft)
+    if anneal is None or not recipe.anneal.local_weight:
+        return objective, remove_taps
+    weight = recipe.anneal.local_weight
+
+    def with_local(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return objective(net, x, y) + weight * anneal.loss()
+
+    return with_local, remove_taps
+
+
+def _resume(
+    state: _PhaseState, path: Path, phase: Phase, history: list[dict[str, Any]], ctx: Context
+) -> int:
+    """Restore the phase from its checkpoint; returns the epochs already done."""
+    saved = load_checkpoint(path)
+    try:
+        state.load_state_dict(saved)
+        _set_rng_state(saved["rng"])
+        start = int(saved["epoch"])
+        history[:] = [r for r in history if r["phase"] != phase.name] + list(saved["history"])
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(
+            f"{path} does not match this run ({type(e).__name__}: {e}); delete it "
+            "to start the phase over, or resume with the recipe that wrote it"
+        ) from None
+    if ctx.main:
+        print(f"resumed {phase.name} from {path} after epoch {start}")
+    return start
+
+
+def _epoch_line(phase: Phase, row: dict[str, Any]) -> str:
+    return (
+        f"{phase.name} epoch {row['epoch']}/{phase.epochs}: loss {row['train_loss']:.4f} "
+        f"val acc {row['val_acc']:.4f}"
+        + (f" (EMA {row['ema_acc']:.4f})" if "ema_acc" in row else "")
+        + (f" p {row['p']:.3f}" if row["p"] is not None else "")
+        + (f" blend {row['blend']:.3f}" if row["blend"] is not None else "")
+        + f" [{row['seconds']:.1f} s]"
+    )
+
+
 def run_phase(
     phase: Phase,
     model: nn.Module,
@@ -275,100 +435,23 @@ def run_phase(
     progress: bool = True,
 ) -> nn.Module:
     """Train ``model`` for ``phase.epochs``; returns the model to evaluate (EMA if on)."""
-    from timm.data import Mixup
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3
-
     train_loader, val_loader = loaders
     updates = len(train_loader)
     ckpt_path = run_dir / f"checkpoint-{phase.name}.pt"
     resuming = resume and ckpt_path.is_file()
-    anneal = None
-    if phase.anneal:  # before DDP wraps the model: it broadcasts rank 0's calibration
-        cfg = recipe.anneal
-        if not resuming:
-            batches = itertools.islice(train_loader, cfg.calibration_batches)
-            calibrate(model, (x.to(ctx.device) for x, _ in batches))
-        total = phase.epochs * updates
-        anneal = Anneal(model, max(1, min(total, round(cfg.fraction * total))), cfg.shape)
+    state = _phase_state(phase, model, recipe, train_loader, ctx, fresh=not resuming)
     net: nn.Module = model
     if ctx.world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
-    o = recipe.optim
-    optimizer = create_optimizer_v2(
-        model, opt=o.opt, lr=phase.lr, weight_decay=o.weight_decay, momentum=o.momentum
+    mixup = _mixup(recipe)
+    objective, remove_taps = _phase_objective(
+        recipe, model, teacher, state.anneal, soft=mixup is not None
     )
-    lp = None
-    if phase.scheme:
-        AdaptiveLRScaling(
-            model,
-            eta=recipe.adder.eta,
-            per=recipe.adder.eta_per,  # type: ignore[arg-type]
-        ).attach(optimizer)
-        a = recipe.adder
-        decay = round(a.p_decay * phase.epochs * updates)
-        lp = LpSchedule(model, decay_steps=decay, start=a.p_start, end=a.p_end)
-    s = recipe.sched
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=s.sched,
-        num_epochs=phase.epochs,
-        warmup_epochs=s.warmup_epochs,
-        warmup_lr=s.warmup_lr,
-        min_lr=s.min_lr,
-        step_on_epochs=False,
-        updates_per_epoch=updates,
-    )
-
-    def make_ema() -> ModelEmaV3 | None:  # of the op model: it starts when the anneal ends
-        ready = recipe.ema and (anneal is None or anneal.finalized)
-        return ModelEmaV3(model, decay=recipe.ema) if ready else None
-
-    ema = make_ema()
-    d = recipe.data
-    mixup = None
-    if d.mixup > 0 or d.cutmix > 0:
-        mixup = Mixup(
-            mixup_alpha=d.mixup,
-            cutmix_alpha=d.cutmix,
-            label_smoothing=d.label_smoothing,
-            num_classes=recipe.model.num_classes,
-        )
-    objective, remove_taps = make_objective(recipe, model, teacher, soft_targets=mixup is not None)
-    if anneal is not None and recipe.anneal.local_weight:
-        label_objective, weight = objective, recipe.anneal.local_weight
-
-        def objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return label_objective(net, x, y) + weight * anneal.loss()
-
     start = 0
     if resuming:
-        state = load_checkpoint(ckpt_path)
-        try:
-            if anneal is not None:  # first: a finished anneal changes which tensors exist
-                anneal.load_state_dict(state["anneal"])
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            ema = make_ema()
-            if ema is not None and state["ema"] is not None:
-                ema.load_state_dict(state["ema"])
-            if lp is not None:
-                lp.load_state_dict(state["lp"])
-            _set_rng_state(state["rng"])
-            start = int(state["epoch"])
-            rows_before = [r for r in history if r["phase"] != phase.name]
-            history[:] = rows_before + list(state["history"])
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-            raise ValueError(
-                f"{ckpt_path} does not match this run ({type(e).__name__}: {e}); delete it "
-                "to start the phase over, or resume with the recipe that wrote it"
-            ) from None
-        if ctx.main:
-            print(f"resumed {phase.name} from {ckpt_path} after epoch {start}")
+        start = _resume(state, ckpt_path, phase, history, ctx)
     else:  # a phase started over (no checkpoint): its old rows in metrics.json are stale
         history[:] = [r for r in history if r["phase"] != phase.name]
 
@@ -385,16 +468,9 @@ def run_phase(
             x, y = x.to(ctx.device), y.to(ctx.device)
             if mixup is not None:
                 x, y = mixup(x, y)
-            total += train_step(net, optimizer, objective, x, y, recipe.amp)
+            total += train_step(net, state.optimizer, objective, x, y, recipe.amp)
             count += 1
-            scheduler.step_update(epoch * updates + i + 1)
-            if lp is not None:
-                lp.step()
-            if anneal is not None and not anneal.finalized:
-                anneal.step()
-                ema = make_ema()
-            if ema is not None:
-                ema.update(model, step=epoch * updates + i + 1)
+            state.after_step(epoch * updates + i + 1)
         if phase.scheme and recipe.bn_recalibration:
             batches = itertools.islice(train_loader, recipe.bn_recalibration)
             recalibrate_bn(model, (x.to(ctx.device) for x, _ in batches))
@@ -403,43 +479,23 @@ def run_phase(
             "epoch": epoch + 1,
             "train_loss": total / max(count, 1),
             "val_acc": evaluate(model, val_loader, ctx),
-            "lr": optimizer.param_groups[0]["lr"],
-            "p": lp.p if lp is not None else None,
-            "blend": anneal.blend if anneal is not None else None,
+            "lr": state.optimizer.param_groups[0]["lr"],
+            "p": state.lp.p if state.lp is not None else None,
+            "blend": state.anneal.blend if state.anneal is not None else None,
             "seconds": time.perf_counter() - tic,
         }
-        if ema is not None:
-            row["ema_acc"] = evaluate(ema.module, val_loader, ctx)
+        if state.ema is not None:
+            row["ema_acc"] = evaluate(state.ema.module, val_loader, ctx)
         rows.append(row)
         history.append(row)
         if ctx.main:
-            print(
-                f"{phase.name} epoch {epoch + 1}/{phase.epochs}: loss {row['train_loss']:.4f} "
-                f"val acc {row['val_acc']:.4f}"
-                + (f" (EMA {row['ema_acc']:.4f})" if ema is not None else "")
-                + (f" p {row['p']:.3f}" if lp is not None else "")
-                + (f" blend {row['blend']:.3f}" if anneal is not None else "")
-                + f" [{row['seconds']:.1f} s]",
-                flush=True,
-            )
+            print(_epoch_line(phase, row), flush=True)
             _log(run_dir, history)
-            atomic_save(
-                {
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "lp": lp.state_dict() if lp is not None else None,
-                    "anneal": anneal.state_dict() if anneal is not None else None,
-                    "rng": _rng_state(),
-                    "history": rows,
-                },
-                ckpt_path,
-            )
+            checkpoint = {"epoch": epoch + 1, **state.state_dict(), "rng": _rng_state()}
+            atomic_save({**checkpoint, "history": rows}, ckpt_path)
         ctx.barrier()
     remove_taps()
-    return ema.module if ema is not None else model
+    return state.ema.module if state.ema is not None else model
 
 
 # ------------------------------------------------------------------------------ the run

@@ -19,7 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
+#: inner-loop forms of the p = 1 dense conv forward (see :func:`conv_forward_compute`)
+FORMS = ("abs", "max")
+
 __all__ = [
+    "FORMS",
     "binary_conv_forward_compute",
     "computes",
     "conv_forward_compute",
@@ -127,6 +131,8 @@ def conv_forward_compute(
     g: int,
     lp: bool = False,
     mac: bool = False,
+    form: str = "abs",
+    nchw_out: bool = False,
 ) -> list[Any]:
     """Direct adder conv, NCHW input (already padded) -> NHWC output:
     ``out[n, oh, ow, g, t] = -sum_{c, i, j} |x[n, g*Cg + c, oh*s + i*d, ow*s + j*d] -
@@ -134,19 +140,60 @@ def conv_forward_compute(
     Shapes: x [N, C, Hp, Wp], wt [G, Cg, kh, kw, Tg] -> out [N, OH, OW, G, Tg].
     ``mac=True`` is the ordinary convolution ``sum x * wt`` on the same loops (for the
     full-precision layers of a compiled model).
+
+    ``form="max"`` (p = 1) computes the same with ``|x - w| = 2 max(x, w) - x - w``: the
+    inner loop is ``max, add`` (one op less than ``sub, abs, add``), plus the window sums of
+    ``x`` (``xs``, once per position and group) and the filter sums of ``wt`` (``ws``):
+    ``out = xs + ws - 2 sum max(x, w)``. Which form is faster depends on the CPU's ports.
+
+    ``nchw_out=True`` writes the output NCHW, ``out [N, G, Tg, OH, OW]``, from the same
+    accumulators (the store of a tile runs along the output row): an NCHW model then needs
+    no layout copy after every adder layer.
     """
     from tvm import te
 
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if form == "max" and (lp or mac):
+        raise ValueError("form='max' is the p = 1 adder's; l_p and MAC kernels use 'abs'")
     cg, tg = c // g, t // g
     oh = (hp - dil * (kh - 1) - 1) // stride + 1
     ow = (wp - dil * (kw - 1) - 1) // stride + 1
     p, dist, _ = _lp_terms(lp)
     term = (lambda a, b: a * b) if mac else (lambda a, b: dist(a - b))
+    if form == "max":
+        term = te.max
     x = te.placeholder((n, c, hp, wp), name="x")
     wt = te.placeholder((g, cg, kh, kw, tg), name="wt")
-    rc = te.reduce_axis((0, cg), name="rc")
-    ri = te.reduce_axis((0, kh), name="ri")
-    rj = te.reduce_axis((0, kw), name="rj")
+
+    def window() -> tuple[Any, Any, Any]:
+        return (
+            te.reduce_axis((0, cg), name="rc"),
+            te.reduce_axis((0, kh), name="ri"),
+            te.reduce_axis((0, kw), name="rj"),
+        )
+
+    xs = base = None
+    if form == "max":  # window sums of x and filter sums of w, before the main loop
+        xc, xi, xj = window()
+        xs = te.compute(
+            (n, oh, ow, g),
+            lambda b, y, z, gg: te.sum(
+                x[b, gg * cg + xc, y * stride + xi * dil, z * stride + xj * dil],
+                axis=[xc, xi, xj],
+            ),
+            name="xs",
+        )
+        wc, wi, wj = window()
+        ws = te.compute(
+            (g, tg), lambda gg, o: te.sum(wt[gg, wc, wi, wj, o], axis=[wc, wi, wj]), name="ws"
+        )
+        # xs + ws per output, computed per tile by the schedule: out = base - 2 acc
+        base = te.compute(
+            (n, oh, ow, g, tg), lambda b, y, z, gg, o: xs[b, y, z, gg] + ws[gg, o], name="base"
+        )
+    rc, ri, rj = window()
+
     acc = te.compute(
         (n, oh, ow, g, tg),
         lambda b, y, z, gg, o: te.sum(
@@ -158,12 +205,24 @@ def conv_forward_compute(
         ),
         name="acc",
     )
-    out = te.compute(
-        (n, oh, ow, g, tg),
-        lambda b, y, z, gg, o: acc[b, y, z, gg, o] if mac else -acc[b, y, z, gg, o],
-        name="out",
-        tag="conv2d_nchw_nhwc" if mac else "adder_conv2d_nchw_nhwc",
-    )
+
+    def epilogue(b: Any, y: Any, z: Any, gg: Any, o: Any) -> Any:
+        if mac:
+            return acc[b, y, z, gg, o]
+        if xs is None:
+            return -acc[b, y, z, gg, o]
+        return base[b, y, z, gg, o] - 2.0 * acc[b, y, z, gg, o]  # -sum |x - w|
+
+    tag = "conv2d_nchw_nhwc" if mac else "adder_conv2d_nchw_nhwc"
+    if nchw_out:
+        out = te.compute(
+            (n, g, tg, oh, ow),
+            lambda b, gg, o, y, z: epilogue(b, y, z, gg, o),
+            name="out",
+            tag=tag.replace("_nhwc", "_nchw"),
+        )
+        return [x, wt, out] + ([p] if lp else [])
+    out = te.compute((n, oh, ow, g, tg), epilogue, name="out", tag=tag)
     return [x, wt, out] + ([p] if lp else [])
 
 
@@ -380,10 +439,17 @@ def binary_conv_forward_compute(
     return [x, m, w, alpha, out]
 
 
-def computes(kind: str, *shape: int) -> list[Any]:
-    """The compute definition (tensors) behind kernel ``kind``."""
+def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
+    """The compute definition (tensors) behind kernel ``kind`` (``form``: the p = 1 dense
+    conv forward's inner loop, see :func:`conv_forward_compute`)."""
     lp = kind.endswith("_lp")
     base = kind.removesuffix("_lp")
+    if form != "abs":
+        if kind != "conv_forward":
+            raise ValueError(f"only conv_forward has the {form!r} form, not {kind!r}")
+        return conv_forward_compute(*shape, form=form)
+    if base == "conv_forward_nchw":
+        return conv_forward_compute(*shape, lp=lp, nchw_out=True)
     if base in ("forward", "grad_a"):
         return (l1_forward_compute if base == "forward" else l1_grad_a_compute)(*shape)
     if base == "conv_mac_forward":

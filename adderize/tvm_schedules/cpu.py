@@ -40,13 +40,14 @@ SELECTABLE = (
     "forward",
     "grad_a",
     "conv_forward",
+    "conv_forward_nchw",
     "conv_mac_forward",
     "conv_grad_input",
     "depthwise_forward",
     "depthwise_grad_input",
 )
 #: at most this many candidates are timed per kernel (a few ms to compile each)
-MAX_CANDIDATES = 8
+MAX_CANDIDATES = 10
 
 
 def vector_lanes() -> int:
@@ -72,9 +73,11 @@ class Variant:
     rows: int
     cols: int
     cols_outer: bool
+    form: str = "abs"  # the inner loop (conv forward, p = 1): see compute.FORMS
 
     def __str__(self) -> str:
-        return f"{self.rows}x{self.cols}{'/cols-outer' if self.cols_outer else ''}"
+        outer = "/cols-outer" if self.cols_outer else ""
+        return f"{self.rows}x{self.cols}{outer}{'' if self.form == 'abs' else '/' + self.form}"
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def _layout(kind: str, shape: tuple[int, ...]) -> _Layout:
     if base in ("forward", "grad_a"):
         m, t, k = shape
         return _Layout(1, 0, m, tile(t if base == "forward" else k)[1], False, base == "grad_a")
-    if base in ("conv_forward", "conv_mac_forward"):
+    if base in ("conv_forward", "conv_forward_nchw", "conv_mac_forward"):
         _, _, _, wp, t, _, kw, stride, dil, g = shape
         return _Layout(3, 2, _out_size(wp, kw, stride, dil), t // g, True, False)
     if base == "depthwise_forward":
@@ -141,6 +144,7 @@ def _hand_tile(kind: str, lay: _Layout) -> Variant:
         "forward": 6 if cols == 32 else 12,
         "grad_a": 4 if cols == 32 else 8,
         "conv_forward": pick((7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6)),
+        "conv_forward_nchw": pick((7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6)),
         "conv_mac_forward": pick((7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6)),
         "depthwise_forward": pick((8, 7, 6, 5, 4)),
         "depthwise_grad_input": pick((4, 5, 6, 7, 3)),
@@ -159,7 +163,8 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
     ``v`` weight vectors and a few temporaries (more for input gradients, which keep
     ``x - 1``, ``x + 1`` and the gradient per row). Convolutions also get the other loop
     order of the two leading tiles (column tiles outermost or not: 2x apart on 1x1 convs on
-    AVX2 Zen 3, either way round on other shapes).
+    AVX2 Zen 3, either way round on other shapes), and the p = 1 forward the ``max`` form
+    of its inner loop (``max, add`` instead of ``sub, abs, add``).
     """
     lanes = lanes or vector_lanes()
     lay = _layout(kind, tuple(shape))
@@ -177,6 +182,8 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
     found = [_hand_tile(kind, lay), *fitted[:1]]
     if lay.n_reduce == 3:  # dense convs: both loop orders
         found += [Variant(c.rows, c.cols, not c.cols_outer) for c in found]
+    if kind == "conv_forward":  # the max form's inner loop on the two leading tiles
+        found += [Variant(c.rows, c.cols, c.cols_outer, "max") for c in found[:2]]
     found += fitted[1:]
     return list(dict.fromkeys(found))[:MAX_CANDIDATES]
 
@@ -197,6 +204,8 @@ def schedule(kind: str, *shape: int, variant: Variant | None = None) -> Any:
         return register_tile(tensors, 3, 2, Variant(rows, tile(t)[0], False))
     lay = _layout(kind, tuple(shape))
     variant = variant or candidates(kind, *shape)[0]
+    if variant.form != "abs":
+        tensors = computes(kind, *shape, form=variant.form)
     return register_tile(tensors, lay.n_reduce, lay.row_axis, variant)
 
 
@@ -238,8 +247,14 @@ def register_tile(tensors: list[Any], n_reduce: int, row_axis: int, variant: Var
     rows, cols, cols_outer = variant.rows, variant.cols, variant.cols_outer
     sch = s_tir.Schedule(te.create_prim_func(tensors))
     blk = sch.get_sblock("acc")
-    loops = sch.get_loops(blk)
-    spatial, red = loops[:-n_reduce], loops[-n_reduce:]
+    # the max form's epilogue also reads the window sums (blocks of their own): the tile is
+    # then laid over the output and the accumulators computed inside it
+    tiled = blk
+    if variant.form == "max":
+        sch.compute_inline(sch.get_sblock("base"))
+        tiled, n_reduce = sch.get_sblock("out"), 0
+    loops = sch.get_loops(tiled)
+    spatial, red = loops[: len(loops) - n_reduce], loops[len(loops) - n_reduce :]
     ro, ri = sch.split(spatial[row_axis], [None, rows])
     co, ci = sch.split(spatial[-1], [None, cols])
     middle = list(spatial[row_axis + 1 : -1])
@@ -251,10 +266,24 @@ def register_tile(tensors: list[Any], n_reduce: int, row_axis: int, variant: Var
         sch.reorder(*before, ro, *middle, co, *red, ri, ci)
         anchor, parallel = co, ([ro, co] if not before and not middle else before)
     out = sch.get_sblock("out")
-    sch.reverse_compute_at(out, anchor)
+    if variant.form == "max":
+        here = sch.get(anchor)  # depth: loops from the root down to the anchor
+        depth = 1 + next(i for i, lp in enumerate(sch.get_loops(out)) if sch.get(lp).same_as(here))
+        sch.compute_at(blk, anchor)
+        new = sch.get_loops(blk)[depth:]  # the tile's spatial loops, then the reduction's
+        # (loops of extent 1 are not generated)
+        n_red = sum(int(v.dom.extent) > 1 for v in sch.get(blk).iter_vars if v.iter_type == 2)
+        tile, red = new[: len(new) - n_red], new[len(new) - n_red :]
+        sch.reorder(*red, *tile)
+        ri, ci = (tile[0] if len(tile) > 1 else None), tile[-1]
+        b, y, *_ = sch.get_loops(sch.get_sblock("xs"))  # window sums: positions in parallel
+        sch.parallel(sch.fuse(b, y))
+    else:
+        sch.reverse_compute_at(out, anchor)
     sch.set_scope(blk, 0, "local")
     sch.vectorize(ci)
-    sch.unroll(ri)
+    if ri is not None:
+        sch.unroll(ri)
     sch.vectorize(sch.get_loops(out)[-1])
     sch.parallel(sch.fuse(*parallel) if len(parallel) > 1 else parallel[0])
     sch.decompose_reduction(blk, red[0])

@@ -190,11 +190,11 @@ class _Converters:
             xin = bb.emit(op.permute_dims(x, [0, 2, 3, 1]))
             shape = (n, c, hp, wp, kh, kw, stride, dil)
             y = self._call(bb, "depthwise_forward", shape, [xin, wt], (n, oh, ow, t))
-        else:
-            shape = (n, c, hp, wp, t, kh, kw, stride, dil, groups)
-            y = self._call(bb, "conv_forward", shape, [x, wt], (n, oh, ow, groups, tg))
-            y = bb.emit(op.reshape(y, (n, oh, ow, t)))
-        return bb.emit(op.permute_dims(y, [0, 3, 1, 2]))
+            return bb.emit(op.permute_dims(y, [0, 3, 1, 2]))
+        # NCHW in, NCHW out: the graph needs no transpose around the layer
+        shape = (n, c, hp, wp, t, kh, kw, stride, dil, groups)
+        y = self._call(bb, "conv_forward_nchw", shape, [x, wt], (n, groups, tg, oh, ow))
+        return bb.emit(op.reshape(y, (n, t, oh, ow)))
 
     def dense_conv(self, node: Any, importer: Any) -> Any:
         """Full-precision ``aten.conv2d`` / ``aten.convolution`` (the kept first layer, ...)
