@@ -43,7 +43,7 @@ __all__ = [
     "workloads",
 ]
 
-KERNEL_VERSION = 7
+KERNEL_VERSION = 8
 #: ``ADDERIZE_KERNEL_SELECT`` values: time the candidate tiles, or take the first
 SELECT_MODES = ("measure", "first")
 _LOCK = threading.Lock()
