@@ -19,26 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from adderize.kernels.machine import cpu_model
 from adderize.train.finetune import finetune
 from adderize.train.recipe import Recipe
 
 VARIANTS = {"plain": ["anneal.enabled=false"], "anneal": ["anneal.enabled=true"]}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(model: str, seed: int, epochs: int, out: Path) -> dict[str, Any]:

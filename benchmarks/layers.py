@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from adderize.kernels.machine import describe
 from adderize.nn import Adder2d
 
 # (label, batch, Cin, Cout, kernel, stride, H, groups)
@@ -87,6 +88,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="only the first shapes")
     args = parser.parse_args()
+    print(describe())
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; times are ratios to "
         "torch conv2d of the same shape (forward; fwd+bwd = forward + backward)"

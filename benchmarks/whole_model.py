@@ -5,10 +5,16 @@ at --batch and inference latency at batch 1.
 layer runs its frozen conv and its adder, the local reconstruction loss included): the
 training step of the conversion's first phase (``adderize.train.anneal``).
 
-Each variant runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
-Prints time and peak memory per variant and the adder/conv ratios.
+Each variant runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own;
+training memory is the peak minus the resident memory before the first step (model, data
+and, for adder variants, TVM's libraries already loaded). Prints time and memory per
+variant and the adder/conv ratios.
 
     python benchmarks/whole_model.py --model resnet18 --batch 32 --size 224
+    python benchmarks/whole_model.py --model resnet18 resnet50 mobilenetv2_100 \
+        efficientnet_b0 --batch 8 --size 160 --variants conv adder
+
+Kernels are built (and their tiles selected) in a warm-up step that is not timed.
 """
 
 from __future__ import annotations
@@ -22,8 +28,7 @@ import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(__file__))
-from anneal_curves import cpu_model
+from adderize.kernels.machine import describe
 
 VARIANTS = ("conv", "adder", "anneal")
 
@@ -50,15 +55,20 @@ def _step(model_name: str, variant: str, batch: int, size: int, steps: int) -> d
         anneal.step()  # blend 0.5: both paths of every converted layer run
         local = anneal.loss
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if variant != "conv":  # TVM's libraries are loaded before the baseline: not training memory
+        from adderize.kernels import tvm_l1
+
+        tvm_l1.available()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss in KiB)
     times = []
-    for _ in range(steps):
+    for _ in range(steps + 1):  # the first step builds the kernels: not timed
         start = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(x), y) + local()
         opt.zero_grad()
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - start)
+    times = times[1:]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     model.eval()
     one = x[:1]
@@ -72,51 +82,53 @@ def _step(model_name: str, variant: str, batch: int, size: int, steps: int) -> d
     return {"seconds": min(times), "peak_gib": peak, "before_gib": base, "latency": latency}
 
 
+def _child(model: str, variant: str, args: argparse.Namespace) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", variant, "--model", model, "--batch",
+           str(args.batch), "--size", str(args.size), "--steps", str(args.steps)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--model", nargs="+", default=["resnet18"])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=2, help="training steps (min is kept)")
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps (min kept)")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_step(args.model, args.child, args.batch, args.size, args.steps)))
+        (model,) = args.model
+        print(json.dumps(_step(model, args.child, args.batch, args.size, args.steps)))
         return
-    results = {}
-    print(f"{cpu_model()}, {os.cpu_count()} cores")
-    for variant in VARIANTS:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            variant,
-            "--model",
-            args.model,
-            "--batch",
-            str(args.batch),
-            "--size",
-            str(args.size),
-            "--steps",
-            str(args.steps),
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results[variant] = json.loads(out.strip().splitlines()[-1])
-        r = results[variant]
-        print(
-            f"{args.model} {variant:5s} {args.size}px: train step (batch {args.batch}) "
-            f"{r['seconds']:.2f} s, peak RSS {r['peak_gib']:.2f} GiB; inference (batch 1) "
-            f"{r['latency'] * 1e3:.1f} ms",
-            flush=True,
-        )
-    c = results["conv"]
-    for variant in VARIANTS[1:]:
-        a = results[variant]
-        print(
-            f"{variant} / conv: train step {a['seconds'] / c['seconds']:.2f}x, peak memory "
-            f"{a['peak_gib'] / c['peak_gib']:.2f}x, inference latency "
-            f"{a['latency'] / c['latency']:.1f}x"
-        )
+    print(f"{describe()}, {os.cpu_count()} cores")
+    variants = ["conv", *[v for v in args.variants if v != "conv"]]
+    summary = []
+    for model in args.model:
+        results = {}
+        for variant in variants:
+            results[variant] = r = _child(model, variant, args)
+            print(
+                f"{model} {variant:6s} {args.size}px: train step (batch {args.batch}) "
+                f"{r['seconds']:.3f} s, peak RSS {r['peak_gib']:.2f} GiB (training "
+                f"{r['peak_gib'] - r['before_gib']:.2f} GiB); inference (batch 1) "
+                f"{r['latency'] * 1e3:.1f} ms",
+                flush=True,
+            )
+        c = results["conv"]
+        for variant in variants[1:]:
+            a = results[variant]
+            mem = (a["peak_gib"] - a["before_gib"]) / (c["peak_gib"] - c["before_gib"])
+            line = (
+                f"{model} {variant} / conv: train step {a['seconds'] / c['seconds']:.2f}x, "
+                f"training memory {mem:.2f}x (peak RSS {a['peak_gib'] / c['peak_gib']:.2f}x), "
+                "inference latency "
+                f"{a['latency'] / c['latency']:.2f}x"
+            )
+            print(line, flush=True)
+            summary.append(line)
+    print("\n" + "\n".join(summary))
 
 
 if __name__ == "__main__":
