@@ -244,13 +244,10 @@ def variant(kind: str, *shape: int) -> cpu.Variant | None:
     """The register tile kernel ``(kind, *shape)`` uses on this machine (selecting it now
     if needed); None for tuned and fixed schedules. Whole-model compilation reads it."""
     kernel(kind, *shape)
-    label = _CHOSEN.get((kind, *shape), "")
-    for option in (
-        cpu.candidates(kind, *shape) if kind.removesuffix("_lp") in cpu.SELECTABLE else []
-    ):
-        if str(option) == label:
-            return option
-    return None
+    if kind.removesuffix("_lp") not in cpu.SELECTABLE:
+        return None
+    label = _CHOSEN.get((kind, *shape))
+    return next((c for c in cpu.candidates(kind, *shape) if str(c) == label), None)
 
 
 def workloads(run: Callable[[], Any]) -> list[tuple[Any, ...]]:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from adderize.kernels.tvm_build import available, kernel, unavailable_reason, workloads
+from adderize.tvm_schedules.compute import out_size
 from adderize.tvm_schedules.cpu import tile
 from adderize.tvm_schedules.cuda import cuda_executable
 from adderize.tvm_schedules.tuning import tune, tuned, tuning_dir
@@ -183,8 +184,7 @@ def conv_forward(
     n, c, hp, wp = xp.shape
     t, cg, kh, kw = weight.shape
     tg = t // groups
-    oh = (hp - dil * (kh - 1) - 1) // stride + 1
-    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     dw = _depthwise(weight, groups)
 
     def prepare() -> tuple[torch.Tensor, ...]:

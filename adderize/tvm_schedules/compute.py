@@ -33,8 +33,15 @@ __all__ = [
     "int8_conv_forward_compute",
     "l1_forward_compute",
     "l1_grad_a_compute",
+    "out_size",
     "pow_nonneg",
 ]
+
+
+def out_size(size: int, k: int, stride: int, dil: int) -> int:
+    """Output length of a convolution over an already padded ``size``."""
+    return (size - dil * (k - 1) - 1) // stride + 1
+
 
 _LN2 = 0.6931471805599453
 
@@ -157,8 +164,7 @@ def conv_forward_compute(
     if form == "max" and (lp or mac):
         raise ValueError("form='max' is the p = 1 adder's; l_p and MAC kernels use 'abs'")
     cg, tg = c // g, t // g
-    oh = (hp - dil * (kh - 1) - 1) // stride + 1
-    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     p, dist, _ = _lp_terms(lp)
     term = (lambda a, b: a * b) if mac else (lambda a, b: dist(a - b))
     if form == "max":
@@ -295,8 +301,7 @@ def depthwise_forward_compute(
     Shapes: x [N, Hp, Wp, C], w [kh, kw, C] -> out [N, OH, OW, C]."""
     from tvm import te
 
-    oh = (hp - dil * (kh - 1) - 1) // stride + 1
-    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     p, dist, _ = _lp_terms(lp)
     x = te.placeholder((n, hp, wp, c), name="x")
     w = te.placeholder((kh, kw, c), name="w")
@@ -370,8 +375,7 @@ def int8_conv_forward_compute(
     out [N, OH, OW, T] int32."""
     from tvm import te
 
-    oh = (hp - dil * (kh - 1) - 1) // stride + 1
-    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     x = te.placeholder((n, hp, wp, c), "uint8", name="x")
     w = te.placeholder((t, kh, kw, c), "uint8", name="w")
     ri = te.reduce_axis((0, kh), name="ri")
@@ -407,8 +411,7 @@ def binary_conv_forward_compute(
     """
     from tvm import te, tirx
 
-    oh = (hp - dil * (kh - 1) - 1) // stride + 1
-    ow = (wp - dil * (kw - 1) - 1) // stride + 1
+    oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     x = te.placeholder((n, hp, wp, words), "int32", name="x")
     m = te.placeholder((n, hp, wp, words), "int32", name="m")
     w = te.placeholder((t, kh, kw, words), "int32", name="w")

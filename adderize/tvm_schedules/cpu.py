@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adderize.kernels.machine import cpu_isa
-from adderize.tvm_schedules.compute import computes
+from adderize.tvm_schedules.compute import computes, out_size
 
 __all__ = [
     "SELECTABLE",
@@ -46,6 +46,8 @@ SELECTABLE = (
     "depthwise_forward",
     "depthwise_grad_input",
 )
+#: the dense conv forwards: NHWC and NCHW output, adder and (compiled models) MAC
+DENSE_FORWARDS = ("conv_forward", "conv_forward_nchw", "conv_mac_forward")
 #: at most this many candidates are timed per kernel (a few ms to compile each)
 MAX_CANDIDATES = 10
 
@@ -92,21 +94,17 @@ class _Layout:
     grad: bool  # input-gradient kernels keep more values live per row
 
 
-def _out_size(size: int, k: int, stride: int, dil: int) -> int:
-    return (size - dil * (k - 1) - 1) // stride + 1
-
-
 def _layout(kind: str, shape: tuple[int, ...]) -> _Layout:
     base = kind.removesuffix("_lp")
     if base in ("forward", "grad_a"):
         m, t, k = shape
         return _Layout(1, 0, m, tile(t if base == "forward" else k)[1], False, base == "grad_a")
-    if base in ("conv_forward", "conv_forward_nchw", "conv_mac_forward"):
+    if base in DENSE_FORWARDS:
         _, _, _, wp, t, _, kw, stride, dil, g = shape
-        return _Layout(3, 2, _out_size(wp, kw, stride, dil), t // g, True, False)
+        return _Layout(3, 2, out_size(wp, kw, stride, dil), t // g, True, False)
     if base == "depthwise_forward":
         _, c, _, wp, _, kw, stride, dil = shape
-        return _Layout(2, 2, _out_size(wp, kw, stride, dil), c, False, False)
+        return _Layout(2, 2, out_size(wp, kw, stride, dil), c, False, False)
     if base == "depthwise_grad_input":
         _, c, _, wp, *_ = shape
         return _Layout(2, 2, wp, c, False, True)
@@ -140,17 +138,20 @@ def _hand_tile(kind: str, lay: _Layout) -> Variant:
         ext = lay.row_extent
         return next((r for r in choices if ext % r == 0), min(choices[0], ext))
 
-    rows = {
-        "forward": 6 if cols == 32 else 12,
-        "grad_a": 4 if cols == 32 else 8,
-        "conv_forward": pick((7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6)),
-        "conv_forward_nchw": pick((7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6)),
-        "conv_mac_forward": pick((7, 8, 6, 5, 4) if cols == 32 else (14, 12, 8, 7, 6)),
-        "depthwise_forward": pick((8, 7, 6, 5, 4)),
-        "depthwise_grad_input": pick((4, 5, 6, 7, 3)),
-        "conv_grad_input": pick((4, 5, 3, 6) if cols == 32 else (8, 7, 6, 5, 4)),
-    }[base]
-    return Variant(rows, cols, lay.cols_outer)
+    wide = cols == 32
+    if base == "forward":
+        return Variant(6 if wide else 12, cols, lay.cols_outer)
+    if base == "grad_a":
+        return Variant(4 if wide else 8, cols, lay.cols_outer)
+    if base in DENSE_FORWARDS:
+        choices = (7, 8, 6, 5, 4) if wide else (14, 12, 8, 7, 6)
+    elif base == "conv_grad_input":
+        choices = (4, 5, 3, 6) if wide else (8, 7, 6, 5, 4)
+    elif base == "depthwise_forward":
+        choices = (8, 7, 6, 5, 4)
+    else:  # depthwise_grad_input
+        choices = (4, 5, 6, 7, 3)
+    return Variant(pick(choices), cols, lay.cols_outer)
 
 
 def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant]:
@@ -199,7 +200,7 @@ def schedule(kind: str, *shape: int, variant: Variant | None = None) -> Any:
         return int8_schedule(tensors, next(v for v in (64, 32, 16, 8, 4, 2, 1) if c % v == 0))
     if base == "binary_conv_forward":
         _, _, wp, _, t, _, kw, stride, dil = shape
-        ow = _out_size(wp, kw, stride, dil)
+        ow = out_size(wp, kw, stride, dil)
         rows = next((r for r in (8, 7, 6, 5, 4) if ow % r == 0), min(8, ow))
         return register_tile(tensors, 3, 2, Variant(rows, tile(t)[0], False))
     lay = _layout(kind, tuple(shape))

@@ -17,7 +17,7 @@ from adderize.kernels.machine import llvm_target
 from adderize.nn import Adder1d, Adder2d, AdderLinear
 from adderize.nn.adder import adder2d, adder_linear
 from adderize.tvm_schedules import cpu
-from adderize.tvm_schedules.compute import computes
+from adderize.tvm_schedules.compute import computes, out_size
 from adderize.tvm_schedules.cpu import tile
 from adderize.tvm_schedules.tuning import tuned_module
 
@@ -42,8 +42,7 @@ def _adder_conv2d(
 def _(x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int, groups: int, p: float):
     n, _, hp, wp = x.shape
     t, _, kh, kw = weight.shape
-    oh = (hp - dilation * (kh - 1) - 1) // stride + 1
-    ow = (wp - dilation * (kw - 1) - 1) // stride + 1
+    oh, ow = out_size(hp, kh, stride, dilation), out_size(wp, kw, stride, dilation)
     return x.new_empty(n, t, oh, ow)
 
 
@@ -181,8 +180,7 @@ class _Converters:
         n, c, hp, wp = (int(v) for v in x.ty.shape)
         t, cg, kh, kw = (int(v) for v in w.ty.shape)
         tg = t // groups
-        oh = (hp - dil * (kh - 1) - 1) // stride + 1
-        ow = (wp - dil * (kw - 1) - 1) // stride + 1
+        oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
         op = relax.op
         layout, perm = tvm_l1.forward_weight_layout(t, cg, kh, kw, groups)
         wt = bb.emit(op.permute_dims(op.reshape(w, layout), list(perm)))
@@ -227,8 +225,7 @@ class _Converters:
         if ph or pw:
             x = importer.block_builder.emit(op.nn.pad(x, [0, 0, 0, 0, ph, ph, pw, pw]))
         hp, wp = h + 2 * ph, wd + 2 * pw
-        oh = (hp - d * (kh - 1) - 1) // s + 1
-        ow = (wp - d * (kw - 1) - 1) // s + 1
+        oh, ow = out_size(hp, kh, s, d), out_size(wp, kw, s, d)
         bb = importer.block_builder
         tg = t // groups
         layout = (groups, tg, cg, kh, kw)  # the direct-conv layout, depthwise included

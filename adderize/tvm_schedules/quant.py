@@ -19,6 +19,7 @@ import torch
 
 from adderize.kernels.tvm_build import kernel
 from adderize.nn import Adder2d, BinaryConv2d
+from adderize.tvm_schedules.compute import out_size
 
 __all__ = ["SharedGrid", "binary_conv2d", "calibrate", "int8_adder_conv2d"]
 
@@ -76,8 +77,7 @@ def int8_adder_conv2d(x: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torc
     wq = grid.quantize(layer.op_weight().detach()).permute(0, 2, 3, 1).contiguous()
     n, hp, wp, c = xp.shape
     t, kh, kw, _ = wq.shape
-    oh = (hp - d[0] * (kh - 1) - 1) // s[0] + 1
-    ow = (wp - d[0] * (kw - 1) - 1) // s[0] + 1
+    oh, ow = out_size(hp, kh, s[0], d[0]), out_size(wp, kw, s[0], d[0])
     out = torch.empty(n, oh, ow, t, dtype=torch.int32)
     kernel("int8_conv_forward", n, hp, wp, c, t, kh, kw, s[0], d[0])(xp, wq, out)
     y = out.permute(0, 3, 1, 2).float() * -grid.scale
@@ -114,8 +114,7 @@ def binary_conv2d(x: torch.Tensor, layer: BinaryConv2d) -> torch.Tensor:
     alpha = w.abs().flatten(1).mean(1).contiguous()
     n, hp, wp, q = xb.shape
     t, kh, kw, _ = wb.shape
-    oh = (hp - d[0] * (kh - 1) - 1) // s[0] + 1
-    ow = (wp - d[0] * (kw - 1) - 1) // s[0] + 1
+    oh, ow = out_size(hp, kh, s[0], d[0]), out_size(wp, kw, s[0], d[0])
     out = torch.empty(n, oh, ow, t)
     fn = kernel("binary_conv_forward", n, hp, wp, q, t, kh, kw, s[0], d[0])
     fn(xb.contiguous(), mb.contiguous(), wb.contiguous(), alpha, out)
