@@ -358,8 +358,8 @@ def _add_model_source(p: argparse.ArgumentParser, saved: bool = True) -> None:
     p.add_argument("--model-kwargs", help="extra timm.create_model kwargs as JSON")
 
 
-def _add_input_size(p: argparse.ArgumentParser, what: str = "input size") -> None:
-    p.add_argument("--input-size", default="224", help=f"{what}: 224 (1,3,224,224) or N,C,H,W")
+def _add_input_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-size", default="224", help="224 (1,3,224,224) or N,C,H,W")
 
 
 def build_parser() -> argparse.ArgumentParser:
