@@ -6,9 +6,9 @@ lowered by TVM), and the conv model compiled by TVM the same way (no tuning: TVM
 lowering of conv2d, to show what an untuned TVM build costs).
 
 Per layer (--tune-trials N > 0): MetaSchedule-tuned and hand-scheduled TVM fp32 adder
-kernels, the int8 adder kernel and the bit-packed binary (XNOR + popcount) kernel at
-ResNet-50 3x3 shapes vs oneDNN fp32 conv2d, with the trials and minutes tuning took; the
-records land in the tuning database, so a rerun measures without re-tuning.
+kernels at ResNet-50 3x3 shapes vs oneDNN fp32 conv2d, with the trials and minutes tuning
+took; the records land in the tuning database, so a rerun measures without re-tuning. The
+int8 and binary kernels are compared in ``benchmarks/int8_layers.py``.
 
     python benchmarks/tvm_deploy.py [--tune-trials 64]
 """
@@ -101,29 +101,10 @@ def per_layer(trials: int) -> None:
         args = (x, wt, out)
         t_conv, t_tuned = paired(conv, lambda f=tuned_fn, a=args: f(*a))
         _, t_hand = paired(conv, lambda f=hand_fn, a=args: f(*a))
-        q_fn = tvm_build.kernel("int8_conv_forward", 1, h + 2, h + 2, c, c, 3, 3, 1, 1)
-        q_args = (
-            torch.randint(0, 256, (1, h + 2, h + 2, c), dtype=torch.uint8),
-            torch.randint(0, 256, (c, 3, 3, c), dtype=torch.uint8),
-            torch.empty(1, h, h, c, dtype=torch.int32),
-        )
-        _, t_int8 = paired(conv, lambda f=q_fn, a=q_args: f(*a))
-        words = c // 32
-        b_fn = tvm_build.kernel("binary_conv_forward", 1, h + 2, h + 2, words, c, 3, 3, 1, 1)
-        b_args = (
-            torch.randint(-(2**31), 2**31 - 1, (1, h + 2, h + 2, words), dtype=torch.int32),
-            torch.full((1, h + 2, h + 2, words), -1, dtype=torch.int32),
-            torch.randint(-(2**31), 2**31 - 1, (c, 3, 3, words), dtype=torch.int32),
-            torch.rand(c),
-            torch.empty(1, h, h, c),
-        )
-        _, t_bin = paired(conv, lambda f=b_fn, a=b_args: f(*a))
         spent = f"tuned in {minutes:.1f} min" if fresh else "tuned earlier (database)"
         print(
             f"  {c}x{c} 3x3 @{h}: fp32 tuned {t_tuned / t_conv:5.2f}x, fp32 hand "
-            f"{t_hand / t_conv:5.2f}x, int8 hand {t_int8 / t_conv:5.2f}x, binary (XNOR) "
-            f"{t_bin / t_conv:5.2f}x; conv "
-            f"{t_conv * 1e3:.3f} ms ({spent})"
+            f"{t_hand / t_conv:5.2f}x; conv {t_conv * 1e3:.3f} ms ({spent})"
         )
 
 

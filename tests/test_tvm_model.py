@@ -129,6 +129,68 @@ def test_int8_adder_conv_matches_integer_reference_and_float_layer():
         int8_adder_conv2d(x, Adder2d(24, 24, 3, groups=2), grid)
 
 
+@pytest.mark.parametrize("form", ["sad", "plain"])
+def test_int8_kernel_forms_match_integer_reference(form):
+    """The byte-SAD (psadbw) tile and the portable tile compute the same integer sums as
+    PyTorch; the SAD form's assembly holds the instruction (x86)."""
+    import tvm
+
+    from adderize.kernels.machine import llvm_target
+    from adderize.tvm_schedules import cpu, int8
+
+    group = int8.sad_group()
+    if form == "sad" and not group:
+        pytest.skip("no byte-SAD instruction on this CPU")
+    group = group or 4
+    c = 2 * 8 * group  # two channel chunks
+    shape = (2, 9, 9, c, 6, 3, 3, 2, 1, group)
+    variant = cpu.Variant(2, 3, False, form)
+    lib = tvm.compile(cpu.schedule("int8_conv_forward", *shape, variant=variant), llvm_target())
+    asm = lib.mod.inspect_source("asm")
+    assert ("psadbw" in asm) == (form == "sad")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 9, 9, c), dtype=torch.uint8, generator=gen)
+    w = torch.randint(0, 256, (6, 3, 3, c), dtype=torch.uint8, generator=gen)
+    out = torch.empty(2, 4, 4, 6, dtype=torch.int32)
+    lib["main"](x, w, out)
+    cols = torch.nn.functional.unfold(x.permute(0, 3, 1, 2).double(), 3, stride=2)
+    ref = (cols.unsqueeze(1) - w.permute(0, 3, 1, 2).double().reshape(1, 6, -1, 1)).abs().sum(2)
+    assert torch.equal(out.permute(0, 3, 1, 2).reshape(2, 6, 16).double(), ref)
+
+
+def test_quantize_model_int8_layers_match_their_reference_and_report_the_rest():
+    from adderize.nn import Adder2d
+    from adderize.tvm_schedules.quant import Int8Adder2d, quantize_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 20, 3, padding=1),
+        Adder2d(20, 16, 3, padding=1, bias=False),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        Adder2d(16, 16, 3, padding=1, groups=16),  # depthwise: stays fp32
+        Adder2d(16, 24, 1, stride=2),
+        Adder2d(24, 8, 3, p=2.0),  # l2: stays fp32
+    ).eval()
+    batches = [torch.randn(4, 3, 12, 12) for _ in range(2)]
+    q, report = quantize_model(model, batches)
+    assert report.quantized == ["1", "5"]
+    assert set(report.kept) == {"4", "6"}
+    assert "groups=16" in report.kept["4"] and "p = 2" in report.kept["6"]
+    assert isinstance(model[1], Adder2d)  # the original is untouched
+    x = torch.randn(3, 3, 12, 12)
+    h = q[0](x)
+    layer = q[1]
+    assert isinstance(layer, Int8Adder2d)
+    assert torch.equal(layer(h), layer.reference(h))  # exact: integer sums below 2**24
+    with torch.no_grad():
+        y, y8 = model(x), q(x)
+    # each |x - w| term is off by at most one grid step; measured well inside that bound
+    assert (y8 - y).abs().max() < 0.05 * y.abs().max()
+    with pytest.raises(ValueError, match="calibration batch"):
+        quantize_model(model, [])
+
+
 def test_compile_tunes_first_when_asked(tmp_path, monkeypatch, capsys):
     """--tune-trials runs MetaSchedule on the model's untuned forward kernels, then builds
     (tuning itself is covered by the slow test in test_kernels.py)."""

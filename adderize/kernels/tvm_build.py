@@ -182,8 +182,9 @@ def chosen(kind: str, *shape: int) -> str | None:
 
 
 def _random_args(mod: Any) -> list[Any]:
-    """Arguments for timing a built kernel: random float32 tensors of its buffer shapes
-    (outputs included) and 1.5 for a scalar (``p`` of the l_p kernels)."""
+    """Arguments for timing a built kernel: random tensors of its buffer shapes and dtypes
+    (outputs included; floats normal, integers uniform over 0..255) and 1.5 for a scalar
+    (``p`` of the l_p kernels)."""
     func = mod["main"]
     args: list[Any] = []
     gen = torch.Generator().manual_seed(0)
@@ -191,8 +192,12 @@ def _random_args(mod: Any) -> list[Any]:
         shape = getattr(param, "shape", None)  # tensor parameters carry their shape
         if shape is None:
             args.append(1.5)
+            continue
+        size, dtype = [int(d) for d in shape], getattr(torch, str(param.dtype))
+        if dtype.is_floating_point:
+            args.append(torch.randn(size, generator=gen, dtype=dtype))
         else:
-            args.append(torch.randn([int(d) for d in shape], generator=gen))
+            args.append(torch.randint(0, 256, size, generator=gen, dtype=dtype))
     return args
 
 

@@ -7,7 +7,8 @@ MetaSchedule-tuned when the tuning database has them), lets TVM lower everything
 builds a shared library that :class:`CompiledModel` loads and runs in the Relax VM.
 
 Modules: ``compute`` (the TE compute definitions), ``cpu`` (CPU schedules and the candidate
-tiles measured at first use), ``tuning`` (MetaSchedule), ``cuda``, ``model`` (Relax),
+tiles measured at first use), ``int8`` (the int8 adder schedule and its byte-SAD
+intrinsic), ``tuning`` (MetaSchedule), ``cuda``, ``model`` (Relax),
 ``quant`` (int8 and binary layers). The build and cache of kernels for training live in
 :mod:`adderize.kernels.tvm_build`.
 """

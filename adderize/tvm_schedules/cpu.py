@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from adderize.kernels.machine import cpu_isa
+from adderize.tvm_schedules import int8
 from adderize.tvm_schedules.compute import computes, out_size
 
 __all__ = [
     "SELECTABLE",
     "Variant",
     "candidates",
-    "int8_schedule",
     "register_tile",
     "schedule",
     "tile",
@@ -45,6 +45,7 @@ SELECTABLE = (
     "conv_grad_input",
     "depthwise_forward",
     "depthwise_grad_input",
+    "int8_conv_forward",
 )
 #: the dense conv forwards: NHWC and NCHW output, adder and (compiled models) MAC
 DENSE_FORWARDS = ("conv_forward", "conv_forward_nchw", "conv_mac_forward")
@@ -75,7 +76,9 @@ class Variant:
     rows: int
     cols: int
     cols_outer: bool
-    form: str = "abs"  # the inner loop (conv forward, p = 1): see compute.FORMS
+    #: the inner loop: conv forward p = 1, see compute.FORMS; int8: "sad" (the byte-SAD
+    #: instruction, see tvm_schedules.int8) or "plain"
+    form: str = "abs"
 
     def __str__(self) -> str:
         outer = "/cols-outer" if self.cols_outer else ""
@@ -167,6 +170,11 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
     AVX2 Zen 3, either way round on other shapes), and the p = 1 forward the ``max`` form
     of its inner loop (``max, add`` instead of ``sub, abs, add``).
     """
+    if kind == "int8_conv_forward":
+        _, _, wp, _, t, _, kw, stride, dil, group = shape
+        form = "sad" if int8.sad_group() >= group else "plain"
+        ow = out_size(wp, kw, stride, dil)
+        return [Variant(r, c, False, form) for r, c in int8.candidates(ow, t, group)]
     lanes = lanes or vector_lanes()
     lay = _layout(kind, tuple(shape))
     regs = 32 if lanes >= 16 else 16
@@ -191,46 +199,22 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
 
 def schedule(kind: str, *shape: int, variant: Variant | None = None) -> Any:
     """The scheduled IRModule of kernel ``(kind, *shape)``: ``variant`` (default: the first
-    of :func:`candidates`) for the register-tiled kinds, the fixed schedule for the int8 and
-    binary kernels."""
+    of :func:`candidates`) for the register-tiled kinds (the int8 kernel's in
+    :mod:`~adderize.tvm_schedules.int8`), the fixed schedule for the binary kernel."""
     tensors = computes(kind, *shape)
     base = kind.removesuffix("_lp")
-    if base == "int8_conv_forward":
-        c = shape[3]
-        return int8_schedule(tensors, next(v for v in (64, 32, 16, 8, 4, 2, 1) if c % v == 0))
     if base == "binary_conv_forward":
         _, _, wp, _, t, _, kw, stride, dil = shape
         ow = out_size(wp, kw, stride, dil)
         rows = next((r for r in (8, 7, 6, 5, 4) if ow % r == 0), min(8, ow))
         return register_tile(tensors, 3, 2, Variant(rows, tile(t)[0], False))
-    lay = _layout(kind, tuple(shape))
     variant = variant or candidates(kind, *shape)[0]
+    if base == "int8_conv_forward":
+        return int8.schedule(tensors, variant.rows, variant.cols, shape[-1], variant.form == "sad")
+    lay = _layout(kind, tuple(shape))
     if variant.form != "abs":
         tensors = computes(kind, *shape, form=variant.form)
     return register_tile(tensors, lay.n_reduce, lay.row_axis, variant)
-
-
-def int8_schedule(tensors: list[Any], lanes: int) -> Any:
-    """Channel-vectorised schedule for
-    :func:`~adderize.tvm_schedules.compute.int8_conv_forward_compute`: the channel
-    reduction is split by ``lanes`` and factored into a per-output local vector accumulator
-    (byte |a - b| widened and added lane-wise), summed horizontally at the end; output
-    rows run in parallel."""
-    from tvm import s_tir, te
-
-    sch = s_tir.Schedule(te.create_prim_func(tensors))
-    out = sch.get_sblock("out")
-    b, y, *_, rc = sch.get_loops(out)
-    _, rc_inner = sch.split(rc, [None, lanes])
-    rf = sch.rfactor(rc_inner, 0)
-    sch.compute_at(rf, sch.get_loops(out)[3])
-    sch.set_scope(rf, 0, "local")
-    lane, *red = sch.get_loops(rf)[4:]
-    sch.reorder(*red, lane)
-    sch.vectorize(lane)
-    sch.parallel(sch.fuse(b, y))
-    sch.decompose_reduction(rf, sch.get_loops(rf)[3])  # after fusing: (b y) z o | ri rj .. lane
-    return sch.mod
 
 
 def register_tile(tensors: list[Any], n_reduce: int, row_axis: int, variant: Variant) -> Any:

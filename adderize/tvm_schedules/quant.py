@@ -5,23 +5,36 @@ Int8 adder: one shared uint8 grid for inputs and weights, calibrated on data.
 ``|x - w|`` is only cheap in integers when ``x`` and ``w`` share the scale and zero point:
 ``|s(qx - z) - s(qw - z)| = s |qx - qw|``. :func:`calibrate` picks that grid (per tensor,
 asymmetric) from the layer's weights and its inputs over a few batches; the kernel sums
-byte absolute differences in int32 (``compute.int8_conv_forward_compute``) and the float
-output is ``-scale * sum (+ bias)``. Each ``|x - w|`` term is off by at most one step
+byte absolute differences (``compute.int8_conv_forward_compute``, on x86 with the
+``psadbw`` instruction: :mod:`adderize.tvm_schedules.int8`) and the float output is
+``-scale * sum (+ bias)``. Each ``|x - w|`` term is off by at most one step
 ``scale``, so the error is at most ``scale * Cin * kh * kw``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from adderize.kernels.tvm_build import kernel
 from adderize.nn import Adder2d, BinaryConv2d
+from adderize.tvm_schedules import int8
 from adderize.tvm_schedules.compute import out_size
 
-__all__ = ["SharedGrid", "binary_conv2d", "calibrate", "int8_adder_conv2d"]
+__all__ = [
+    "Int8Adder2d",
+    "QuantReport",
+    "SharedGrid",
+    "binary_conv2d",
+    "calibrate",
+    "int8_adder_conv2d",
+    "quantize_model",
+]
 
 
 @dataclass(frozen=True)
@@ -65,23 +78,166 @@ def calibrate(
     return SharedGrid.covering(min(lo, *(s[0] for s in seen)), max(hi, *(s[1] for s in seen)))
 
 
-def int8_adder_conv2d(x: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torch.Tensor:
-    """``layer(x)`` computed in uint8 / int32 on the TVM kernel (NCHW float in and out)."""
+def _int8_geometry(layer: Adder2d) -> tuple[int, int]:
+    """(stride, dilation) of a layer the int8 kernel covers; ValueError naming why not."""
     s, d = layer.stride, layer.dilation
     if layer.groups != 1 or s[0] != s[1] or d[0] != d[1]:
         raise ValueError(
             f"the int8 kernel covers groups=1 with square stride/dilation; got groups="
             f"{layer.groups}, stride={s}, dilation={d}"
         )
-    xp = grid.quantize(layer._pad(x)).permute(0, 2, 3, 1).contiguous()
-    wq = grid.quantize(layer.op_weight().detach()).permute(0, 2, 3, 1).contiguous()
-    n, hp, wp, c = xp.shape
+    return s[0], d[0]
+
+
+def _chunk() -> tuple[int, int]:
+    """(SAD group, channels per chunk) of this machine's int8 kernel."""
+    group = int8.sad_group() or 4
+    return group, 8 * group
+
+
+def _int8_weight(layer: Adder2d, grid: SharedGrid) -> torch.Tensor:
+    """The layer's weight on ``grid`` as the kernel reads it: [T, kh, kw, C] uint8, the
+    channels padded to whole SAD chunks with the zero point (as the input's padding: both
+    sides hold one value there, so ``|z - z|`` adds nothing)."""
+    pad = -layer.in_channels % _chunk()[1]
+    wq = grid.quantize(layer.op_weight().detach().float())
+    return F.pad(wq, (0, 0, 0, 0, 0, pad), value=grid.zero_point).permute(0, 2, 3, 1).contiguous()
+
+
+def _int8_sums(x: torch.Tensor, wq: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torch.Tensor:
+    """``sum |qx - qw|`` of ``layer``'s windows over ``x`` (NCHW float): [N, T, OH, OW] int32
+    (a channels-last view of the kernel's NHWC output)."""
+    stride, dil = _int8_geometry(layer)
+    pad = wq.shape[-1] - layer.in_channels
+    xq = grid.quantize(layer._pad(x).float())
+    xq = F.pad(xq, (0, 0, 0, 0, 0, pad), value=grid.zero_point).permute(0, 2, 3, 1).contiguous()
+    n, hp, wp, c = xq.shape
     t, kh, kw, _ = wq.shape
-    oh, ow = out_size(hp, kh, s[0], d[0]), out_size(wp, kw, s[0], d[0])
+    oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     out = torch.empty(n, oh, ow, t, dtype=torch.int32)
-    kernel("int8_conv_forward", n, hp, wp, c, t, kh, kw, s[0], d[0])(xp, wq, out)
-    y = out.permute(0, 3, 1, 2).float() * -grid.scale
+    group = _chunk()[0]
+    kernel("int8_conv_forward", n, hp, wp, c, t, kh, kw, stride, dil, group)(xq, wq, out)
+    return out.permute(0, 3, 1, 2)
+
+
+def int8_adder_conv2d(x: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torch.Tensor:
+    """``layer(x)`` computed in uint8 / int32 on the TVM kernel (NCHW float in and out)."""
+    y = _int8_sums(x, _int8_weight(layer, grid), layer, grid).float() * -grid.scale
     return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
+
+
+class Int8Adder2d(torch.nn.Module):
+    """An :class:`~adderize.nn.Adder2d` deployed in int8 (inference only): its weight held
+    in uint8 on the layer's :class:`SharedGrid`, every input quantized to the same grid,
+    ``-scale * sum |qx - qw| (+ bias)`` computed by the int8 TVM kernel
+    (:func:`reference` computes the same in PyTorch)."""
+
+    def __init__(self, layer: Adder2d, grid: SharedGrid) -> None:
+        super().__init__()
+        _int8_geometry(layer)
+        self.layer, self.grid = layer, grid
+        self.register_buffer("qweight", _int8_weight(layer, grid))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            y = _int8_sums(x, self.qweight, self.layer, self.grid).float() * -self.grid.scale
+        bias = self.layer.bias
+        return y if bias is None else y + bias.detach().view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same integer computation in plain PyTorch (float64 sums of the uint8 terms)."""
+        layer, grid = self.layer, self.grid
+        xq = grid.quantize(layer._pad(x).float()).double()
+        wq = self.qweight[..., : layer.in_channels].permute(0, 3, 1, 2).double()
+        cols = F.unfold(xq, wq.shape[-2:], dilation=layer.dilation, stride=layer.stride)
+        sums = (cols.unsqueeze(1) - wq.flatten(1).unsqueeze(-1)).abs().sum(2)  # [N, T, L]
+        hp, wp = xq.shape[-2:]
+        shape = [out_size(size, k, st, d) for size, k, st, d in zip(
+            (hp, wp), wq.shape[-2:], layer.stride, layer.dilation, strict=True)]  # fmt: skip
+        y = sums.reshape(x.shape[0], -1, *shape).float() * -grid.scale
+        return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.grid.scale:.4g}, zero_point={self.grid.zero_point}"
+
+
+@dataclass
+class QuantReport:
+    """What :func:`quantize_model` did: ``{module name: reason}`` for the adder layers it
+    left in float, and the names it quantized."""
+
+    quantized: list[str]
+    kept: dict[str, str]
+
+    def summary(self) -> str:
+        lines = [f"int8: {len(self.quantized)} adder layer(s) quantized, {len(self.kept)} kept"]
+        lines += [f"  kept {name}: {why}" for name, why in self.kept.items()]
+        return "\n".join(lines)
+
+
+def _int8_reason(layer: Adder2d) -> str | None:
+    """Why ``layer`` stays float in an int8 model (None: it is quantized)."""
+    if layer.weight.dim() != 4:
+        return "a 1-d adder layer (the int8 kernel is 2-d)"
+    if layer.p != 1.0:
+        return f"p = {layer.p:g} (the int8 kernel computes the l1 distance, p = 1)"
+    if layer.blending:
+        return "still blending (finish the anneal first)"
+    try:
+        _int8_geometry(layer)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@torch.no_grad()
+def quantize_model(
+    model: torch.nn.Module, batches: Iterable[torch.Tensor]
+) -> tuple[torch.nn.Module, QuantReport]:
+    """An int8 copy of ``model`` (eval mode): every :class:`~adderize.nn.Adder2d` the int8
+    kernel covers becomes an :class:`Int8Adder2d` on the grid covering its weights and the
+    inputs it saw while the float model ran ``batches`` (one pass, all layers at once);
+    the rest of the model stays as it is. Returns the copy and a :class:`QuantReport`."""
+    model = copy.deepcopy(model).eval()
+    layers, kept = {}, {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, Adder2d):
+            why = _int8_reason(mod)
+            if why is None:
+                layers[name] = mod
+            else:
+                kept[name] = why
+    ranges: dict[str, list[float]] = {}
+
+    def hook(name: str) -> Any:
+        def fn(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            lo, hi = float(args[0].min()), float(args[0].max())
+            seen = ranges.setdefault(name, [lo, hi])
+            seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
+
+        return fn
+
+    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in layers.items()]
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if layers and not ranges:
+        raise ValueError("quantize_model needs at least one calibration batch")
+    for name, layer in layers.items():
+        if name not in ranges:
+            kept[name] = "not reached by the calibration batches"
+            continue
+        w = layer.op_weight()
+        lo, hi = ranges[name]
+        grid = SharedGrid.covering(min(lo, float(w.min())), max(hi, float(w.max())))
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, Int8Adder2d(layer, grid))
+    quantized = [n for n in layers if n not in kept]
+    return model, QuantReport(quantized, kept)
 
 
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
