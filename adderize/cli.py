@@ -236,6 +236,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                 model(x)
 
         _tune_kernels(run, args.tune_trials, args.tune_minutes, False, f"forward, input {size}")
+    if args.precision == "int8":
+        from adderize.tvm_schedules.quant import quantize_model
+
+        if args.target != "cpu":
+            raise ValueError(f"--precision int8 compiles for --target cpu, not {args.target}")
+
+        model, quant = quantize_model(model, _calibration_batches(args.calibrate, size))
+        print(quant.summary())
     _, report = compile_model(model, size, target=args.target, out=args.out)
     print(report.summary())
     print(f"wrote {args.out} (run it with: adderize run {args.out})")
@@ -247,6 +255,31 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _calibration_batches(path: str | None, size: tuple[int, ...]) -> list[Any]:
+    """Inputs for int8 calibration: a ``.npy`` file of inputs [N, C, H, W] (loaded without
+    pickle), in batches of 32; without one, 4 batches of 8 random normal inputs (fine for
+    timing, not for accuracy)."""
+    import numpy as np
+    import torch
+
+    if path is None:
+        print("int8 calibration on random inputs: pass --calibrate INPUTS.npy for accuracy")
+        return [torch.randn(8, *size[1:]) for _ in range(4)]
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--calibrate {path}: not a readable .npy array ({e})") from e
+    if data.ndim != 4 or tuple(data.shape[1:]) != tuple(size[1:]) or data.shape[0] < 1:
+        raise ValueError(
+            f"--calibrate {path}: inputs of shape (N, {', '.join(map(str, size[1:]))}) "
+            f"expected (the --input-size), got {data.shape}"
+        )
+    if not np.issubdtype(data.dtype, np.floating):
+        raise ValueError(f"--calibrate {path}: float inputs expected, got {data.dtype}")
+    x = torch.from_numpy(data.astype(np.float32))
+    return list(x.split(32))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -507,10 +540,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--tune-minutes", type=NON_NEGATIVE, help="time budget for tuning")
     comp.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="int8: adder layers quantized (one uint8 grid per layer) on the byte-SAD kernel",
+    )
+    comp.add_argument(
+        "--calibrate",
+        metavar="INPUTS.npy",
+        help="int8 calibration inputs, float [N, C, H, W] (default: random inputs)",
+    )
+    comp.add_argument(
         "--tolerance",
         type=NON_NEGATIVE,
         default=1e-3,
-        help="max |TVM - PyTorch| accepted by the CPU check",
+        help="max |TVM - PyTorch| accepted by the CPU check (int8: vs the int8 model)",
     )
     comp.set_defaults(func=_cmd_compile)
 

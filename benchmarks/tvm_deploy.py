@@ -2,7 +2,9 @@
 
 Whole model (timm resnet18, 224 px): torch eager conv, torch eager adder (our layers),
 the adder model compiled whole by TVM Relax (adder layers as adderize kernels, the rest
-lowered by TVM), and the conv model compiled by TVM the same way (no tuning: TVM's default
+lowered by TVM), the same model quantized to int8 (``quantize_model``, calibrated on random
+inputs: this measures speed, ``int8_digits.py`` accuracy) and compiled on the byte-SAD
+kernels, and the conv model compiled by TVM the same way (no tuning: TVM's default
 lowering of conv2d, to show what an untuned TVM build costs).
 
 Per layer (--tune-trials N > 0): MetaSchedule-tuned and hand-scheduled TVM fp32 adder
@@ -28,6 +30,7 @@ from adderize.kernels import tvm_build, tvm_l1
 from adderize.kernels.machine import llvm_target
 from adderize.train import recalibrate_bn
 from adderize.tvm_schedules import compile_model, cpu
+from adderize.tvm_schedules.quant import quantize_model
 
 LAYERS = [(c, h) for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))]
 
@@ -46,6 +49,10 @@ def whole_model(size: int) -> None:
     compiled, report = compile_model(adder, (1, 3, size, size))
     print(f"adder resnet18: {report.summary()}")
     assert compiled is not None
+    int8_model, quant = quantize_model(adder, [torch.randn(8, 3, size, size) for _ in range(2)])
+    compiled8, report8 = compile_model(int8_model, (1, 3, size, size))
+    print(f"int8 adder resnet18: {quant.summary()}; {report8.summary()} (vs int8 PyTorch)")
+    assert compiled8 is not None
     tic = time.perf_counter()
     program = torch.export.export(conv, (x,))
     conv_tvm = tvm.relax.VirtualMachine(
@@ -66,6 +73,7 @@ def whole_model(size: int) -> None:
     rows = [
         ("torch eager adder (adderize layers)", eager(adder)),
         ("TVM Relax adder (adderize kernels)", lambda: compiled(x)),
+        ("TVM Relax int8 adder (byte-SAD kernels)", lambda: compiled8(x)),
         ("TVM Relax conv (untuned default lowering)", lambda: conv_tvm["main"](xt)),
     ]
     print(f"\nresnet18 batch 1 @{size}, ratio to torch eager conv (paired, best of 3):")

@@ -105,6 +105,38 @@ def test_compile_and_run_commands(tmp_path, capsys):
     assert main(["run", str(tmp_path / "none.so")]) == 2
 
 
+def test_compile_int8_model_matches_the_int8_pytorch_model(tmp_path, capsys):
+    """--precision int8: every adder layer on the byte-SAD kernel inside the Relax build,
+    checked against the quantized PyTorch model; calibration inputs from a .npy file."""
+    import numpy as np
+
+    from adderize.cli import main
+
+    saved = adderize.save(
+        _calibrated(adderize.create_model("resnet18", num_classes=10), 64), tmp_path / "m"
+    )
+    inputs = tmp_path / "calib.npy"
+    np.save(inputs, np.random.default_rng(0).standard_normal((6, 3, 64, 64), dtype=np.float32))
+    lib = tmp_path / "m8.so"
+    args = ["compile", str(saved), "--input-size", "1,3,64,64", "--out", str(lib)]
+    assert main([*args, "--precision", "int8", "--calibrate", str(inputs)]) == 0
+    out = capsys.readouterr().out
+    assert "int8: 19 adder layer(s) quantized, 0 kept" in out
+    assert "19 adder layers" in out and "max |TVM - PyTorch|" in out  # within --tolerance
+    assert main(["run", str(lib), "--repeat", "2"]) == 0
+    # bad calibration files are named, never unpickled
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 32, 32), dtype=np.float32))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for bad, msg in (
+        ("wrong.npy", "inputs of shape (N, 3, 64, 64)"),
+        ("obj.npy", "not a readable"),
+    ):
+        assert main([*args, "--precision", "int8", "--calibrate", str(tmp_path / bad)]) == 2
+        assert msg in capsys.readouterr().err
+    assert main([*args, "--precision", "int8", "--target", "cuda"]) == 2
+    assert "compiles for --target cpu" in capsys.readouterr().err
+
+
 def test_int8_adder_conv_matches_integer_reference_and_float_layer():
     from adderize.nn import Adder2d
     from adderize.tvm_schedules.quant import SharedGrid, calibrate, int8_adder_conv2d

@@ -16,7 +16,7 @@ from adderize.kernels import tvm_build, tvm_l1
 from adderize.kernels.machine import llvm_target
 from adderize.nn import Adder1d, Adder2d, AdderLinear
 from adderize.nn.adder import adder2d, adder_linear
-from adderize.tvm_schedules import cpu
+from adderize.tvm_schedules import cpu, int8
 from adderize.tvm_schedules.compute import computes, out_size
 from adderize.tvm_schedules.cpu import tile
 from adderize.tvm_schedules.tuning import tuned_module
@@ -55,6 +55,56 @@ def _adder_linear(x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tens
 @_adder_linear.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, p: float):
     return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("adderize::int8_adder_conv2d", mutates_args=())
+def _int8_adder_conv2d(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: float,
+    zero_point: int,
+    stride: int,
+    dilation: int,
+) -> torch.Tensor:
+    """``-scale * sum |q(x) - qw|`` of an already padded NCHW float input (eager: the int8
+    kernel; ``qweight`` in the kernel's [T, kh, kw, C] uint8 layout)."""
+    from adderize.tvm_schedules.quant import SharedGrid, int8_window_sums
+
+    grid = SharedGrid(scale, zero_point)
+    sums = int8_window_sums(x, qweight, stride, dilation, grid)
+    return (sums.float() * -scale).contiguous()
+
+
+@_int8_adder_conv2d.register_fake
+def _(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: float,
+    zero_point: int,
+    stride: int,
+    dilation: int,
+) -> torch.Tensor:
+    n, _, hp, wp = x.shape
+    t, kh, kw, _ = qweight.shape
+    oh, ow = out_size(hp, kh, stride, dilation), out_size(wp, kw, stride, dilation)
+    return x.new_empty(n, t, oh, ow)
+
+
+class _ExportInt8Adder2d(nn.Module):
+    """An :class:`~adderize.tvm_schedules.quant.Int8Adder2d` as padding + one
+    ``adderize::int8_adder_conv2d`` op (+ bias)."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        y = torch.ops.adderize.int8_adder_conv2d(
+            m.layer._pad(x), m.qweight, m.grid.scale, m.grid.zero_point, m.stride, m.dilation
+        )
+        bias = m.layer.bias
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
 class _ExportAdder2d(nn.Module):
@@ -99,10 +149,16 @@ class _ExportAdderLinear(nn.Module):
 
 def exportable(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose adder layers are single custom ops (for torch.export)."""
+    from adderize.tvm_schedules.quant import Int8Adder2d
+
     model = copy.deepcopy(model).eval()
     for parent in list(model.modules()):
+        if isinstance(parent, (Int8Adder2d, _ExportInt8Adder2d)):
+            continue  # its float layer only lends the padding and the bias
         for name, child in list(parent.named_children()):
-            if isinstance(child, Adder1d):
+            if isinstance(child, Int8Adder2d):
+                setattr(parent, name, _ExportInt8Adder2d(child))
+            elif isinstance(child, Adder1d):
                 setattr(parent, name, _ExportAdder1d(child))
             elif isinstance(child, Adder2d):
                 setattr(parent, name, _ExportAdder2d(child))
@@ -161,14 +217,22 @@ class _Converters:
         except Exception:  # a shape the hand schedule cannot tile: TVM's own lowering
             return te.create_prim_func(computes(kind, *shape)), "default"
 
-    def _call(self, bb: Any, kind: str, shape: tuple[int, ...], args: list[Any], out: Any) -> Any:
+    def _call(
+        self,
+        bb: Any,
+        kind: str,
+        shape: tuple[int, ...],
+        args: list[Any],
+        out: Any,
+        dtype: str = "float32",
+    ) -> Any:
         from tvm import relax
 
         func, how = self._kernel_func(kind, shape)
         func = func.with_attr("op_pattern", _OPAQUE).without_attr("global_symbol")
         gv = bb.add_func(func, f"adder_{kind}")
         self.report.kernels.append({"kind": kind, "shape": list(shape), "schedule": how})
-        return bb.emit(relax.call_tir(gv, args, relax.TensorType(out, "float32")))
+        return bb.emit(relax.call_tir(gv, args, relax.TensorType(out, dtype)))
 
     def conv2d(self, node: Any, importer: Any) -> Any:
         from tvm import relax
@@ -193,6 +257,30 @@ class _Converters:
         shape = (n, c, hp, wp, t, kh, kw, stride, dil, groups)
         y = self._call(bb, "conv_forward_nchw", shape, [x, wt], (n, groups, tg, oh, ow))
         return bb.emit(op.reshape(y, (n, t, oh, ow)))
+
+    def int8_conv2d(self, node: Any, importer: Any) -> Any:
+        """The int8 adder layer: the padded float input quantized to the layer's grid in
+        NHWC (channels padded to whole SAD chunks with the zero point), the byte-SAD
+        kernel, the int32 sums scaled back to float NCHW. The quantize and dequantize are
+        elementwise and fuse with the transposes and the ops around the layer."""
+        from tvm import relax
+
+        bb = importer.block_builder
+        x, qw, scale, zero_point, stride, dil = importer.retrieve_args(node)
+        n, c, hp, wp = (int(v) for v in x.ty.shape)
+        t, kh, kw, cpad = (int(v) for v in qw.ty.shape)
+        oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
+        op = relax.op
+        if cpad > c:  # float 0 quantizes to the zero point, as in the eager kernel
+            x = bb.emit(op.nn.pad(x, [0, 0, 0, cpad - c, 0, 0, 0, 0]))
+        q = op.divide(op.permute_dims(x, [0, 2, 3, 1]), relax.const(float(scale)))
+        q = op.add(op.round(q), relax.const(float(zero_point)))
+        xq = bb.emit(op.astype(op.clip(q, 0, 255), "uint8"))
+        group = int8.sad_group() or 4
+        shape = (n, hp, wp, cpad, t, kh, kw, stride, dil, group)
+        y = self._call(bb, "int8_conv_forward", shape, [xq, qw], (n, oh, ow, t), "int32")
+        y = op.multiply(op.astype(y, "float32"), relax.const(-float(scale)))
+        return bb.emit(op.permute_dims(y, [0, 3, 1, 2]))
 
     def dense_conv(self, node: Any, importer: Any) -> Any:
         """Full-precision ``aten.conv2d`` / ``aten.convolution`` (the kept first layer, ...)
@@ -290,6 +378,7 @@ def to_relax(model: nn.Module, example: torch.Tensor, target: str = "cpu") -> tu
         custom_convert_map={
             "adder_conv2d.default": conv.conv2d,
             "adder_linear.default": conv.linear,
+            "int8_adder_conv2d.default": conv.int8_conv2d,
             "conv2d.default": conv.dense_conv,
             "convolution.default": conv.dense_conv,
             "exp2.default": conv.exp2,

@@ -33,6 +33,7 @@ __all__ = [
     "binary_conv2d",
     "calibrate",
     "int8_adder_conv2d",
+    "int8_window_sums",
     "quantize_model",
 ]
 
@@ -104,25 +105,28 @@ def _int8_weight(layer: Adder2d, grid: SharedGrid) -> torch.Tensor:
     return F.pad(wq, (0, 0, 0, 0, 0, pad), value=grid.zero_point).permute(0, 2, 3, 1).contiguous()
 
 
-def _int8_sums(x: torch.Tensor, wq: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torch.Tensor:
-    """``sum |qx - qw|`` of ``layer``'s windows over ``x`` (NCHW float): [N, T, OH, OW] int32
-    (a channels-last view of the kernel's NHWC output)."""
-    stride, dil = _int8_geometry(layer)
-    pad = wq.shape[-1] - layer.in_channels
-    xq = grid.quantize(layer._pad(x).float())
-    xq = F.pad(xq, (0, 0, 0, 0, 0, pad), value=grid.zero_point).permute(0, 2, 3, 1).contiguous()
+def int8_window_sums(
+    xp: torch.Tensor, qweight: torch.Tensor, stride: int, dil: int, grid: SharedGrid
+) -> torch.Tensor:
+    """``sum |q(x) - qw|`` over the windows of the padded NCHW float input ``xp`` with the
+    kernel-layout weight ``qweight`` (:func:`_int8_weight`): [N, T, OH, OW] int32 (a
+    channels-last view of the kernel's NHWC output)."""
+    pad = qweight.shape[-1] - xp.shape[1]
+    xq = F.pad(grid.quantize(xp.float()), (0, 0, 0, 0, 0, pad), value=grid.zero_point)
+    xq = xq.permute(0, 2, 3, 1).contiguous()
     n, hp, wp, c = xq.shape
-    t, kh, kw, _ = wq.shape
+    t, kh, kw, _ = qweight.shape
     oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     out = torch.empty(n, oh, ow, t, dtype=torch.int32)
     group = _chunk()[0]
-    kernel("int8_conv_forward", n, hp, wp, c, t, kh, kw, stride, dil, group)(xq, wq, out)
+    kernel("int8_conv_forward", n, hp, wp, c, t, kh, kw, stride, dil, group)(xq, qweight, out)
     return out.permute(0, 3, 1, 2)
 
 
 def int8_adder_conv2d(x: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torch.Tensor:
     """``layer(x)`` computed in uint8 / int32 on the TVM kernel (NCHW float in and out)."""
-    y = _int8_sums(x, _int8_weight(layer, grid), layer, grid).float() * -grid.scale
+    sums = int8_window_sums(layer._pad(x), _int8_weight(layer, grid), *_int8_geometry(layer), grid)
+    y = sums.float() * -grid.scale
     return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
 
 
@@ -134,13 +138,14 @@ class Int8Adder2d(torch.nn.Module):
 
     def __init__(self, layer: Adder2d, grid: SharedGrid) -> None:
         super().__init__()
-        _int8_geometry(layer)
+        self.stride, self.dilation = _int8_geometry(layer)
         self.layer, self.grid = layer, grid
         self.register_buffer("qweight", _int8_weight(layer, grid))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xp, geometry = self.layer._pad(x), (self.stride, self.dilation)
         with torch.no_grad():
-            y = _int8_sums(x, self.qweight, self.layer, self.grid).float() * -self.grid.scale
+            y = int8_window_sums(xp, self.qweight, *geometry, self.grid).float() * -self.grid.scale
         bias = self.layer.bias
         return y if bias is None else y + bias.detach().view(1, -1, 1, 1)
 
