@@ -543,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default="fp32",
         choices=["fp32", "int8"],
-        help="int8: adder layers quantized (one uint8 grid per layer) on the byte-SAD kernel",
+        help="int8: adder layers quantized (one uint8 grid per layer) on the byte-SAD kernel "
+        "(binary layers use the packed kernel either way)",
     )
     comp.add_argument(
         "--calibrate",

@@ -113,28 +113,44 @@ def test_compile_int8_model_matches_the_int8_pytorch_model(tmp_path, capsys):
     from adderize.cli import main
 
     saved = adderize.save(
-        _calibrated(adderize.create_model("resnet18", num_classes=10), 64), tmp_path / "m"
+        _calibrated(adderize.create_model("resnet18", num_classes=10), 32), tmp_path / "m"
     )
     inputs = tmp_path / "calib.npy"
-    np.save(inputs, np.random.default_rng(0).standard_normal((6, 3, 64, 64), dtype=np.float32))
+    np.save(inputs, np.random.default_rng(0).standard_normal((6, 3, 32, 32), dtype=np.float32))
     lib = tmp_path / "m8.so"
-    args = ["compile", str(saved), "--input-size", "1,3,64,64", "--out", str(lib)]
+    args = ["compile", str(saved), "--input-size", "1,3,32,32", "--out", str(lib)]
     assert main([*args, "--precision", "int8", "--calibrate", str(inputs)]) == 0
     out = capsys.readouterr().out
     assert "int8: 19 adder layer(s) quantized, 0 kept" in out
-    assert "19 adder layers" in out and "max |TVM - PyTorch|" in out  # within --tolerance
+    assert "19 int8 adder layers" in out and "max |TVM - PyTorch|" in out  # within --tolerance
     assert main(["run", str(lib), "--repeat", "2"]) == 0
     # bad calibration files are named, never unpickled
-    np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 32, 32), dtype=np.float32))
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 16, 16), dtype=np.float32))
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     for bad, msg in (
-        ("wrong.npy", "inputs of shape (N, 3, 64, 64)"),
+        ("wrong.npy", "inputs of shape (N, 3, 32, 32)"),
         ("obj.npy", "not a readable"),
     ):
         assert main([*args, "--precision", "int8", "--calibrate", str(tmp_path / bad)]) == 2
         assert msg in capsys.readouterr().err
     assert main([*args, "--precision", "int8", "--target", "cuda"]) == 2
     assert "compiles for --target cpu" in capsys.readouterr().err
+
+
+def test_compile_binary_model_uses_the_packed_kernel():
+    """Binary layers compile to the XNOR + popcount kernel, their input packed in the graph
+    (channels not a multiple of 32 included); the build matches PyTorch."""
+    from adderize.tvm_schedules import compile_model
+
+    torch.manual_seed(0)
+    model = adderize.create_model("resnet10t", num_classes=10, ops="binary")
+    model.train()
+    model(torch.randn(8, 3, 32, 32))  # a training forward sets the input thresholds
+    _, report = compile_model(model.eval(), (1, 3, 32, 32))
+    kinds = [k["kind"] for k in report.adder_kernels]
+    assert kinds and set(kinds) == {"binary_conv_forward"}, kinds
+    assert f"{len(kinds)} binary layers" in report.summary()
+    assert report.max_abs_error is not None and report.max_abs_error < 1e-4
 
 
 def test_int8_adder_conv_matches_integer_reference_and_float_layer():
@@ -258,8 +274,9 @@ def test_bit_packed_binary_conv_matches_the_layer(cin, padding, stride):
 
 
 def test_binary_and_shift_layers_compile_with_the_adder_ones():
-    """Binary and shift layers export as sign / power-of-two weight ops plus a conv; their
-    convs run on the direct-conv kernel and the weight transforms fold at build time."""
+    """Binary layers run on the packed XNOR kernel; shift layers export as power-of-two
+    weight ops plus a conv on the direct-conv kernel, the weight transform folded at build
+    time."""
     from adderize.tvm_schedules import compile_model
 
     ops = (
@@ -270,5 +287,6 @@ def test_binary_and_shift_layers_compile_with_the_adder_ones():
     torch.manual_seed(0)
     model = _calibrated(adderize.create_model("resnet18", ops, num_classes=10), 128)
     _, report = compile_model(model, (1, 3, 128, 128))
-    assert len(report.adder_kernels) == 9
+    kinds = [k["kind"] for k in report.adder_kernels]
+    assert kinds.count("binary_conv_forward") == 5 and len(kinds) == 9 + 5
     assert report.max_abs_error is not None and report.max_abs_error < 1e-4

@@ -14,7 +14,7 @@ from torch import nn
 
 from adderize.kernels import tvm_build, tvm_l1
 from adderize.kernels.machine import llvm_target
-from adderize.nn import Adder1d, Adder2d, AdderLinear
+from adderize.nn import Adder1d, Adder2d, AdderLinear, BinaryConv2d
 from adderize.nn.adder import adder2d, adder_linear
 from adderize.tvm_schedules import cpu, int8
 from adderize.tvm_schedules.compute import computes, out_size
@@ -107,6 +107,47 @@ class _ExportInt8Adder2d(nn.Module):
         return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
+@torch.library.custom_op("adderize::binary_conv2d", mutates_args=())
+def _binary_conv2d(
+    signs: torch.Tensor, wb: torch.Tensor, alpha: torch.Tensor, stride: int, dilation: int
+) -> torch.Tensor:
+    """XNOR + popcount conv of padded NCHW signs (eager: the packed kernel)."""
+    from adderize.tvm_schedules.quant import packed_binary_conv
+
+    return packed_binary_conv(signs, wb, alpha, stride, dilation).contiguous()
+
+
+@_binary_conv2d.register_fake
+def _(
+    signs: torch.Tensor, wb: torch.Tensor, alpha: torch.Tensor, stride: int, dilation: int
+) -> torch.Tensor:
+    n, _, hp, wp = signs.shape
+    t, kh, kw, _ = wb.shape
+    oh, ow = out_size(hp, kh, stride, dilation), out_size(wp, kw, stride, dilation)
+    return signs.new_empty(n, t, oh, ow)
+
+
+class _ExportBinaryConv2d(nn.Module):
+    """A :class:`BinaryConv2d` (eval) as its input binarisation and padding (elementwise
+    torch ops) + one ``adderize::binary_conv2d`` op on the packed weight (+ bias)."""
+
+    def __init__(self, layer: BinaryConv2d) -> None:
+        from adderize.tvm_schedules.quant import _binary_geometry, pack_binary_weight
+
+        super().__init__()
+        self.layer = layer
+        self.stride, self.dilation = _binary_geometry(layer)
+        wb, alpha = pack_binary_weight(layer)
+        self.register_buffer("wb", wb)
+        self.register_buffer("alpha", alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        signs = m._pad(m._binarize_input(x, 1))
+        y = torch.ops.adderize.binary_conv2d(signs, self.wb, self.alpha, self.stride, self.dilation)
+        return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
+
+
 class _ExportAdder2d(nn.Module):
     """An :class:`Adder2d` as padding + one ``adderize::adder_conv2d`` op (+ bias)."""
 
@@ -147,17 +188,29 @@ class _ExportAdderLinear(nn.Module):
         return y if m.bias is None else y + m.bias
 
 
+def _binary_reason(layer: BinaryConv2d) -> str | None:
+    from adderize.tvm_schedules.quant import _binary_geometry
+
+    try:
+        _binary_geometry(layer)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def exportable(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose adder layers are single custom ops (for torch.export)."""
     from adderize.tvm_schedules.quant import Int8Adder2d
 
     model = copy.deepcopy(model).eval()
     for parent in list(model.modules()):
-        if isinstance(parent, (Int8Adder2d, _ExportInt8Adder2d)):
-            continue  # its float layer only lends the padding and the bias
+        if isinstance(parent, (Int8Adder2d, _ExportInt8Adder2d, _ExportBinaryConv2d)):
+            continue  # the wrapped layer only lends its padding, threshold and bias
         for name, child in list(parent.named_children()):
             if isinstance(child, Int8Adder2d):
                 setattr(parent, name, _ExportInt8Adder2d(child))
+            elif type(child) is BinaryConv2d and _binary_reason(child) is None:
+                setattr(parent, name, _ExportBinaryConv2d(child))
             elif isinstance(child, Adder1d):
                 setattr(parent, name, _ExportAdder1d(child))
             elif isinstance(child, Adder2d):
@@ -185,15 +238,24 @@ class CompileReport:
     def summary(self) -> str:
         count = {how: sum(k["schedule"] == how for k in self.kernels) for how in SCHEDULES}
         dense = len(self.kernels) - len(self.adder_kernels)
+        families: dict[str, int] = {}
+        for k in self.adder_kernels:
+            family = _FAMILIES.get(k["kind"], "adder")
+            families[family] = families.get(family, 0) + 1
+        layers = ", ".join(f"{n} {family}" for family, n in families.items()) or "0 adder"
         times = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
         check = (
             "" if self.max_abs_error is None else f"; max |TVM - PyTorch| {self.max_abs_error:.2e}"
         )
         return (
-            f"{len(self.adder_kernels)} adder layers and {dense} full-precision conv(s) as "
+            f"{layers} layers and {dense} full-precision conv(s) as "
             f"adderize kernels ({count['tuned']} tuned, {count['hand']} hand-scheduled, "
             f"{count['default']} TVM-default-scheduled) for {self.target}; {times}{check}"
         )
+
+
+#: kernel kind -> the layer family a report names (others: fp32 adder)
+_FAMILIES = {"int8_conv_forward": "int8 adder", "binary_conv_forward": "binary"}
 
 
 class _Converters:
@@ -280,6 +342,35 @@ class _Converters:
         shape = (n, hp, wp, cpad, t, kh, kw, stride, dil, group)
         y = self._call(bb, "int8_conv_forward", shape, [xq, qw], (n, oh, ow, t), "int32")
         y = op.multiply(op.astype(y, "float32"), relax.const(-float(scale)))
+        return bb.emit(op.permute_dims(y, [0, 3, 1, 2]))
+
+    def binary_conv2d(self, node: Any, importer: Any) -> Any:
+        """The packed binary layer: its padded sign input packed into 32-channel words (a
+        bit per channel, a validity bit masking the padding), the XNOR + popcount kernel,
+        NCHW float out. Packing sums distinct powers of two in uint32 (an OR, no carry)."""
+        import numpy as np
+        from tvm import relax
+
+        bb = importer.block_builder
+        signs, wb, alpha, stride, dil = importer.retrieve_args(node)
+        n, c, hp, wp = (int(v) for v in signs.ty.shape)
+        t, kh, kw, q = (int(v) for v in wb.ty.shape)
+        oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
+        op = relax.op
+        x = op.permute_dims(signs, [0, 2, 3, 1])
+        if q * 32 > c:
+            x = op.nn.pad(x, [0, 0, 0, 0, 0, 0, 0, q * 32 - c])
+        x = bb.emit(x)
+        shifts = relax.const(np.arange(32, dtype=np.uint32))
+
+        def pack(bits: Any) -> Any:
+            words = op.reshape(op.astype(bits, "uint32"), (n, hp, wp, q, 32))
+            return bb.emit(op.astype(op.sum(op.left_shift(words, shifts), axis=[-1]), "int32"))
+
+        zero = relax.const(0.0)
+        xb, mb = pack(op.greater(x, zero)), pack(op.not_equal(x, zero))
+        shape = (n, hp, wp, q, t, kh, kw, stride, dil)
+        y = self._call(bb, "binary_conv_forward", shape, [xb, mb, wb, alpha], (n, oh, ow, t))
         return bb.emit(op.permute_dims(y, [0, 3, 1, 2]))
 
     def dense_conv(self, node: Any, importer: Any) -> Any:
@@ -379,6 +470,7 @@ def to_relax(model: nn.Module, example: torch.Tensor, target: str = "cpu") -> tu
             "adder_conv2d.default": conv.conv2d,
             "adder_linear.default": conv.linear,
             "int8_adder_conv2d.default": conv.int8_conv2d,
+            "binary_conv2d.default": conv.binary_conv2d,
             "conv2d.default": conv.dense_conv,
             "convolution.default": conv.dense_conv,
             "exp2.default": conv.exp2,

@@ -34,6 +34,8 @@ __all__ = [
     "calibrate",
     "int8_adder_conv2d",
     "int8_window_sums",
+    "pack_binary_weight",
+    "packed_binary_conv",
     "quantize_model",
 ]
 
@@ -255,29 +257,48 @@ def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
 
 
+def _binary_geometry(layer: BinaryConv2d) -> tuple[int, int]:
+    """(stride, dilation) of a layer the packed kernel covers; ValueError naming why not."""
+    s, d = layer.stride, layer.dilation
+    if layer.groups != 1 or s[0] != s[1] or d[0] != d[1] or layer.weight.dim() != 4:
+        raise ValueError(
+            f"the binary kernel covers 2-d groups=1 with square stride/dilation; got groups="
+            f"{layer.groups}, stride={s}, dilation={d}"
+        )
+    return s[0], d[0]
+
+
+@torch.no_grad()
+def pack_binary_weight(layer: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sign bits [T, kh, kw, Q] int32, per-channel scale ``alpha`` [T]) of ``layer``."""
+    w = layer.op_weight().detach()
+    alpha = w.abs().flatten(1).mean(1).contiguous()
+    return _pack_bits(w.permute(0, 2, 3, 1) >= 0).contiguous(), alpha
+
+
+def packed_binary_conv(
+    signs: torch.Tensor, wb: torch.Tensor, alpha: torch.Tensor, stride: int, dil: int
+) -> torch.Tensor:
+    """The XNOR + popcount kernel on padded NCHW ``signs`` (+-1, 0 for padding) with packed
+    weights (:func:`pack_binary_weight`): NCHW float (a channels-last view), no bias."""
+    nhwc = signs.permute(0, 2, 3, 1)
+    xb, mb = _pack_bits(nhwc > 0), _pack_bits(nhwc != 0)
+    n, hp, wp, q = xb.shape
+    t, kh, kw, _ = wb.shape
+    oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
+    out = torch.empty(n, oh, ow, t)
+    fn = kernel("binary_conv_forward", n, hp, wp, q, t, kh, kw, stride, dil)
+    fn(xb.contiguous(), mb.contiguous(), wb, alpha, out)
+    return out.permute(0, 3, 1, 2)
+
+
 @torch.no_grad()
 def binary_conv2d(x: torch.Tensor, layer: BinaryConv2d) -> torch.Tensor:
     """``layer(x)`` (eval mode) as a bit-packed XNOR + popcount TVM kernel (NCHW float in
     and out): signs packed 32 channels per word, padding masked out."""
-    s, d = layer.stride, layer.dilation
-    if layer.groups != 1 or s[0] != s[1] or d[0] != d[1]:
-        raise ValueError(
-            f"the binary kernel covers groups=1 with square stride/dilation; got groups="
-            f"{layer.groups}, stride={s}, dilation={d}"
-        )
+    stride, dil = _binary_geometry(layer)
     if layer.training:
         raise ValueError("binary_conv2d runs a layer in eval mode: call layer.eval() first")
     signs = layer._pad(layer._binarize_input(x, 1))  # +-1, padding 0 (as the layer)
-    nhwc = signs.permute(0, 2, 3, 1)
-    xb, mb = _pack_bits(nhwc > 0), _pack_bits(nhwc != 0)
-    w = layer.op_weight().detach()
-    wb = _pack_bits(w.permute(0, 2, 3, 1) >= 0)
-    alpha = w.abs().flatten(1).mean(1).contiguous()
-    n, hp, wp, q = xb.shape
-    t, kh, kw, _ = wb.shape
-    oh, ow = out_size(hp, kh, s[0], d[0]), out_size(wp, kw, s[0], d[0])
-    out = torch.empty(n, oh, ow, t)
-    fn = kernel("binary_conv_forward", n, hp, wp, q, t, kh, kw, s[0], d[0])
-    fn(xb.contiguous(), mb.contiguous(), wb.contiguous(), alpha, out)
-    y = out.permute(0, 3, 1, 2)
+    y = packed_binary_conv(signs, *pack_binary_weight(layer), stride, dil)
     return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
