@@ -357,6 +357,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         ops=args.op_set.split(","),
         search_first_last=args.search_first_last,
         engine=args.engine,
+        mode=args.mode,
+        supernet_epochs=args.supernet_epochs,
         concurrency=args.concurrency,
         seed=args.seed,
         port=args.port,
@@ -397,7 +399,7 @@ def _add_input_size(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from adderize._version import __version__
-    from adderize.search.run import ENGINES, STRATEGIES  # no NNI import: names only
+    from adderize.search.run import ENGINES, MODES, STRATEGIES  # no NNI import: names only
 
     parser = argparse.ArgumentParser(
         prog="adderize", description="Turn timm/PyTorch CNNs into multiplication-free networks."
@@ -482,8 +484,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="energy budget: a fraction of all-conv (<= 1) or pJ (> 1)",
     )
-    srch.add_argument("--strategy", default="evolution", choices=list(STRATEGIES))
-    srch.add_argument("--trials", type=POSITIVE_INT, default=20)
+    srch.add_argument(
+        "--mode",
+        default="multi",
+        choices=list(MODES),
+        help="multi: fine-tune every candidate; oneshot: train one weight-sharing supernet "
+        "(NNI RandomOneShot), then score sub-networks with its weights",
+    )
+    srch.add_argument(
+        "--strategy",
+        default="evolution",
+        choices=list(STRATEGIES),
+        help="multi: an NNI tuner; oneshot: evolution (NNI RegularizedEvolution) or random",
+    )
+    srch.add_argument(
+        "--trials", type=POSITIVE_INT, default=20, help="candidates fine-tuned / scored"
+    )
+    srch.add_argument(
+        "--supernet-epochs", type=POSITIVE_INT, default=6, help="oneshot: supernet training"
+    )
     srch.add_argument(
         "--trial-epochs", type=POSITIVE_INT, default=3, help="fine-tune epochs per candidate"
     )

@@ -123,3 +123,54 @@ def test_nni_experiment_end_to_end(tmp_path):
     rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["trained"] and r["energy_ratio"] <= 0.4 for r in rows)
     assert (out / "nni-experiments").is_dir() and (out / "pareto.png").is_file()
+
+
+def test_supernet_candidates_share_one_weight_and_match_the_float_layer(model, space):
+    """Each layer's candidates read one Parameter; the fitted affine maps every op onto the
+    conv's output scale; freezing a sample keeps the weights, over budget is refused."""
+    from nni.mutable import SampleValidationError
+
+    from adderize.search.oneshot import OpSupernet, layer_ops
+
+    torch.manual_seed(0)
+    batches = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    everything = OpSpace.from_model(model, SIZE, budget=1.0)  # all-conv within budget
+    net = OpSupernet(model, everything, batches)
+    name = space.layers[3]
+    choice = net.model.get_submodule(name)
+    weights = {id(choice[op].weight) for op in space.ops}
+    assert len(weights) == 1 and choice["conv"].weight is not model.get_submodule(name).weight
+    x = torch.randn(4, 3, 16, 16)
+    feats = {}
+    hook = choice["conv"].register_forward_hook(lambda m, a, o: feats.setdefault("x", a[0]))
+    with torch.no_grad():
+        net.model.eval()
+        sample = {n: "conv" for n in space.layers}
+        frozen = net.freeze(sample)
+        torch.testing.assert_close(frozen.eval()(x), model.eval()(x))  # all-conv: the model
+        hook.remove()
+        ref = choice["conv"](feats["x"])
+        for op in ("adder", "shift"):  # the affine fit makes each op's output conv-like
+            out = choice[op](feats["x"])
+            assert abs(out.mean() - ref.mean()) < 0.5 * ref.std()
+            assert 0.3 < out.std() / ref.std() < 3
+    low = {n: "binary" for n in space.layers}
+    assert layer_ops(net.freeze(low), space.layers) == low
+    with pytest.raises(SampleValidationError, match="over budget"):
+        OpSupernet(model, space).freeze({n: "conv" for n in space.layers})
+
+
+def test_oneshot_search_with_nni_strategies(tmp_path):
+    """--mode oneshot: NNI's RandomOneShot trains the supernet, RegularizedEvolution scores
+    sub-networks with inherited weights; every scored one is within budget."""
+    out = tmp_path / "o"
+    settings = SearchSettings(budget=0.4, strategy="evolution", trials=4, population=2,
+                              mode="oneshot", supernet_epochs=1)  # fmt: skip
+    summary = search(Recipe().override(QUICK), settings, out)
+    rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["feasible"] and r["energy_ratio"] <= 0.4 for r in rows)
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert summary["best"]["energy_ratio"] <= 0.4
+    assert (out / "best_ops.yaml").is_file() and (out / "pareto.png").is_file()
+    with pytest.raises(ValueError, match="evolution or random"):
+        SearchSettings(mode="oneshot", strategy="tpe")

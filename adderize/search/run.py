@@ -26,11 +26,14 @@ import numpy as np
 from adderize.search.space import DEFAULT_OPS, OpSpace
 from adderize.train.recipe import Recipe
 
-__all__ = ["STRATEGIES", "SearchSettings", "evaluate_assignment", "pareto_front", "search"]
+__all__ = ["MODES", "STRATEGIES", "SearchSettings", "evaluate_assignment", "pareto_front", "search"]
 
 # our name -> NNI tuner (HPO) name
 STRATEGIES = {"random": "Random", "evolution": "Evolution", "tpe": "TPE", "grid": "GridSearch"}
 ENGINES = ("nni", "sequential")
+#: multi: every candidate fine-tuned (NNI HPO tuners or in process); oneshot: a
+#: weight-sharing supernet trained once, sub-networks scored with its weights
+MODES = ("multi", "oneshot")
 _BIND_LOCALHOST = Path(__file__).with_name("bind_localhost.js")
 
 
@@ -48,11 +51,21 @@ class SearchSettings:
     seed: int = 0
     port: int = 0  # 0: a free port
     expose_portal: bool = False
+    mode: str = "multi"
+    supernet_epochs: int = 6
+    supernet_lr: float = 1e-3  # Adam, as NNI's Classification evaluator trains
+    calibration_batches: int = 4
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "oneshot" and self.strategy not in ("evolution", "random"):
+            raise ValueError(
+                f"oneshot mode samples sub-networks with evolution or random, not {self.strategy!r}"
             )
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
@@ -301,7 +314,11 @@ def search(
         f"{space.budget_pj / 1e6:.3f} uJ = {space.budget_pj / space.conv_pj:.3f} of all-conv; "
         f"feasible fraction {frac:.3f} (estimate)"
     )
-    if settings.engine == "sequential":
+    if settings.mode == "oneshot":
+        from adderize.search.oneshot import run_oneshot
+
+        run_oneshot(ev, settings, out)
+    elif settings.engine == "sequential":
         _sequential(ev, settings)
     else:
         del ev  # trials run in their own processes

@@ -14,7 +14,7 @@ from torch import nn
 from adderize.energy.cost import CostTable
 from adderize.passes.mapping import OpMapping
 
-__all__ = ["DEFAULT_OPS", "OpSpace"]
+__all__ = ["DEFAULT_OPS", "OpSpace", "energy_budget"]
 
 DEFAULT_OPS = ("conv", "adder", "binary", "shift")
 
@@ -136,7 +136,7 @@ class OpSpace:
         from nni.mutable import Categorical, MutableDict
 
         choices = {n: Categorical(list(self.ops), label=n) for n in self.layers}
-        return MutableDict({**choices, "__energy_budget__": _energy_budget(self, choices)})
+        return MutableDict({**choices, "__energy_budget__": energy_budget(self, choices)})
 
     def hpo_search_space(self) -> dict[str, Any]:
         """The same choices as an NNI HPO search space (for NNI's tuners)."""
@@ -155,7 +155,9 @@ class OpSpace:
         return adderize(model, self.mapping(assignment), strict=True)
 
 
-def _energy_budget(space: OpSpace, choices: dict[str, Any]) -> Any:
+def energy_budget(space: OpSpace, choices: dict[str, Any]) -> Any:
+    """An NNI ``Constraint`` over ``choices`` (``{layer: categorical}``): a sample is valid
+    when its cost-table energy is within ``space``'s budget."""
     from nni.mutable import Constraint, SampleValidationError
 
     class EnergyBudget(Constraint):

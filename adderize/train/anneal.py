@@ -42,7 +42,15 @@ from torch import nn
 from adderize.nn import Blendable
 from adderize.passes.convert import BLEND_ATTR
 
-__all__ = ["SHAPES", "Anneal", "blend_layers", "calibrate", "fold_into_norm"]
+__all__ = [
+    "SHAPES",
+    "Anneal",
+    "Moments",
+    "blend_layers",
+    "calibrate",
+    "fold_into_norm",
+    "run_hooked",
+]
 
 SHAPES = ("linear", "cosine")
 
@@ -79,7 +87,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     Returns the number of batches used. The model's mode and blends are restored.
     """
     layers = blend_layers(model)
-    stats: dict[str, list[torch.Tensor]] = {}
+    stats: dict[str, Moments] = {}
 
     def hook(name: str, layer: Blendable) -> Any:
         def fn(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
@@ -87,49 +95,89 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
             layer.train()  # ops with data-initialised state (binary thresholds) set it now
             o = layer.op_forward(args[0])
             layer.train(was)
-            f64, o64 = layer._channels_first(out).double(), layer._channels_first(o).double()
-            row = [f64.sum(1), o64.sum(1), (o64 * o64).sum(1)]
-            row += [(f64 * o64).sum(1), torch.tensor(float(f64.shape[1]), dtype=torch.float64)]
-            row += [(f64 * f64).sum(1)]
-            acc = stats.setdefault(name, [torch.zeros_like(r) for r in row])
-            for a, r in zip(acc, row, strict=True):
-                a += r
+            moments = stats.setdefault(name, Moments())
+            moments.add(layer._channels_first(out), layer._channels_first(o))
 
         return fn
 
     saved = [(layer, layer.blend) for layer, _ in layers.values()]
-    was_training = model.training
-    handles = [layer.register_forward_hook(hook(n, layer)) for n, (layer, _) in layers.items()]
     try:
         for layer, _ in saved:
             layer.blend = 1.0
-        model.eval()
-        seen = 0
+        hooks = {layer: hook(n, layer) for n, (layer, _) in layers.items()}
+        seen = run_hooked(model, hooks, batches, "calibrate")
+    finally:
+        for layer, blend in saved:
+            layer.blend = blend
+    for name, (layer, norm) in layers.items():
+        moments = stats[name]
+        if _inserted(model, name, norm):
+            _identity_on_data(norm, *moments.target())
+        scale, shift = moments.fit()
+        ref = layer.weight
+        layer.blend_scale = scale.to(ref.device, ref.dtype)
+        layer.blend_shift = shift.to(ref.device, ref.dtype)
+        layer.float_weight = ref.detach().clone()
+    return seen
+
+
+@torch.no_grad()
+def run_hooked(
+    model: nn.Module, hooks: dict[nn.Module, Any], batches: Iterable[Any], caller: str
+) -> int:
+    """Run ``model`` in eval mode on ``batches`` with forward hooks ``{module: hook}``;
+    the hooks are removed and the mode restored after. Returns the number of batches
+    (``caller`` names the function in the error for none)."""
+    handles = [module.register_forward_hook(fn) for module, fn in hooks.items()]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
         for x in batches:
             model(x)
             seen += 1
     finally:
         for h in handles:
             h.remove()
-        for layer, blend in saved:
-            layer.blend = blend
         model.train(was_training)
     if not seen:
-        raise ValueError("calibrate needs at least one batch")
-    for name, (layer, norm) in layers.items():
-        sf, so, soo, sfo, n, sff = stats[name]
-        mf, mo = sf / n, so / n
-        if _inserted(model, name, norm):
-            _identity_on_data(norm, mf, (sff / n - mf * mf).clamp_min(0.0))
-        vo = (soo / n - mo * mo).clamp_min(1e-12)
-        cov = sfo / n - mf * mo
-        scale = cov / vo
-        shift = mf - scale * mo
-        ref = layer.weight
-        layer.blend_scale = scale.to(ref.device, ref.dtype)
-        layer.blend_shift = shift.to(ref.device, ref.dtype)
-        layer.float_weight = ref.detach().clone()
+        raise ValueError(f"{caller} needs at least one batch")
     return seen
+
+
+class Moments:
+    """Per-channel sums (float64) for the least-squares fit of a float output ``f`` by an
+    op output ``o``, both ``[channels, elements]``, accumulated over batches."""
+
+    def __init__(self) -> None:
+        self.sums: list[torch.Tensor] | None = None
+
+    def add(self, f: torch.Tensor, o: torch.Tensor) -> None:
+        f64, o64 = f.double(), o.double()
+        n = torch.tensor(float(f64.shape[1]), dtype=torch.float64)
+        row = [f64.sum(1), o64.sum(1), (o64 * o64).sum(1), (f64 * o64).sum(1), n]
+        row.append((f64 * f64).sum(1))
+        if self.sums is None:
+            self.sums = [torch.zeros_like(r) for r in row]
+        for a, r in zip(self.sums, row, strict=True):
+            a += r
+
+    def fit(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) per channel: ``scale * o + shift`` closest to ``f``
+        (``scale = cov(f, o) / var(o)``)."""
+        assert self.sums is not None, "no batch was added"
+        sf, so, soo, sfo, n, _ = self.sums
+        mf, mo = sf / n, so / n
+        vo = (soo / n - mo * mo).clamp_min(1e-12)
+        scale = (sfo / n - mf * mo) / vo
+        return scale, mf - scale * mo
+
+    def target(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, variance) per channel of ``f``."""
+        assert self.sums is not None, "no batch was added"
+        sf, _, _, _, n, sff = self.sums
+        mf = sf / n
+        return mf, (sff / n - mf * mf).clamp_min(0.0)
 
 
 def _inserted(model: nn.Module, name: str, norm: nn.Module) -> bool:

@@ -1,0 +1,270 @@
+"""One-shot operator search: a weight-sharing supernet as an NNI NAS model space.
+
+:class:`OpSupernet` is an ``nni.nas.nn.pytorch.ModelSpace`` built from any float model
+and its :class:`~adderize.search.space.OpSpace`: every searched layer becomes a
+``LayerChoice`` over the space's ops (labelled with the layer's module name), so NNI's own
+NAS strategies run on it: one-shot ones (``RandomOneShot``: uniform path sampling, SPOS)
+train it as a supernet, multi-trial ones (``RegularizedEvolution``) then sample
+sub-networks from the trained supernet.
+
+How NNI rebuilds a model converted at run time: a ``ModelSpace`` records its constructor
+arguments, and freezing a sample calls the constructor again inside NNI's model context,
+where each ``LayerChoice`` returns the candidate the sample picks. The constructor here
+takes the float model and the space and works on a deep copy, so a rebuild converts the
+untouched float model again; no model code is written out.
+
+Weight sharing: the candidates of a layer hold one weight tensor (and bias), the float
+layer's. Each op reads it through its own transform (the layers' ``op_forward``): as is for
+conv and adder, sign and mean-|w| scale for binary, power-of-two rounding for shift. So
+one supernet training serves every sub-network. Ops whose outputs live on another scale
+than the conv's (an adder's ``-sum |x - w|`` is large and negative) are mapped back onto
+it per output channel by the least-squares affine the function-preserving conversion
+fits (:func:`fit_output_affine`, on a few batches through the float model), so the
+BatchNorm after a layer sees the same statistics whichever op a step samples; BatchNorm
+is re-estimated per sub-network before it is scored (:func:`score_subnet`).
+
+The energy budget is a hard filter on sampled sub-networks (:func:`energy_filter`, the
+cost-table sum, as the multi-trial search prices them).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+from nni.nas.nn.pytorch.base import recursive_freeze
+from torch import nn
+
+from adderize.search.space import OpSpace, energy_budget
+
+__all__ = ["OpSupernet", "energy_filter", "fit_output_affine", "score_subnet", "shared_candidates"]
+
+
+def shared_candidates(layer: nn.Module, ops: Iterable[str]) -> dict[str, nn.Module]:
+    """``{op: module}`` computing ``layer``'s job with each op, all reading ``layer``'s
+    weight and bias (the same Parameters): ``conv`` is ``layer`` itself."""
+    from adderize.passes.registry import classify, get_op
+
+    source = classify(layer)
+    if source is None or source.kind is None:
+        raise ValueError(f"{type(layer).__name__} is not a layer the search converts")
+    out: dict[str, nn.Module] = {}
+    for op in ops:
+        built = get_op(op).build(layer, source)
+        if built is not layer:
+            built.weight = layer.weight
+            if getattr(layer, "bias", None) is not None:
+                built.bias = layer.bias
+        out[op] = built
+    return out
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent, _, attr = name.rpartition(".")
+    return (model.get_submodule(parent) if parent else model), attr
+
+
+@torch.no_grad()
+def fit_output_affine(
+    model: nn.Module, candidates: Mapping[str, Mapping[str, nn.Module]], batches: Iterable[Any]
+) -> int:
+    """Fit, per layer and per non-conv candidate, the per-channel ``scale * op + shift``
+    closest (least squares) to the float layer's output, on ``batches`` run through
+    ``model`` (the float model holding the layers); the candidates then compute the fitted
+    affine of their op (``blend = 0`` with ``blend_scale`` / ``blend_shift``). Candidates
+    with data-initialised state (binary thresholds) set it on the first batch. Returns the
+    number of batches."""
+    from adderize.nn import Blendable
+    from adderize.train.anneal import Moments, run_hooked
+
+    stats: dict[tuple[str, str], Moments] = {}
+
+    def hook(name: str) -> Any:
+        def fn(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            for op, cand in candidates[name].items():
+                if cand is mod or not isinstance(cand, Blendable):
+                    continue
+                was = cand.training
+                cand.train()  # data-initialised state is set in training mode
+                o = cand.op_forward(args[0])
+                cand.train(was)
+                stats.setdefault((name, op), Moments()).add(
+                    cand._channels_first(out), cand._channels_first(o)
+                )
+
+        return fn
+
+    hooks = {model.get_submodule(n): hook(n) for n in candidates}
+    seen = run_hooked(model, hooks, batches, "fit_output_affine")
+    for (name, op), moments in stats.items():
+        cand = candidates[name][op]
+        scale, shift = moments.fit()
+        ref = cand.weight
+        cand.blend_scale = scale.to(ref.device, ref.dtype)
+        cand.blend_shift = shift.to(ref.device, ref.dtype)
+    return seen
+
+
+def energy_filter(space: OpSpace) -> Any:
+    """``sample -> bool``: whether a sample ``{layer: op}`` is within the energy budget."""
+
+    def within(sample: Mapping[str, Any]) -> bool:
+        return space.feasible({n: str(sample[n]) for n in space.layers})
+
+    return within
+
+
+class OpSupernet(ModelSpace):
+    """The NNI model space of ``space`` over a deep copy of the float ``model`` (see the
+    module docstring); ``batches`` (inputs) fit the candidates' output affines
+    (:func:`fit_output_affine`). ``model`` is the network with its ``LayerChoice`` s."""
+
+    def __init__(self, model: nn.Module, space: OpSpace, batches: Iterable[Any] = ()) -> None:
+        super().__init__()
+        model = copy.deepcopy(model)
+        candidates = {n: shared_candidates(model.get_submodule(n), space.ops) for n in space.layers}
+        batches = list(batches)
+        if batches:
+            fit_output_affine(model, candidates, batches)
+        choices = {}
+        for name, cands in candidates.items():
+            owner, attr = _owner(model, name)
+            choice = LayerChoice(dict(cands), label=name)
+            setattr(owner, attr, choice)
+            choices[name] = choice.choice
+        self.model = model.train()  # a supernet to train (Lightning keeps modules' modes)
+        self.space = space
+        # the budget as a constraint of the space: NNI's samplers and freeze reject samples
+        # over it (multi-trial strategies redraw them)
+        self.budget = self.add_mutable(energy_budget(space, choices))
+
+    def freeze(self, sample: dict[str, Any]) -> nn.Module:
+        """The sub-network ``sample`` picks, with the supernet's (trained) weights: a copy
+        along the replaced paths. A sample over the energy budget raises NNI's
+        ``SampleValidationError`` (strategies then draw another)."""
+        error = self.budget.check_contains(sample)
+        if error is not None:
+            raise error
+        return recursive_freeze(self, sample, include_root=False)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@torch.no_grad()
+def score_subnet(
+    subnet: nn.Module, calibration: Iterable[Any], val: Iterable[tuple[Any, Any]]
+) -> float:
+    """Top-1 accuracy of a sub-network that inherited the supernet's weights, after
+    re-estimating its BatchNorm statistics on ``calibration`` (inputs)."""
+    from adderize.train.calibrate import recalibrate_bn
+
+    recalibrate_bn(subnet, calibration)
+    subnet.eval()
+    right = total = 0
+    for x, y in val:
+        right += int((subnet(x).argmax(1) == y).sum())
+        total += len(y)
+    return right / max(total, 1)
+
+
+def layer_ops(subnet: nn.Module, layers: Iterable[str]) -> dict[str, str]:
+    """``{layer: op}`` of a frozen sub-network (read from its layers' classes)."""
+    from adderize.passes.registry import op_of_layer
+
+    return {n: op_of_layer(subnet.get_submodule(f"model.{n}")) or "conv" for n in layers}
+
+
+def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
+    """The one-shot search behind ``adderize search --mode oneshot``: the supernet of
+    ``ev.space`` over ``ev.teacher`` trained by NNI's ``RandomOneShot`` (uniform path
+    sampling within the energy budget) for ``settings.supernet_epochs``, then
+    ``settings.trials`` sub-networks drawn by NNI's ``RegularizedEvolution``
+    (``settings.strategy == "evolution"``) or ``Random`` from the trained supernet, each
+    scored with inherited weights after re-estimating its BatchNorm; one row per scored
+    sub-network in ``out / "trials.jsonl"`` (as the multi-trial search writes them)."""
+    import nni
+    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.evaluator.pytorch import Classification, DataLoader
+    from nni.nas.experiment import NasExperiment
+    from nni.nas.strategy import Random as RandomStrategy
+    from nni.nas.strategy import RandomOneShot, RegularizedEvolution
+
+    torch.manual_seed(settings.seed)
+    space = ev.space
+    train, val = ev.loaders
+    calibration = [x for x, _ in _take(train, settings.calibration_batches)]
+    tic = time.perf_counter()
+    supernet = OpSupernet(ev.teacher, space, calibration)
+    trainer = {"enable_progress_bar": False, "logger": False, "enable_checkpointing": False}
+    evaluator = Classification(
+        train_dataloaders=DataLoader(train.dataset, batch_size=train.batch_size, shuffle=True),
+        val_dataloaders=DataLoader(val.dataset, batch_size=val.batch_size),
+        max_epochs=settings.supernet_epochs,
+        num_classes=ev.recipe.model.num_classes,
+        learning_rate=settings.supernet_lr,
+        **trainer,
+    )
+    work = str(out / "nni-experiments")
+    pretrain = NasExperiment(supernet, evaluator, RandomOneShot(filter=energy_filter(space)))
+    pretrain.config.experiment_working_directory = work
+    _run(pretrain, "supernet training")
+    trained_s = time.perf_counter() - tic
+    print(f"supernet trained ({settings.supernet_epochs} epochs) in {trained_s:.0f} s")
+    counter = iter(range(10**9))
+
+    def score(model: nn.Module) -> None:
+        start = time.perf_counter()
+        model.train()
+        assignment = layer_ops(model, space.layers)
+        energy = space.energy(assignment)
+        acc = score_subnet(model, calibration, val)
+        row = {
+            "trial": f"oneshot-{next(counter):04d}",
+            "assignment": assignment,
+            "energy_pj": energy,
+            "energy_ratio": energy / space.conv_pj,
+            "feasible": energy <= space.budget_pj,
+            "trained": True,  # scored with the supernet's weights (no own training)
+            "accuracy": acc,
+            "seconds": time.perf_counter() - start,
+        }
+        with open(out / "trials.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        nni.report_final_result(acc)
+
+    if settings.strategy == "evolution":
+        pop = min(settings.population, settings.trials)
+        strategy: Any = RegularizedEvolution(population_size=pop, sample_size=max(2, pop // 2))
+    else:
+        strategy = RandomStrategy()
+    search = NasExperiment(supernet, FunctionalEvaluator(score), strategy)
+    search.config.experiment_working_directory = work
+    search.config.max_trial_number = settings.trials
+    _run(search, "sub-network search")
+
+
+def _run(experiment: Any, what: str) -> None:
+    """Run an NNI experiment in this process and stop it (NNI leaves that to atexit)."""
+    try:
+        ok = experiment.run()
+    finally:
+        experiment.stop()
+    if ok is False:
+        raise RuntimeError(
+            f"the NNI {what} failed: see {experiment.config.experiment_working_directory}"
+        )
+
+
+def _take(loader: Iterable[Any], n: int) -> list[Any]:
+    out = []
+    for i, batch in enumerate(loader):
+        if i >= n:
+            break
+        out.append(batch)
+    return out
