@@ -23,16 +23,13 @@ _SEGMENTS = (  # (label, colour)
 def plot_report(report: EnergyReport, path: Path) -> Path:
     """Per conv/linear layer: all-conv (left bar) vs converted (right bar), stacked by op
     type and memory; right panel: whole-model totals including every other node."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     layers = [x for x in report.layers if x.kind in ("conv2d", "linear")]
-    fig, (ax, tot) = plt.subplots(
+    fig = Figure(figsize=(max(8.0, 0.28 * len(layers) + 4), 4.8))
+    ax, tot = fig.subplots(
         1,
         2,
-        figsize=(max(8.0, 0.28 * len(layers) + 4), 4.8),
         gridspec_kw={"width_ratios": [max(len(layers), 4), 3]},
     )
     width = 0.4
@@ -78,5 +75,4 @@ def plot_report(report: EnergyReport, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -264,12 +264,10 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _plot(
     rows: list[dict[str, Any]], front: list[dict[str, Any]], space: OpSpace, path: Path
 ) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
     done = [r for r in rows if r["trained"]]
     ax.scatter(
         [r["energy_ratio"] for r in done],
@@ -290,7 +288,6 @@ def _plot(
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def search(

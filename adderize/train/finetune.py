@@ -631,12 +631,10 @@ def plot_curves(
     history: list[dict[str, Any]], path: str | Path, teacher_acc: float | None = None
 ) -> Path:
     """Validation accuracy and training loss per epoch: conv teacher vs adder student."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    acc_ax, loss_ax = fig.subplots(1, 2)
     styles = {"teacher": ("conv teacher", "tab:blue"), "student": ("adder student", "tab:red")}
     for phase, (label, color) in styles.items():
         rows = [r for r in history if r["phase"] == phase]
@@ -655,5 +653,4 @@ def plot_curves(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
