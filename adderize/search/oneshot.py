@@ -35,14 +35,26 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import nni
 import torch
+from nni.nas.evaluator.pytorch.lightning import ClassificationModule
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from nni.nas.nn.pytorch.base import recursive_freeze
 from torch import nn
 
 from adderize.search.space import OpSpace, energy_budget
+from adderize.train.distill import logit_kd
 
-__all__ = ["OpSupernet", "energy_filter", "fit_output_affine", "score_subnet", "shared_candidates"]
+__all__ = [
+    "DistillingClassifier",
+    "OpSupernet",
+    "energy_filter",
+    "fit_output_affine",
+    "layer_ops",
+    "run_oneshot",
+    "score_subnet",
+    "shared_candidates",
+]
 
 
 def shared_candidates(layer: nn.Module, ops: Iterable[str]) -> dict[str, nn.Module]:
@@ -188,9 +200,8 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     (``settings.strategy == "evolution"``) or ``Random`` from the trained supernet, each
     scored with inherited weights after re-estimating its BatchNorm; one row per scored
     sub-network in ``out / "trials.jsonl"`` (as the multi-trial search writes them)."""
-    import nni
     from nni.nas.evaluator import FunctionalEvaluator
-    from nni.nas.evaluator.pytorch import Classification, DataLoader
+    from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer
     from nni.nas.experiment import NasExperiment
     from nni.nas.strategy import Random as RandomStrategy
     from nni.nas.strategy import RandomOneShot, RegularizedEvolution
@@ -201,14 +212,25 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     calibration = [x for x, _ in _take(train, settings.calibration_batches)]
     tic = time.perf_counter()
     supernet = OpSupernet(ev.teacher, space, calibration)
-    trainer = {"enable_progress_bar": False, "logger": False, "enable_checkpointing": False}
-    evaluator = Classification(
+    recipe = ev.recipe
+    module = DistillingClassifier(
+        ev.teacher,
+        recipe.distill.temperature,
+        recipe.distill.alpha if recipe.distill.kind != "none" else 0.0,
+        num_classes=recipe.model.num_classes,
+        learning_rate=settings.supernet_lr,
+    )
+    trainer = Trainer(
+        max_epochs=settings.supernet_epochs,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+    )
+    evaluator = Lightning(
+        module,
+        trainer,
         train_dataloaders=DataLoader(train.dataset, batch_size=train.batch_size, shuffle=True),
         val_dataloaders=DataLoader(val.dataset, batch_size=val.batch_size),
-        max_epochs=settings.supernet_epochs,
-        num_classes=ev.recipe.model.num_classes,
-        learning_rate=settings.supernet_lr,
-        **trainer,
     )
     work = str(out / "nni-experiments")
     pretrain = NasExperiment(supernet, evaluator, RandomOneShot(filter=energy_filter(space)))
@@ -259,6 +281,35 @@ def _run(experiment: Any, what: str) -> None:
         raise RuntimeError(
             f"the NNI {what} failed: see {experiment.config.experiment_working_directory}"
         )
+
+
+@nni.trace
+class DistillingClassifier(ClassificationModule):
+    """NNI's classification module with logit distillation from the conv teacher in its
+    training loss (in-place distillation: every sampled path learns the teacher's outputs,
+    as the recipe's fine-tunes do)."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        temperature: float,
+        alpha: float,
+        num_classes: int,
+        learning_rate: float,
+    ) -> None:
+        super().__init__(learning_rate=learning_rate, num_classes=num_classes)
+        self._teacher = [teacher.eval()]  # a list: not a submodule, never trained
+        self.temperature, self.alpha = temperature, alpha
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        y_hat = self(x)
+        with torch.no_grad():
+            t = self._teacher[0](x)
+        kd = logit_kd(y_hat, t, self.temperature)
+        loss = self.alpha * kd + (1 - self.alpha) * self.criterion(y_hat, y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
 
 
 def _take(loader: Iterable[Any], n: int) -> list[Any]:
