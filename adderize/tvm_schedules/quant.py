@@ -59,26 +59,43 @@ class SharedGrid:
 
 
 @torch.no_grad()
-def calibrate(
-    model: torch.nn.Module, layer: Adder2d, batches: Iterable[torch.Tensor]
-) -> SharedGrid:
-    """The grid covering ``layer``'s weights and its inputs while ``model`` runs ``batches``."""
-    w = layer.op_weight()
-    lo, hi = float(w.min()), float(w.max())
-    seen = []
+def _grids(
+    model: torch.nn.Module, layers: dict[str, Adder2d], batches: Iterable[torch.Tensor]
+) -> dict[str, SharedGrid]:
+    """The grid of each layer in ``layers``, covering its weights and the inputs it saw
+    while ``model`` ran ``batches`` (one pass for all); layers never reached are left out."""
+    ranges: dict[str, list[float]] = {}
 
-    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        seen.append((float(args[0].min()), float(args[0].max())))
+    def hook(name: str) -> Any:
+        def fn(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            lo, hi = float(args[0].min()), float(args[0].max())
+            seen = ranges.setdefault(name, [lo, hi])
+            seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
 
-    handle = layer.register_forward_pre_hook(hook)
+        return fn
+
+    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in layers.items()]
     try:
         for x in batches:
             model(x)
     finally:
-        handle.remove()
-    if not seen:
+        for h in handles:
+            h.remove()
+    grids = {}
+    for name, (lo, hi) in ranges.items():
+        w = layers[name].op_weight()
+        grids[name] = SharedGrid.covering(min(lo, float(w.min())), max(hi, float(w.max())))
+    return grids
+
+
+def calibrate(
+    model: torch.nn.Module, layer: Adder2d, batches: Iterable[torch.Tensor]
+) -> SharedGrid:
+    """The grid covering ``layer``'s weights and its inputs while ``model`` runs ``batches``."""
+    grids = _grids(model, {"layer": layer}, batches)
+    if not grids:
         raise ValueError("calibrate needs at least one batch that reaches the layer")
-    return SharedGrid.covering(min(lo, *(s[0] for s in seen)), max(hi, *(s[1] for s in seen)))
+    return grids["layer"]
 
 
 def _int8_geometry(layer: Adder2d) -> tuple[int, int]:
@@ -215,34 +232,17 @@ def quantize_model(
                 layers[name] = mod
             else:
                 kept[name] = why
-    ranges: dict[str, list[float]] = {}
-
-    def hook(name: str) -> Any:
-        def fn(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            lo, hi = float(args[0].min()), float(args[0].max())
-            seen = ranges.setdefault(name, [lo, hi])
-            seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
-
-        return fn
-
-    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in layers.items()]
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    if layers and not ranges:
+    batches = list(batches)
+    if layers and not batches:
         raise ValueError("quantize_model needs at least one calibration batch")
+    grids = _grids(model, layers, batches)
     for name, layer in layers.items():
-        if name not in ranges:
+        if name not in grids:
             kept[name] = "not reached by the calibration batches"
             continue
-        w = layer.op_weight()
-        lo, hi = ranges[name]
-        grid = SharedGrid.covering(min(lo, float(w.min())), max(hi, float(w.max())))
         parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, Int8Adder2d(layer, grid))
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, attr, Int8Adder2d(layer, grids[name]))
     quantized = [n for n in layers if n not in kept]
     return model, QuantReport(quantized, kept)
 
