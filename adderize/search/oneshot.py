@@ -30,6 +30,7 @@ cost-table sum, as the multi-trial search prices them).
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -74,11 +75,6 @@ def shared_candidates(layer: nn.Module, ops: Iterable[str]) -> dict[str, nn.Modu
                 built.bias = layer.bias
         out[op] = built
     return out
-
-
-def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent, _, attr = name.rpartition(".")
-    return (model.get_submodule(parent) if parent else model), attr
 
 
 @torch.no_grad()
@@ -145,9 +141,8 @@ class OpSupernet(ModelSpace):
             fit_output_affine(model, candidates, batches)
         choices = {}
         for name, cands in candidates.items():
-            owner, attr = _owner(model, name)
             choice = LayerChoice(dict(cands), label=name)
-            setattr(owner, attr, choice)
+            model.set_submodule(name, choice)
             choices[name] = choice.choice
         self.model = model.train()  # a supernet to train (Lightning keeps modules' modes)
         self.space = space
@@ -209,7 +204,7 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     torch.manual_seed(settings.seed)
     space = ev.space
     train, val = ev.loaders
-    calibration = [x for x, _ in _take(train, settings.calibration_batches)]
+    calibration = [x for x, _ in itertools.islice(train, settings.calibration_batches)]
     tic = time.perf_counter()
     supernet = OpSupernet(ev.teacher, space, calibration)
     recipe = ev.recipe
@@ -238,7 +233,7 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     _run(pretrain, "supernet training")
     trained_s = time.perf_counter() - tic
     print(f"supernet trained ({settings.supernet_epochs} epochs) in {trained_s:.0f} s")
-    counter = iter(range(10**9))
+    counter = itertools.count()
 
     def score(model: nn.Module) -> None:
         start = time.perf_counter()
@@ -310,12 +305,3 @@ class DistillingClassifier(ClassificationModule):
         loss = self.alpha * kd + (1 - self.alpha) * self.criterion(y_hat, y)
         self.log("train_loss", loss, prog_bar=True)
         return loss
-
-
-def _take(loader: Iterable[Any], n: int) -> list[Any]:
-    out = []
-    for i, batch in enumerate(loader):
-        if i >= n:
-            break
-        out.append(batch)
-    return out

@@ -75,6 +75,15 @@ def _int8_adder_conv2d(
     return (sums.float() * -scale).contiguous()
 
 
+def _fake_nchw_out(x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
+    """The NCHW float output of a low-bit conv op on padded NCHW ``x`` with a weight in the
+    kernels' [T, kh, kw, C-ish] layout (the ops' export-time shape)."""
+    n, _, hp, wp = x.shape
+    t, kh, kw, _ = w.shape
+    oh, ow = out_size(hp, kh, stride, dilation), out_size(wp, kw, stride, dilation)
+    return x.new_empty(n, t, oh, ow, dtype=torch.float32)
+
+
 @_int8_adder_conv2d.register_fake
 def _(
     x: torch.Tensor,
@@ -84,10 +93,7 @@ def _(
     stride: int,
     dilation: int,
 ) -> torch.Tensor:
-    n, _, hp, wp = x.shape
-    t, kh, kw, _ = qweight.shape
-    oh, ow = out_size(hp, kh, stride, dilation), out_size(wp, kw, stride, dilation)
-    return x.new_empty(n, t, oh, ow)
+    return _fake_nchw_out(x, qweight, stride, dilation)
 
 
 class _ExportInt8Adder2d(nn.Module):
@@ -121,10 +127,7 @@ def _binary_conv2d(
 def _(
     signs: torch.Tensor, wb: torch.Tensor, alpha: torch.Tensor, stride: int, dilation: int
 ) -> torch.Tensor:
-    n, _, hp, wp = signs.shape
-    t, kh, kw, _ = wb.shape
-    oh, ow = out_size(hp, kh, stride, dilation), out_size(wp, kw, stride, dilation)
-    return signs.new_empty(n, t, oh, ow)
+    return _fake_nchw_out(signs, wb, stride, dilation)
 
 
 class _ExportBinaryConv2d(nn.Module):

@@ -240,9 +240,7 @@ def quantize_model(
         if name not in grids:
             kept[name] = "not reached by the calibration batches"
             continue
-        parent, _, attr = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        setattr(owner, attr, Int8Adder2d(layer, grids[name]))
+        model.set_submodule(name, Int8Adder2d(layer, grids[name]))
     quantized = [n for n in layers if n not in kept]
     return model, QuantReport(quantized, kept)
 
