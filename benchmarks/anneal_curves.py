@@ -1,11 +1,15 @@
 """Function-preserving conversion vs today's conversion, per fine-tuning epoch, on digits.
 
 For each model and seed the conv teacher is trained once by the digits recipe; the same
-teacher is then converted two ways and fine-tuned for the same epochs with the same recipe:
+teacher is then converted three ways and fine-tuned for the same epochs with the same recipe:
 
 * plain: ``adderize(model)`` (adder layers holding the conv weights from the first step);
-* anneal: ``adderize(model, preserve=True)``, blended from the conv model into the adder
-  model over the first half of fine-tuning (:mod:`adderize.train.anneal`).
+* anneal: ``adderize(model, preserve=True)``, the adder weights refit to the conv layers'
+  outputs (``anneal.refit_steps``), then blended from the conv model into the adder model
+  over the first half of fine-tuning (:mod:`adderize.train.anneal`);
+* no refit: the same anneal without the refit (``anneal.refit_steps=0``), the ablation.
+
+The first epoch's time includes the refit and the calibration.
 
 Prints validation top-1 per epoch (the anneal's rows say the blend: 0 is the
 multiplication-free model), a summary table against the targets, and writes the curves to
@@ -13,6 +17,7 @@ multiplication-free model), a summary table against the targets, and writes the 
 
     python benchmarks/anneal_curves.py [--models resnet10t mobilenetv3_small_100]
         [--seeds 0 1 2] [--epochs 4] [--out runs/anneal-curves] [--plot docs/anneal-digits.png]
+        [--refit-steps N]
 """
 
 from __future__ import annotations
@@ -28,52 +33,65 @@ from adderize.kernels.machine import cpu_model
 from adderize.train.finetune import finetune
 from adderize.train.recipe import Recipe
 
-VARIANTS = {"plain": ["anneal.enabled=false"], "anneal": ["anneal.enabled=true"]}
+VARIANTS = {
+    "anneal": ["anneal.enabled=true"],  # first: trains the teacher the others start from
+    "norefit": ["anneal.enabled=true", "anneal.refit_steps=0"],
+    "plain": ["anneal.enabled=false"],
+}
 
 
-def run(model: str, seed: int, epochs: int, out: Path) -> dict[str, Any]:
+def run(model: str, seed: int, epochs: int, out: Path, refit_steps: int | None) -> dict[str, Any]:
     teacher = out / model / f"seed{seed}" / "anneal" / "teacher.safetensors"
     rows: dict[str, Any] = {}
-    for variant in ("anneal", "plain"):  # the anneal run trains the teacher
-        run_dir = out / model / f"seed{seed}" / variant
-        overrides = [f"model.name={model}", f"seed={seed}", f"epochs={epochs}", f"out={run_dir}"]
-        overrides += VARIANTS[variant]
-        if variant == "plain":
+    for variant, extra in VARIANTS.items():
+        folder = variant
+        overrides = [f"seed={seed}", f"epochs={epochs}", *extra]
+        if variant == "anneal" and refit_steps is not None:  # beside the default run
+            folder = f"anneal-refit{refit_steps}"
+            overrides.append(f"anneal.refit_steps={refit_steps}")
+        run_dir = out / model / f"seed{seed}" / folder
+        overrides += [f"model.name={model}", f"out={run_dir}"]
+        if folder != "anneal":  # the default anneal run trains the teacher
             overrides.append(f"model.pretrained_file={teacher}")
         r = finetune(Recipe().override(overrides), resume=run_dir.is_dir(), progress=False)
         student = [h for h in r.history if h["phase"] == "student"][-epochs:]
         rows["teacher"] = r.teacher_acc
         rows[variant] = [h["val_acc"] for h in student]
+        rows[f"{variant}_seconds"] = [h["seconds"] for h in student]
         if variant == "anneal":
             rows["blend"] = [h["blend"] for h in student]
         rows[f"{variant}_compute"] = r.compute_pj / r.conv_compute_pj
     return rows
 
 
+STYLE = {  # variant: (label, colour)
+    "plain": ("plain conversion", "tab:gray"),
+    "norefit": ("function-preserving + anneal, no refit", "tab:orange"),
+    "anneal": ("function-preserving: refit + anneal", "tab:red"),
+}
+
+
 def plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(results), 4))
+    axes = fig.subplots(1, len(results), squeeze=False)
     for ax, (model, seeds) in zip(axes[0], results.items(), strict=True):
         for i, (_seed, rows) in enumerate(sorted(seeds.items())):
             epochs = range(1, len(rows["anneal"]) + 1)
             lab = i == 0
             ax.axhline(rows["teacher"], color="tab:blue", ls="--", alpha=0.6,
                        label="conv teacher" if lab else None)  # fmt: skip
-            ax.plot(epochs, rows["plain"], "o-", color="tab:gray", alpha=0.8,
-                    label="plain conversion" if lab else None)  # fmt: skip
-            ax.plot(epochs, rows["anneal"], "o-", color="tab:red", alpha=0.8,
-                    label="function-preserving + anneal" if lab else None)  # fmt: skip
+            for variant, (label, colour) in STYLE.items():
+                ax.plot(epochs, rows[variant], "o-", color=colour, alpha=0.8,
+                        label=label if lab else None)  # fmt: skip
+        ax.set_xticks(list(epochs))
         ax.set(xlabel="fine-tuning epoch", ylabel="validation top-1", ylim=(0, 1.01),
                title=f"{model} on digits (seeds {sorted(seeds)})")  # fmt: skip
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -83,13 +101,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", default="runs/anneal-curves")
     parser.add_argument("--plot", default="docs/anneal-digits.png")
+    parser.add_argument("--refit-steps", type=int, default=None,
+                        help="refit steps of the anneal run (default: the recipe's); runs "
+                        "beside the default one, from the teacher it trained")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for model in args.models:
         for seed in args.seeds:
-            results.setdefault(model, {})[seed] = run(model, seed, args.epochs, out)
-    (out / "curves.json").write_text(json.dumps(results, indent=1))
+            results.setdefault(model, {})[seed] = run(
+                model, seed, args.epochs, out, args.refit_steps
+            )
+    tag = "" if args.refit_steps is None else f"-refit{args.refit_steps}"
+    (out / f"curves{tag}.json").write_text(json.dumps(results, indent=1))
     plot(results, Path(args.plot))
 
     print(f"\n{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -98,20 +122,28 @@ def main() -> None:
         for seed, rows in sorted(seeds.items()):
             blends = " ".join(f"{b:.2f}" for b in rows["blend"])
             print(f"  seed {seed}: teacher {rows['teacher']:.4f}")
-            print("    plain  " + " ".join(f"{a:.4f}" for a in rows["plain"]))
-            print("    anneal " + " ".join(f"{a:.4f}" for a in rows["anneal"]) +
-                  f"   (blend after each epoch: {blends})")  # fmt: skip
+            for variant in STYLE:
+                accs = " ".join(f"{a:.4f}" for a in rows[variant])
+                secs = " ".join(f"{t:.0f}" for t in rows[f"{variant}_seconds"])
+                print(f"    {variant:8s}{accs}   seconds {secs}")
+            print(f"    (anneal: blend after each epoch {blends}; the first epoch's seconds "
+                  "include the refit and calibration)")  # fmt: skip
     print(
-        "\n| model | seed | teacher | plain, epoch 1 / last | anneal, epoch 1 / last "
-        "| first epoch within 2 pt | last within 0.5 pt |"
+        "\n| model | seed | teacher | plain, epoch 1 / last | no refit, epoch 1 / last "
+        "| refit + anneal, epoch 1 / last | first epoch within 2 pt | last within 0.5 pt "
+        "| refit + anneal seconds, epoch 1 / later |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for model, seeds in results.items():
         for seed, rows in sorted(seeds.items()):
-            t, p, a = rows["teacher"], rows["plain"], rows["anneal"]
+            t, p, n, a = rows["teacher"], rows["plain"], rows["norefit"], rows["anneal"]
+            sec = rows["anneal_seconds"]
+            later = sum(sec[1:]) / max(len(sec) - 1, 1)
             print(f"| {model} | {seed} | {t:.4f} | {p[0]:.4f} / {p[-1]:.4f} "
-                  f"| {a[0]:.4f} / {a[-1]:.4f} | {'yes' if a[0] >= t - 0.02 else 'no'} "
-                  f"| {'yes' if a[-1] >= t - 0.005 else 'no'} |")  # fmt: skip
+                  f"| {n[0]:.4f} / {n[-1]:.4f} | {a[0]:.4f} / {a[-1]:.4f} "
+                  f"| {'yes' if a[0] >= t - 0.02 else 'no'} "
+                  f"| {'yes' if a[-1] >= t - 0.005 else 'no'} "
+                  f"| {sec[0]:.0f} / {later:.0f} |")  # fmt: skip
     print(f"\ncurves: {args.plot}; runs: {out}")
 
 

@@ -12,7 +12,14 @@ from torch import nn
 import adderize
 from adderize.nn import Adder2d, AdderLinear, Blendable
 from adderize.passes.convert import BLEND_ATTR
-from adderize.train.anneal import Anneal, blend_layers, calibrate
+from adderize.train.anneal import (
+    Anneal,
+    blend_layers,
+    calibrate,
+    fit_residual,
+    fitted,
+    reconstruct,
+)
 
 
 def _trained_like(name: str, size: int) -> nn.Module:
@@ -98,6 +105,77 @@ def test_calibration_is_the_least_squares_fit_and_freezes_the_float_weight():
     torch.testing.assert_close(layer.blend_scale.double(), scale, rtol=1e-4, atol=1e-7)
     shift = f.mean(1) - scale * o.mean(1)
     torch.testing.assert_close(layer.blend_shift.double(), shift, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_residual_is_the_unexplained_share_of_the_float_output():
+    layer = Adder2d(2, 3, 1)
+    torch.manual_seed(0)
+    f = torch.randn(4, 3, 5, 5)
+    assert float(fit_residual(layer, -2 * f + 3, f)) < 1e-10  # any affine of f explains it
+    noise = torch.randn(4, 3, 5, 5)
+    o = f + noise
+    per = [(f[:, c].flatten(), o[:, c].flatten()) for c in range(3)]
+    unexplained = sum(  # 1 - R^2 per channel, weighted by the channel's variance
+        ((fc - fc.mean()).square().sum() * (1 - torch.corrcoef(torch.stack([fc, oc]))[0, 1] ** 2))
+        for fc, oc in per
+    ) / sum((fc - fc.mean()).square().sum() for fc, _ in per)
+    torch.testing.assert_close(fit_residual(layer, o, f), unexplained)
+
+
+def test_refit_moves_the_adder_ops_to_their_float_outputs_and_keeps_the_float_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    ).eval()  # fmt: skip
+    ann = adderize.adderize(model, {"default": "adder", "names": {"6": "shift"}}, preserve=True)
+    originals = {n: m.weight.detach().clone() for n, (m, _) in blend_layers(ann).items()}
+    batches = [torch.randn(8, 3, 12, 12) for _ in range(4)]
+    with pytest.raises(ValueError, match="positive int"):
+        reconstruct(ann, batches, 0)
+    result = reconstruct(ann, iter(batches * 20), steps=80, lr=0.05)
+    assert set(result) == {"3"}  # the adder layer; the shift layer keeps its rounding
+    before, after = result["3"]
+    assert after < 0.5 * before, result
+    layers = blend_layers(ann)
+    adder, shift = layers["3"][0], layers["6"][0]
+    assert not torch.equal(adder.weight, originals["3"])
+    assert torch.equal(adder.float_weight, originals["3"])  # the float path is the conv
+    assert torch.equal(shift.weight, originals["6"]) and shift.float_weight is None
+    calibrate(ann, batches)  # fits the scales to the refit op, keeps the original float weight
+    assert torch.equal(adder.float_weight, originals["3"])
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(ann(x), model(x))  # still the float model at blend 1
+        residual = fit_residual(adder, adder.op_forward(model[:3](x)), model[3](model[:3](x)))
+    assert float(residual) < 0.5 * before  # the fit holds on new inputs
+
+
+def test_chained_refit_fits_each_op_on_the_op_model_inputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    ).eval()  # fmt: skip
+    ann = adderize.adderize(model, preserve=True)
+    batch = torch.randn(8, 3, 12, 12)
+    with pytest.raises(ValueError, match=r"chain is a fraction"):
+        reconstruct(ann, [batch], 1, chain=1.5)
+    first, second = blend_layers(ann)["3"][0], blend_layers(ann)["6"][0]
+    seen: list[torch.Tensor] = []
+    handle = second.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    reconstruct(ann, [batch], 1, lr=1e-9, chain=1.0)  # one step, the weights barely move
+    handle.remove()
+    float_input, chained_input = seen  # the float pass, then the op model's pass
+    with torch.no_grad():
+        x = model[:3](batch)
+        expected = model[5](model[4](fitted(first, first.op_forward(x), model[3](x))))
+    torch.testing.assert_close(float_input, model[:6](batch))
+    torch.testing.assert_close(chained_input, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_calibrated_inserted_norms_stay_the_identity_in_training_mode():

@@ -82,7 +82,7 @@ def test_import_does_not_pull_optional_heavy_packages():
 
 def test_demo_runs_the_pipeline_and_reuses_its_run(capsys, tmp_path):
     args = ["demo", "--epochs", "1", "--no-progress", "--out", str(tmp_path), "teacher.epochs=2",
-            "data.input_size=16"]  # fmt: skip
+            "data.input_size=16", "anneal.refit_steps=5"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "replaced 13 layer(s)" in out and "(same as trained: True)" in out

@@ -20,7 +20,7 @@ from adderize.train.recipe import Recipe, apply_overrides
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 # A small, quick run of the digits recipe (16 px, few epochs) shared by the tests below.
-QUICK = ["data.input_size=16", "teacher.epochs=2", "epochs=2"]
+QUICK = ["data.input_size=16", "teacher.epochs=2", "epochs=2", "anneal.refit_steps=5"]
 
 
 def test_digits_recipe_file_equals_the_builtin_defaults():

@@ -53,6 +53,10 @@ class Blendable(nn.Module):
     blend_loss: torch.Tensor | None = None
     channel_dim: int = 1
     weight: nn.Parameter
+    #: whether the op's weight is refit to the float layer's outputs before the anneal
+    #: (:func:`adderize.train.anneal.reconstruct`): true where the float weight, read by the
+    #: op as it is, computes something unrelated (an l1 distance to conv weights)
+    refit: bool = False
 
     def _init_blend(self) -> None:
         self.register_buffer("blend_scale", None, persistent=False)

@@ -229,6 +229,8 @@ class Adder2d(Conv2dLike):
         backend: "auto" (TVM kernels when available, else PyTorch), "tvm" or "torch".
     """
 
+    refit = True
+
     def __init__(
         self,
         *args: Any,
@@ -265,6 +267,8 @@ class Adder1d(Conv1dLike, Adder2d):
 
 class AdderLinear(LinearLike):
     """Drop-in for ``nn.Linear``: ``out[t] = -sum_k |x[k] - W[t, k]|^p (+ bias)``."""
+
+    refit = True
 
     def __init__(
         self,

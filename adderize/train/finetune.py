@@ -39,7 +39,7 @@ from torch import nn
 from adderize._errors import brief
 from adderize.passes.convert import BLEND_ATTR
 from adderize.train.adaptive_lr import AdaptiveLRScaling, adder_weights
-from adderize.train.anneal import Anneal, calibrate
+from adderize.train.anneal import Anneal, calibrate, reconstruct
 from adderize.train.calibrate import recalibrate_bn
 from adderize.train.distill import (
     FeatureTap,
@@ -261,6 +261,22 @@ def _batches(loader: Any, ctx: Context, desc: str, progress: bool) -> Iterator[A
         yield from bar
 
 
+def _inputs(loader: Any, ctx: Context, steps: int, progress: bool) -> Iterator[torch.Tensor]:
+    """``steps`` input batches on the device, the loader repeated as often as needed."""
+
+    def endless() -> Iterator[torch.Tensor]:
+        while True:
+            for x, _ in loader:
+                yield x.to(ctx.device)
+
+    batches = itertools.islice(endless(), steps)
+    if not (progress and ctx.main):
+        return batches
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(batches, total=steps, desc="refit", leave=False, dynamic_ncols=True))
+
+
 @dataclass
 class _PhaseState:
     """What a phase trains with; all of it is in the phase's checkpoint after every epoch."""
@@ -316,7 +332,13 @@ class _PhaseState:
 
 
 def _phase_state(
-    phase: Phase, model: nn.Module, recipe: Recipe, train_loader: Any, ctx: Context, fresh: bool
+    phase: Phase,
+    model: nn.Module,
+    recipe: Recipe,
+    train_loader: Any,
+    ctx: Context,
+    fresh: bool,
+    progress: bool = False,
 ) -> _PhaseState:
     """Optimizer, LR schedule, the papers' scheme (adaptive LR, p schedule) and the anneal
     (calibrated on training batches when ``fresh``; a resumed one comes from the
@@ -329,6 +351,16 @@ def _phase_state(
     if phase.anneal:
         cfg = recipe.anneal
         if fresh:
+            if cfg.refit_steps:
+                inputs = _inputs(train_loader, ctx, cfg.refit_steps, progress)
+                refit = reconstruct(model, inputs, cfg.refit_steps, cfg.refit_lr, cfg.refit_chain)
+                if ctx.main and refit:
+                    before, after = (sum(r[i] for r in refit.values()) / len(refit) for i in (0, 1))
+                    print(
+                        f"refit {len(refit)} op layer(s) to their float outputs in "
+                        f"{cfg.refit_steps} steps: mean residual {before:.3f} -> {after:.3f}",
+                        flush=True,
+                    )
             batches = itertools.islice(train_loader, cfg.calibration_batches)
             calibrate(model, (x.to(ctx.device) for x, _ in batches))
         total = phase.epochs * updates
@@ -439,7 +471,10 @@ def run_phase(
     updates = len(train_loader)
     ckpt_path = run_dir / f"checkpoint-{phase.name}.pt"
     resuming = resume and ckpt_path.is_file()
-    state = _phase_state(phase, model, recipe, train_loader, ctx, fresh=not resuming)
+    setup = time.perf_counter()  # a fresh phase's first epoch counts the refit/calibration
+    state = _phase_state(
+        phase, model, recipe, train_loader, ctx, fresh=not resuming, progress=progress
+    )
     net: nn.Module = model
     if ctx.world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -461,7 +496,7 @@ def run_phase(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         net.train()
-        tic = time.perf_counter()
+        tic = setup if epoch == 0 and not resuming else time.perf_counter()
         total, count = 0.0, 0
         desc = f"{phase.name} {epoch + 1}/{phase.epochs}"
         for i, (x, y) in enumerate(_batches(train_loader, ctx, desc, progress)):

@@ -153,9 +153,12 @@ class AdderCfg:
 class AnnealCfg:
     """Function-preserving conversion (:mod:`adderize.train.anneal`): the student starts as
     the conv model (``adderize(..., preserve=True)``) and blends into the op model over the
-    first ``fraction`` of fine-tuning (``shape``: linear or cosine), after fitting the ops'
-    output scales on ``calibration_batches`` training batches; ``local_weight`` weighs each
-    op's local reconstruction of its conv layer's output in the loss. Used when the conv
+    first ``fraction`` of fine-tuning (``shape``: linear or cosine), after refitting the
+    adder layers' weights to their conv layers' outputs for ``refit_steps`` training
+    batches (Adam at ``refit_lr``; 0 = off, :func:`adderize.train.anneal.reconstruct`) and
+    fitting the ops' output scales on ``calibration_batches`` training batches;
+    ``local_weight`` weighs each op's local reconstruction of its conv layer's output in
+    the loss. Used when the conv
     model is trained (a pretrained file, or ``teacher.epochs`` > 0); ``enabled: false``
     converts as before (the op model from the start).
     """
@@ -165,6 +168,9 @@ class AnnealCfg:
     shape: str = "cosine"
     calibration_batches: int = 4
     local_weight: float = 50.0
+    refit_steps: int = 100
+    refit_lr: float = 0.04
+    refit_chain: float = 0.0
 
     def __post_init__(self) -> None:
         from adderize.train.anneal import SHAPES
@@ -176,6 +182,13 @@ class AnnealCfg:
             )
         _positive("anneal.calibration_batches", self.calibration_batches)
         _positive("anneal.local_weight", self.local_weight, allow_zero=True)
+        _positive("anneal.refit_steps", self.refit_steps, allow_zero=True)
+        _positive("anneal.refit_lr", self.refit_lr)
+        if not 0 <= self.refit_chain <= 1:
+            raise ValueError(
+                f"anneal.refit_chain is a fraction of the refit steps in [0, 1], got "
+                f"{self.refit_chain}"
+            )
 
 
 @dataclass
