@@ -4,6 +4,7 @@ import timm, adderize
 ann, report = adderize.adderize(timm.create_model("resnet50"), return_report=True)
 """
 
+from adderize._log import log_to_stdout
 from adderize._version import __version__
 from adderize.io import create_float_model, create_model, load, save
 from adderize.passes import LayerRecord, OpMapping, RewriteReport, adderize
@@ -17,5 +18,6 @@ __all__ = [
     "create_float_model",
     "create_model",
     "load",
+    "log_to_stdout",
     "save",
 ]

@@ -613,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # argparse's usage errors and --help
         return exit_.code if isinstance(exit_.code, int) else 2
+    from adderize._log import log_to_stdout
+
+    log_to_stdout()
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as e:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from adderize import log_to_stdout
 from adderize.kernels.machine import cpu_model
 from adderize.train.finetune import finetune
 from adderize.train.recipe import Recipe
@@ -105,6 +106,7 @@ def main() -> None:
                         help="refit steps of the anneal run (default: the recipe's); runs "
                         "beside the default one, from the teacher it trained")  # fmt: skip
     args = parser.parse_args()
+    log_to_stdout()
     out = Path(args.out)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for model in args.models:

@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from adderize import log_to_stdout
 from adderize.train.finetune import finetune
 from adderize.train.recipe import Recipe
 
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/digits-table")
     args = parser.parse_args()
+    log_to_stdout()
     out = Path(args.out)
     results: dict[str, list[dict]] = {"conv": [], **{k: [] for k in VARIANTS}}
     for seed in args.seeds:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from adderize import log_to_stdout
 from adderize.io import load
 from adderize.kernels.machine import describe
 from adderize.train.data import build_loaders
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/anneal-curves")
     parser.add_argument("--calibration-batches", type=int, default=4)
     args = parser.parse_args()
+    log_to_stdout()
     print(describe())
     rows = []
     for seed in args.seeds:

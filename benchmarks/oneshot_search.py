@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adderize import log_to_stdout
 from adderize.kernels.machine import describe
 from adderize.search import SearchSettings, search
 from adderize.train.recipe import Recipe
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.01)
     parser.add_argument("--out", default="runs/oneshot")
     args = parser.parse_args()
+    log_to_stdout()
     print(describe())
     table = []
     for seed in args.seeds:

@@ -30,6 +30,7 @@ import timm
 import torch
 
 import adderize
+from adderize import log_to_stdout
 
 SMALL = re.compile(
     r"atto|femto|pico|nano|tiny|xxs|xs|small|mini|micro|lite|_b0|_050|_035|_10|18|_s\b|_t\b"
@@ -167,6 +168,7 @@ def main() -> None:
         help="rerun --only's families into the existing --json and summarise all of it",
     )
     args = parser.parse_args()
+    log_to_stdout()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     families = args.only or timm.list_modules()
     results = []

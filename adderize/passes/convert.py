@@ -170,12 +170,6 @@ def _norm_for(kind: str, channels: int, ref: nn.Module, identity: bool) -> nn.Mo
     return norm
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
-
-
 def _functional_float(root: nn.Module, site: FunctionalSite) -> nn.Module:
     """The nn.Conv2d / nn.Linear equivalent of a functional call, sharing its tensors."""
     weight = root.get_parameter(site.weight)
@@ -341,7 +335,7 @@ def adderize(
         report.result_type = type(model).__name__
     for d, new in swaps:
         if not d.site:
-            _set_submodule(root, d.name, new)
+            root.set_submodule(d.name, new)
     setattr(root, META_ATTR, mapping.to_dict())
     if blend:
         setattr(root, BLEND_ATTR, blend)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -56,6 +57,8 @@ __all__ = [
     "score_subnet",
     "shared_candidates",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def shared_candidates(layer: nn.Module, ops: Iterable[str]) -> dict[str, nn.Module]:
@@ -232,7 +235,7 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     pretrain.config.experiment_working_directory = work
     _run(pretrain, "supernet training")
     trained_s = time.perf_counter() - tic
-    print(f"supernet trained ({settings.supernet_epochs} epochs) in {trained_s:.0f} s")
+    log.info("supernet trained (%d epochs) in %.0f s", settings.supernet_epochs, trained_s)
     counter = itertools.count()
 
     def score(model: nn.Module) -> None:

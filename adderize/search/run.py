@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import os
 import shutil
 import socket
@@ -27,6 +28,8 @@ from adderize.search.space import DEFAULT_OPS, OpSpace
 from adderize.train.recipe import Recipe
 
 __all__ = ["MODES", "STRATEGIES", "SearchSettings", "evaluate_assignment", "pareto_front", "search"]
+
+log = logging.getLogger(__name__)
 
 # our name -> NNI tuner (HPO) name
 STRATEGIES = {"random": "Random", "evolution": "Evolution", "tpe": "TPE", "grid": "GridSearch"}
@@ -197,7 +200,7 @@ def _sequential(ev: Evaluator, settings: SearchSettings) -> None:
         population.append((candidate, row["accuracy"]))
         if len(population) > settings.population:
             population.pop(0)  # regularized evolution: the oldest dies
-    print(f"{rejected} over-budget samples rejected before training")
+    log.info("%d over-budget samples rejected before training", rejected)
 
 
 # --------------------------------------------------------------------------- NNI engine
@@ -233,12 +236,13 @@ def _nni(out: Path, space: OpSpace, settings: SearchSettings) -> None:
     port = settings.port or _free_port()
     saved = os.environ.get("NODE_OPTIONS")
     if settings.expose_portal:
-        print(f"WARNING: the NNI portal on port {port} listens on every network interface")
+        log.warning("the NNI portal on port %d listens on every network interface", port)
     else:  # NNI 3.0 has no host option: bind its node.js servers to 127.0.0.1 ourselves
         os.environ["NODE_OPTIONS"] = f"{saved or ''} --require {_BIND_LOCALHOST}".strip()
-    print(
-        f"NNI experiment: portal http://127.0.0.1:{port} ; logs in {c.experiment_working_directory}"
-    )
+    log.info(
+        "NNI experiment: portal http://127.0.0.1:%d ; logs in %s", port,
+        c.experiment_working_directory,
+    )  # fmt: skip
     try:
         exp.run(port, wait_completion=True)
     finally:
@@ -305,7 +309,7 @@ def search(
     space = ev.space
     (out / "space.json").write_text(space.to_json())
     frac = space.feasible_fraction()
-    print(
+    log.info(
         f"search space: {len(space.layers)} layers x {len(space.ops)} ops "
         f"({space.size():.3g} models; fixed: {', '.join(space.fixed) or 'none'}); budget "
         f"{space.budget_pj / 1e6:.3f} uJ = {space.budget_pj / space.conv_pj:.3f} of all-conv; "
@@ -324,7 +328,7 @@ def search(
     rejected = out / "rejected.jsonl"
     if rejected.is_file():  # NNI: over-budget samples the tuner turned away
         lines = rejected.read_text().splitlines()
-        print(f"{len(lines)} over-budget samples rejected before training")
+        log.info("%d over-budget samples rejected before training", len(lines))
     return _finish(out, rows, space)
 
 
@@ -365,11 +369,12 @@ def _finish(out: Path, rows: list[dict[str, Any]], space: OpSpace) -> dict[str, 
         ],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"\n{len(rows)} trials, {len(feasible)} trained; Pareto front (energy/all-conv, acc):")
+    lines = [f"\n{len(rows)} trials, {len(feasible)} trained; Pareto front (energy/all-conv, acc):"]
     for r in front:
         ops = {op: sum(v == op for v in r["assignment"].values()) for op in space.ops}
-        print(f"  {r['energy_ratio']:.3f}  {r['accuracy']:.4f}  {r['trial']}  {ops}")
-    print(
+        lines.append(f"  {r['energy_ratio']:.3f}  {r['accuracy']:.4f}  {r['trial']}  {ops}")
+    log.info("%s", "\n".join(lines))
+    log.info(
         f"chosen (best accuracy within budget): {best['trial']} energy "
         f"{best['energy_ratio']:.3f}x acc {best['accuracy']:.4f} -> {out / 'best_ops.yaml'}"
     )

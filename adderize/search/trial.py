@@ -14,6 +14,9 @@ from adderize.train.recipe import Recipe
 def main(out: str) -> None:
     import nni
 
+    from adderize import log_to_stdout
+
+    log_to_stdout()  # into the trial's NNI log
     root = Path(out)
     settings = SearchSettings(**json.loads((root / "search.json").read_text()))
     space = OpSpace.from_json((root / "space.json").read_text())

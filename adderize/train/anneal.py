@@ -151,7 +151,7 @@ def reconstruct(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
     steps: int,
-    lr: float = 0.02,
+    lr: float = 0.04,
     chain: float = 0.0,
 ) -> dict[str, tuple[float, float]]:
     """Refit the weights of every blended op that needs it (``refit``, the adder layers)

@@ -22,6 +22,7 @@ import copy
 import csv
 import itertools
 import json
+import logging
 import os
 import random
 import time
@@ -51,6 +52,8 @@ from adderize.train.recipe import Recipe
 from adderize.train.schedule import LpSchedule
 
 __all__ = ["FinetuneResult", "finetune", "plot_curves", "train_step"]
+
+log = logging.getLogger(__name__)
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -356,11 +359,10 @@ def _phase_state(
                 refit = reconstruct(model, inputs, cfg.refit_steps, cfg.refit_lr, cfg.refit_chain)
                 if ctx.main and refit:
                     before, after = (sum(r[i] for r in refit.values()) / len(refit) for i in (0, 1))
-                    print(
-                        f"refit {len(refit)} op layer(s) to their float outputs in "
-                        f"{cfg.refit_steps} steps: mean residual {before:.3f} -> {after:.3f}",
-                        flush=True,
-                    )
+                    log.info(
+                        "refit %d op layer(s) to their float outputs in %d steps: mean "
+                        "residual %.3f -> %.3f", len(refit), cfg.refit_steps, before, after,
+                    )  # fmt: skip
             batches = itertools.islice(train_loader, cfg.calibration_batches)
             calibrate(model, (x.to(ctx.device) for x, _ in batches))
         total = phase.epochs * updates
@@ -438,7 +440,7 @@ def _resume(
             "to start the phase over, or resume with the recipe that wrote it"
         ) from None
     if ctx.main:
-        print(f"resumed {phase.name} from {path} after epoch {start}")
+        log.info("resumed %s from %s after epoch %d", phase.name, path, start)
     return start
 
 
@@ -524,7 +526,7 @@ def run_phase(
         rows.append(row)
         history.append(row)
         if ctx.main:
-            print(_epoch_line(phase, row), flush=True)
+            log.info("%s", _epoch_line(phase, row))
             _log(run_dir, history)
             checkpoint = {"epoch": epoch + 1, **state.state_dict(), "rng": _rng_state()}
             atomic_save({**checkpoint, "history": rows}, ckpt_path)
@@ -612,7 +614,7 @@ def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> 
     teacher = prepare_teacher(recipe, loaders, run_dir, ctx, history, resume, progress)
     teacher_acc = evaluate(teacher, loaders[1], ctx)
     if ctx.main:
-        print(f"conv teacher: val acc {teacher_acc:.4f}", flush=True)
+        log.info("conv teacher: val acc %.4f", teacher_acc)
 
     # a trained conv model is converted function-preserving and annealed into the student
     trained = m.pretrained_file is not None or recipe.teacher.epochs > 0
@@ -624,7 +626,7 @@ def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> 
         return_report=True,
     )
     if ctx.main:
-        print(report.summary(), flush=True)
+        log.info("%s", report.summary())
     phase = Phase(
         "student",
         recipe.epochs,
@@ -657,7 +659,7 @@ def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> 
         save(student, result.student_file, model_name=m.name, model_kwargs=model_kwargs)
         (run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=1))
         plot_curves(history, run_dir / "curves.png", teacher_acc=teacher_acc)
-        print(result.summary(), flush=True)
+        log.info("%s", result.summary())
     ctx.barrier()
     return result
 
