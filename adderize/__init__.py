@@ -4,12 +4,15 @@ import timm, adderize
 ann, report = adderize.adderize(timm.create_model("resnet50"), return_report=True)
 """
 
+from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize._log import log_to_stdout
 from adderize._version import __version__
 from adderize.io import create_float_model, create_model, load, save
 from adderize.passes import LayerRecord, OpMapping, RewriteReport, adderize
 
 __all__ = [
+    "AdderizeError",
+    "AdderizeTypeError",
     "LayerRecord",
     "OpMapping",
     "RewriteReport",

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from adderize._errors import AdderizeError
+
 __all__ = ["parse_yaml", "read_yaml"]
 
 
@@ -24,9 +26,9 @@ def parse_yaml(text: str, source: str) -> Any:
         problem = " ".join(p for p in (e.context, e.problem) if p) or str(e)
         if "constructor for the tag" in problem:
             problem += " (only standard YAML tags are read)"
-        raise ValueError(f"{where}: not valid YAML: {problem}") from None
+        raise AdderizeError(f"{where}: not valid YAML: {problem}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{source}: not valid YAML: {e}") from None
+        raise AdderizeError(f"{source}: not valid YAML: {e}") from None
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
@@ -37,5 +39,7 @@ def read_yaml(path: str | Path, what: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: a {what} is UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise AdderizeError(
+            f"{path}: a {what} is UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
     return parse_yaml(text, str(path))

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adderize._errors import AdderizeError
+
 __all__ = ["main"]
 
 
@@ -25,14 +27,16 @@ def _mapping_arg(value: str | None) -> Any:
     path = Path(value)
     if not path.is_file():
         ops = ", ".join(op_names())
-        raise ValueError(f"--ops {value!r} is neither a mapping file nor an op name (ops: {ops})")
+        raise AdderizeError(
+            f"--ops {value!r} is neither a mapping file nor an op name (ops: {ops})"
+        )
     return OpMapping.load(path)
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = json.loads(args.model_kwargs) if args.model_kwargs else {}
     if not isinstance(kwargs, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+        raise AdderizeError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     return kwargs
@@ -97,13 +101,13 @@ def _input_size(value: str) -> tuple[int, ...]:
     try:
         parts = tuple(int(v) for v in value.split(","))
     except ValueError:
-        raise ValueError(usage) from None
+        raise AdderizeError(usage) from None
     if len(parts) not in (1, 4):
-        raise ValueError(f"{usage}: {len(parts)} number(s), not 1 or 4")
+        raise AdderizeError(f"{usage}: {len(parts)} number(s), not 1 or 4")
     size = (1, 3, parts[0], parts[0]) if len(parts) == 1 else parts
     n, c, h, w = size
     if min(size) < 1 or n > MAX_BATCH or c > MAX_CHANNELS or max(h, w) > MAX_SIDE:
-        raise ValueError(
+        raise AdderizeError(
             f"{usage}: every entry must be positive, N <= {MAX_BATCH}, C <= {MAX_CHANNELS}, "
             f"H, W <= {MAX_SIDE}"
         )
@@ -115,9 +119,9 @@ def _output_path(out: str, *inputs: str | None) -> Path:
     path = Path(out)
     for inp in inputs:
         if inp and Path(inp).exists() and path.exists() and path.samefile(inp):
-            raise ValueError(f"--out {out} is the input file {inp}: choose another output")
+            raise AdderizeError(f"--out {out} is the input file {inp}: choose another output")
     if path.is_dir():
-        raise ValueError(f"--out {out} is a directory; give a file name")
+        raise AdderizeError(f"--out {out} is a directory; give a file name")
     if path.exists():
         print(f"adderize: replacing the existing {out}", file=sys.stderr)
     return path
@@ -133,7 +137,7 @@ def _model_for(args: argparse.Namespace) -> Any:
         given = [o for o, v in (("--ops", args.ops), ("--keep", args.keep),
                  ("--pretrained-file", args.pretrained_file)) if v]  # fmt: skip
         if given:
-            raise ValueError(f"{'/'.join(given)} apply to a timm model name, not a saved model")
+            raise AdderizeError(f"{'/'.join(given)} apply to a timm model name, not a saved model")
         return adderize.load(path)
     return adderize.create_model(
         args.model,
@@ -167,10 +171,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from adderize.kernels import tvm_l1
 
     if not tvm_l1.available():
-        raise ValueError(f"tuning needs TVM, which is unavailable: {tvm_l1.unavailable_reason()}")
+        raise AdderizeError(
+            f"tuning needs TVM, which is unavailable: {tvm_l1.unavailable_reason()}"
+        )
     size = _input_size(args.input_size)
     if args.train and size[0] < 2:
-        raise ValueError(
+        raise AdderizeError(
             f"--train runs a training step: BatchNorm needs a batch of at least "
             f"2, got --input-size {','.join(map(str, size))}"
         )
@@ -240,7 +246,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         from adderize.tvm_schedules.quant import quantize_model
 
         if args.target != "cpu":
-            raise ValueError(f"--precision int8 compiles for --target cpu, not {args.target}")
+            raise AdderizeError(f"--precision int8 compiles for --target cpu, not {args.target}")
 
         model, quant = quantize_model(model, _calibration_batches(args.calibrate, size))
         print(quant.summary())
@@ -270,14 +276,14 @@ def _calibration_batches(path: str | None, size: tuple[int, ...]) -> list[Any]:
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise ValueError(f"--calibrate {path}: not a readable .npy array ({e})") from e
+        raise AdderizeError(f"--calibrate {path}: not a readable .npy array ({e})") from e
     if data.ndim != 4 or tuple(data.shape[1:]) != tuple(size[1:]) or data.shape[0] < 1:
-        raise ValueError(
+        raise AdderizeError(
             f"--calibrate {path}: inputs of shape (N, {', '.join(map(str, size[1:]))}) "
             f"expected (the --input-size), got {data.shape}"
         )
     if not np.issubdtype(data.dtype, np.floating):
-        raise ValueError(f"--calibrate {path}: float inputs expected, got {data.dtype}")
+        raise AdderizeError(f"--calibrate {path}: float inputs expected, got {data.dtype}")
     x = torch.from_numpy(data.astype(np.float32))
     return list(x.split(32))
 
@@ -289,7 +295,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     compiled = CompiledModel.load(args.library)
     if args.input_size is not None and _input_size(args.input_size) != compiled.input_size:
-        raise ValueError(
+        raise AdderizeError(
             f"{args.library} was compiled for input {compiled.input_size}, not "
             f"{_input_size(args.input_size)}: recompile with adderize compile --input-size"
         )
@@ -336,7 +342,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from adderize.train.recipe import Recipe
 
     if args.ops is not None:
-        raise ValueError(
+        raise AdderizeError(
             f"search takes --op-set {args.ops} (the ops each layer chooses from); --ops is an "
             "op mapping in convert, energy, tune and compile"
         )
@@ -618,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_to_stdout()
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as e:
+    except (AdderizeError, FileNotFoundError) as e:
         print(f"adderize: error: {e}", file=sys.stderr)
         return 2
 

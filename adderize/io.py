@@ -32,7 +32,7 @@ from typing import Any
 
 from torch import nn
 
-from adderize._errors import brief
+from adderize._errors import AdderizeError, brief
 from adderize._version import __version__
 from adderize.nn import Blendable
 from adderize.passes.convert import BLEND_ATTR, META_ATTR, adderize
@@ -47,7 +47,7 @@ RECIPE_ATTR = "adderize_recipe"  # {"model_name": ..., "model_kwargs": ...} set 
 MAX_NUM_CLASSES = 100_000
 
 
-class ModelFileError(ValueError):
+class ModelFileError(AdderizeError):
     """A model file that cannot be loaded; the message says what was wrong and where."""
 
 
@@ -89,7 +89,7 @@ def check_model_kwargs(
     """``kwargs`` if every entry is allowed and in range (module doc); ValueError naming
     the first bad entry otherwise. Keys in ``allow_kwargs`` pass unchecked."""
     if not isinstance(kwargs, dict):
-        raise ValueError(f"model_kwargs must be a mapping, got {type(kwargs).__name__}")
+        raise AdderizeError(f"model_kwargs must be a mapping, got {type(kwargs).__name__}")
     trusted = set(allow_kwargs)
     limits = {"max_num_classes": int(max_num_classes)}
     for key, value in kwargs.items():
@@ -97,14 +97,14 @@ def check_model_kwargs(
             continue
         check = MODEL_KWARGS.get(key)
         if check is None:
-            raise ValueError(
+            raise AdderizeError(
                 f"model_kwargs key {key!r} is not allowed from a file; allowed: "
                 f"{sorted(MODEL_KWARGS)} (a caller who trusts the file passes "
                 f"allow_kwargs=[{key!r}])"
             )
         want = check(value, limits)
         if want:
-            raise ValueError(f"model_kwargs[{key!r}] = {value!r} must be {want}")
+            raise AdderizeError(f"model_kwargs[{key!r}] = {value!r} must be {want}")
     return kwargs
 
 
@@ -121,7 +121,7 @@ def create_float_model(
 
     if not timm.is_model(model_name):
         close = difflib.get_close_matches(model_name, timm.list_models(), n=5)
-        raise ValueError(
+        raise AdderizeError(
             f"unknown timm model {model_name!r}"
             + (f"; close matches: {close}" if close else "; see timm.list_models()")
         )
@@ -134,7 +134,7 @@ def create_float_model(
             load_checkpoint(model, str(path), weights_only=True)
         except Exception as e:  # not a state dict, damaged, or made for another model
             why = brief(e, lines=2, limit=300) or type(e).__name__
-            raise ValueError(
+            raise AdderizeError(
                 f"cannot load pretrained file {path} into {model_name}: {why}"
             ) from None
     return model
@@ -175,10 +175,10 @@ def save(
 
     ops = getattr(model, META_ATTR, None)
     if ops is None:
-        raise ValueError("this model was not converted by adderize: nothing to rebuild it from")
+        raise AdderizeError("this model was not converted by adderize: nothing to rebuild it from")
     blending = [n for n, m in model.named_modules() if isinstance(m, Blendable) and m.blending]
     if blending:
-        raise ValueError(
+        raise AdderizeError(
             f"{len(blending)} layer(s) (e.g. {blending[0]!r}) are still blending from their "
             "float layers (a function-preserving conversion before its anneal ended): save "
             "saves the finished op model; finish the anneal (adderize.train.anneal.Anneal) "
@@ -188,14 +188,14 @@ def save(
     if model_name is not None:
         recipe = {"model_name": model_name, "model_kwargs": dict(model_kwargs or {})}
     if "model_name" not in recipe:
-        raise ValueError(
+        raise AdderizeError(
             "adderize.save needs the timm model name to rebuild this model: pass "
             "model_name=... (and model_kwargs=...), or create it with adderize.create_model"
         )
     try:
         kwargs_json = json.dumps(recipe["model_kwargs"], sort_keys=True)
     except TypeError as e:
-        raise ValueError(f"model_kwargs must be JSON-serialisable to be saved: {e}") from None
+        raise AdderizeError(f"model_kwargs must be JSON-serialisable to be saved: {e}") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
@@ -303,7 +303,7 @@ def load(
     name, kwargs, ops = meta["model_name"], meta["model_kwargs"], meta["ops"]
     try:
         if not isinstance(name, str) or len(name) > 200:
-            raise ValueError(f"model_name must be a timm model name, got {name!r:.80}")
+            raise AdderizeError(f"model_name must be a timm model name, got {name!r:.80}")
         check_model_kwargs(kwargs, max_num_classes=max_num_classes, allow_kwargs=allow_kwargs)
         mapping = OpMapping.coerce(ops if isinstance(ops, dict) else {"default": ops})
         model = create_model(name, mapping, **kwargs)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from adderize._errors import AdderizeError
 from adderize.energy.count import OpCount
 from adderize.energy.tables import PRECISIONS, EnergyTable
 from adderize.passes.registry import priced_op, priced_op_names
@@ -114,10 +115,10 @@ class CostTable:
         """Op indices of an assignment ``{layer: op}`` (layers not named: 'conv')."""
         unknown = set(assignment) - set(self.layers)
         if unknown:
-            raise ValueError(f"layers not in the cost table: {sorted(unknown)[:5]}")
+            raise AdderizeError(f"layers not in the cost table: {sorted(unknown)[:5]}")
         bad = {op for op in assignment.values() if op not in self.ops}
         if bad:
-            raise ValueError(f"unknown op(s) {sorted(bad)}; valid: {self.ops}")
+            raise AdderizeError(f"unknown op(s) {sorted(bad)}; valid: {self.ops}")
         pos = {op: j for j, op in enumerate(self.ops)}
         return np.array([pos[assignment.get(n, "conv")] for n in self.layers], dtype=np.intp)
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize.nn import Conv2dLike, LinearLike
 from adderize.passes.registry import op_of_layer
 from adderize.passes.trace import _Tracer, is_norm
@@ -144,7 +145,7 @@ def layer_op(module: nn.Module) -> str | None:
     error, not a conv: it would be priced as multiplications without a word."""
     op = op_of_layer(module)
     if op in ("conv", None) and isinstance(module, (Conv2dLike, LinearLike)):
-        raise ValueError(
+        raise AdderizeError(
             f"{type(module).__name__} is a converted layer that no registered op declares: "
             "register its op with OpSpec(layers=(YourLayer, ...), counts=...) so energy "
             "reports can price it"
@@ -330,10 +331,10 @@ def count_ops(model: nn.Module, input_size: tuple[int, ...]) -> tuple[list[OpCou
     every graph node) or ``"hooks"`` (module hooks on CPU; functional ops not counted).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        raise AdderizeTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     size = tuple(input_size)
     if len(size) != 4 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(
+        raise AdderizeError(
             f"input_size must be 4 positive ints (N, C, H, W), e.g. (1, 3, 224, 224); got "
             f"{input_size!r}"
         )

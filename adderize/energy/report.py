@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from adderize._errors import AdderizeError
 from adderize.energy.cost import (
     CostTable,
     bits_moved,
@@ -202,7 +203,7 @@ def _precision_for(bits: int | str | Mapping[str, int | str]) -> Any:
 def _counts(model: nn.Module, input_size: tuple[int, ...]) -> tuple[list[OpCount], str]:
     counts, how = count_ops(model, input_size)
     if not any(c.parametric for c in counts):
-        raise ValueError(f"{type(model).__name__} has no conv / linear layer to count")
+        raise AdderizeError(f"{type(model).__name__} has no conv / linear layer to count")
     return counts, how
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize._yaml import read_yaml
 
 __all__ = ["COMPUTE_OPS", "HOROWITZ_45NM", "PRECISIONS", "EnergyTable", "resolve_precision"]
@@ -36,7 +37,7 @@ def resolve_precision(bits: int | str) -> str:
         return bits
     if isinstance(bits, int) and not isinstance(bits, bool) and bits in _BITS_TO_PRECISION:
         return _BITS_TO_PRECISION[bits]
-    raise ValueError(
+    raise AdderizeError(
         f"bits must be one of {sorted(_BITS_TO_PRECISION)} or a precision name "
         f"{sorted(PRECISIONS)}, got {bits!r}"
     )
@@ -71,21 +72,21 @@ class EnergyTable:
     def __post_init__(self) -> None:
         for op, per_precision in self.compute_pj.items():
             if op not in COMPUTE_OPS:
-                raise ValueError(f"unknown op {op!r} in energy table; valid ops: {COMPUTE_OPS}")
+                raise AdderizeError(f"unknown op {op!r} in energy table; valid ops: {COMPUTE_OPS}")
             for precision, value in per_precision.items():
                 if precision not in PRECISIONS:
-                    raise ValueError(
+                    raise AdderizeError(
                         f"unknown precision {precision!r} for {op!r}; valid: {sorted(PRECISIONS)}"
                     )
                 _check_energy(f"{op}.{precision}", value)
         for level, value in self.memory_pj_per_bit.items():
             if level not in MEMORY_LEVELS:
-                raise ValueError(f"unknown memory level {level!r}; valid: {MEMORY_LEVELS}")
+                raise AdderizeError(f"unknown memory level {level!r}; valid: {MEMORY_LEVELS}")
             _check_energy(f"memory.{level}", value)
         for kind in DATA_KINDS:
             level = self.placement.get(kind)
             if level not in self.memory_pj_per_bit:
-                raise ValueError(
+                raise AdderizeError(
                     f"placement of {kind!r} must name a memory level of the table "
                     f"{sorted(self.memory_pj_per_bit)}, got {level!r}"
                 )
@@ -98,7 +99,7 @@ class EnergyTable:
             return float(self.compute_pj[op][precision])
         except KeyError:
             have = {k: sorted(v) for k, v in self.compute_pj.items()}
-            raise ValueError(
+            raise AdderizeError(
                 f"energy table {self.name!r} has no entry for {op!r} at {precision!r} "
                 f"(entries: {have})"
             ) from None
@@ -119,12 +120,14 @@ class EnergyTable:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EnergyTable:
         if not isinstance(data, Mapping):
-            raise TypeError(f"an energy table is read from a mapping, got {type(data).__name__}")
+            raise AdderizeTypeError(
+                f"an energy table is read from a mapping, got {type(data).__name__}"
+            )
         required = {"name", "compute_pj", "memory_pj_per_bit"}
         valid = required | {"placement", "sources"}
         missing, unknown = required - set(data), set(data) - valid
         if missing or unknown:
-            raise ValueError(
+            raise AdderizeError(
                 f"energy table keys: missing {sorted(missing)}, unknown {sorted(unknown)}; "
                 f"valid keys: {sorted(valid)}"
             )
@@ -136,14 +139,14 @@ class EnergyTable:
         try:
             return cls.from_dict(data)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise AdderizeError(f"{path}: {e}") from None
 
 
 def _check_energy(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"energy {key} must be a finite number of pJ, got {value!r}")
+        raise AdderizeError(f"energy {key} must be a finite number of pJ, got {value!r}")
     if value < 0:
-        raise ValueError(f"energy {key} must be >= 0 pJ, got {value}")
+        raise AdderizeError(f"energy {key} must be >= 0 pJ, got {value}")
 
 
 _HOROWITZ = "Horowitz, ISSCC 2014, 45 nm (table in Han et al., NeurIPS 2015, Fig. 1)"

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 
 import torch
 
+from adderize._errors import AdderizeError
 from adderize.kernels import tvm_l1
 
 __all__ = ["BACKENDS", "DEFAULT_MAX_TEMP_BYTES", "l1_forward", "l1_grad_a", "l1_grad_b"]
@@ -50,7 +51,7 @@ DEFAULT_MAX_TEMP_BYTES = 4 * 2**20
 
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise AdderizeError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from adderize._errors import AdderizeError
 from adderize.kernels.machine import cache_dir, llvm_target
 from adderize.tvm_schedules import cpu
 from adderize.tvm_schedules.tuning import tuned_module, tuning_stamp
@@ -84,7 +85,7 @@ def select_mode() -> str:
     """``ADDERIZE_KERNEL_SELECT`` (default ``measure``), checked against :data:`SELECT_MODES`."""
     mode = os.environ.get("ADDERIZE_KERNEL_SELECT", "measure")
     if mode not in SELECT_MODES:
-        raise ValueError(
+        raise AdderizeError(
             f"ADDERIZE_KERNEL_SELECT={mode!r} is not a selection mode; valid: "
             f"{', '.join(SELECT_MODES)}"
         )

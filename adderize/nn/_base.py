@@ -12,6 +12,8 @@ from torch.nn.common_types import _size_2_t
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.utils import _pair
 
+from adderize._errors import AdderizeError, AdderizeTypeError
+
 __all__ = ["Blendable", "Conv1dLike", "Conv2dLike", "LinearLike"]
 
 _C = TypeVar("_C", bound="Conv2dLike")
@@ -204,13 +206,13 @@ class Conv2dLike(_ConvNd, Blendable):
             dtype=dtype,
         )
         if dynamic_same and (padding not in (0, (0, 0)) or padding_mode != "zeros"):
-            raise ValueError(
+            raise AdderizeError(
                 "dynamic_same=True computes the padding itself: use padding=0 and "
                 f"padding_mode='zeros' (got padding={padding!r}, padding_mode={padding_mode!r})"
             )
         self.dynamic_same = dynamic_same
         if weight_std_gain and weight_std_eps is None:
-            raise ValueError("weight_std_gain=True needs weight_std_eps (the standardisation)")
+            raise AdderizeError("weight_std_gain=True needs weight_std_eps (the standardisation)")
         self.weight_std_eps = None if weight_std_eps is None else float(weight_std_eps)
         self.gain_scale = float(weight_std_gamma) * self.weight[0].numel() ** -0.5
         self.gain = None
@@ -281,7 +283,7 @@ class Conv2dLike(_ConvNd, Blendable):
         ``Same`` variants) keeps its standardisation, gain and dynamic 'same' padding.
         """
         if not isinstance(mod, cls.float_type):
-            raise TypeError(
+            raise AdderizeTypeError(
                 f"{cls.__name__}.from_float expects an nn.{cls.float_type.__name__}, got "
                 f"{type(mod)}"
             )
@@ -379,7 +381,7 @@ class Conv1dLike(Conv2dLike):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (2, 3):
-            raise ValueError(f"{type(self).__name__} expects [N, C, L] or [C, L], got {x.shape}")
+            raise AdderizeError(f"{type(self).__name__} expects [N, C, L] or [C, L], got {x.shape}")
         batched = x.dim() == 3
         y = super().forward((x if batched else x.unsqueeze(0)).unsqueeze(2)).squeeze(2)
         return y if batched else y.squeeze(0)
@@ -408,7 +410,9 @@ class LinearLike(nn.Linear, Blendable):
     def from_float(cls: type[_L], mod: nn.Linear, **kwargs: Any) -> _L:
         """Build from an ``nn.Linear``, copying its weight and bias."""
         if not isinstance(mod, nn.Linear):
-            raise TypeError(f"{cls.__name__}.from_float expects an nn.Linear, got {type(mod)}")
+            raise AdderizeTypeError(
+                f"{cls.__name__}.from_float expects an nn.Linear, got {type(mod)}"
+            )
         new = cls(
             mod.in_features,
             mod.out_features,

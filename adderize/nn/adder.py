@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
 
+from adderize._errors import AdderizeError
 from adderize.kernels import tvm_l1
 from adderize.kernels.l1 import (
     DEFAULT_MAX_TEMP_BYTES,
@@ -168,7 +169,7 @@ def _direct_conv_backward(
 def _check_p(p: float) -> float:
     p = float(p)
     if not 1.0 <= p <= 2.0:
-        raise ValueError(f"p must be in [1, 2] (l1 ... l2 AdderNet), got {p}")
+        raise AdderizeError(f"p must be in [1, 2] (l1 ... l2 AdderNet), got {p}")
     return p
 
 

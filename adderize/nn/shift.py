@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from adderize._errors import AdderizeError
 from adderize.nn._base import Conv1dLike, Conv2dLike, LinearLike
 
 __all__ = [
@@ -46,7 +47,7 @@ def round_power_of_two(w: torch.Tensor, min_exp: int = -14, max_exp: int = 0) ->
 
 def _check_exps(min_exp: int, max_exp: int) -> tuple[int, int]:
     if int(min_exp) > int(max_exp):
-        raise ValueError(f"min_exp must be <= max_exp, got min_exp={min_exp}, max_exp={max_exp}")
+        raise AdderizeError(f"min_exp must be <= max_exp, got min_exp={min_exp}, max_exp={max_exp}")
     return int(min_exp), int(max_exp)
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, overload
 
 from torch import fx, nn
 
+from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize.nn import BatchNormLastDim, Blendable, Conv2dLike, LinearLike, WithNorm
 from adderize.passes.mapping import OpMapping
 from adderize.passes.registry import Source, classify, get_op
@@ -77,13 +78,13 @@ def _validate(mapping: OpMapping, layers: dict[str, type]) -> None:
         if name not in layers:
             close = difflib.get_close_matches(name, names, n=3)
             hint = f"; did you mean {close}?" if close else ""
-            raise ValueError(
+            raise AdderizeError(
                 f"mapping names layer {name!r}, which is not a conv/linear layer of the model"
                 f"{hint} (layers: {names[:6]}{' ...' if len(names) > 6 else ''})"
             )
     for pattern in mapping.regex:
         if not any(re.fullmatch(pattern, n) for n in names):
-            raise ValueError(
+            raise AdderizeError(
                 f"regex {pattern!r} matches no conv/linear layer of the model (matched with "
                 f"re.fullmatch against names such as {names[:4]})"
             )
@@ -91,7 +92,7 @@ def _validate(mapping: OpMapping, layers: dict[str, type]) -> None:
     for key in mapping.types:
         if not any(mapping.type_matches(key, c) for c in classes):
             present = sorted({c.__name__ for c in classes})
-            raise ValueError(
+            raise AdderizeError(
                 f"type {key!r} matches no layer of the model; types present: {present}"
             )
 
@@ -106,7 +107,7 @@ def _plan(model: nn.Module, mapping: OpMapping, facts: GraphFacts) -> list[_Deci
         n for n, s in sites.items() if not s.reason
     ]
     if not convertible:
-        raise ValueError(
+        raise AdderizeError(
             f"{type(model).__name__} has no nn.Conv2d / nn.Linear layer (or functional call "
             "on parameters) that adderize can convert"
         )
@@ -275,7 +276,7 @@ def adderize(
         functional calls had to be rewritten), and the report if ``return_report``.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"adderize expects a torch.nn.Module, got {type(model).__name__}")
+        raise AdderizeTypeError(f"adderize expects a torch.nn.Module, got {type(model).__name__}")
     mapping = OpMapping.coerce(ops)
     if preserve is not None and preserve != mapping.preserve:
         mapping = replace(mapping, preserve=bool(preserve))
@@ -289,7 +290,7 @@ def adderize(
     unmet = [d for d in decisions if d.action == "skipped" and d.requested]
     if strict and unmet:
         lines = "\n".join(f"  {d.name} ({d.original}): {d.reason}" for d in unmet)
-        raise ValueError(f"strict=True: {len(unmet)} layer(s) could not be converted:\n{lines}")
+        raise AdderizeError(f"strict=True: {len(unmet)} layer(s) could not be converted:\n{lines}")
 
     root = model if inplace else copy.deepcopy(model)
     swaps: list[tuple[_Decision, nn.Module]] = []

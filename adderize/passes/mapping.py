@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize._yaml import parse_yaml, read_yaml
 from adderize.passes.registry import get_op
 
@@ -49,24 +50,24 @@ def check_regex(pattern: Any) -> None:
     unbounded quantifiers in all. Python's ``re`` has no time limit, so
     such a pattern could hang conversion and loading on a crafted name list."""
     if not isinstance(pattern, str):
-        raise TypeError(f"an OpMapping regex is a string, got {type(pattern).__name__}")
+        raise AdderizeTypeError(f"an OpMapping regex is a string, got {type(pattern).__name__}")
     if len(pattern) > MAX_REGEX_LENGTH:
-        raise ValueError(
+        raise AdderizeError(
             f"regex {pattern[:40]!r}... is {len(pattern)} characters; layer-name regexes "
             f"are limited to {MAX_REGEX_LENGTH}"
         )
     try:
         parsed = _parser.parse(pattern)
     except re.error as e:
-        raise ValueError(f"invalid regex {pattern!r} in OpMapping: {e}") from None
+        raise AdderizeError(f"invalid regex {pattern!r} in OpMapping: {e}") from None
     if _nested_repeat(parsed, inside=False):
-        raise ValueError(
+        raise AdderizeError(
             f"regex {pattern!r} nests a repetition inside a repeated group (as in "
             "'(a+)*' or '(ab|a)*'), which can take exponential time to match: write it "
             "without the nesting (e.g. 'layer[0-9.]*conv' instead of '(layer[0-9]+\\.)*conv')"
         )
     if _count_unbounded(parsed) > MAX_UNBOUNDED:
-        raise ValueError(
+        raise AdderizeError(
             f"regex {pattern!r} has more than {MAX_UNBOUNDED} unbounded repetitions ('*', "
             "'+', '{n,}'); matching time grows as the name length to that power"
         )
@@ -137,16 +138,16 @@ class OpMapping:
         get_op(self.default)
         for table in (self.types, self.regex, self.names):
             if not isinstance(table, dict):
-                raise TypeError(f"expected a mapping of name -> op, got {table!r}")
+                raise AdderizeTypeError(f"expected a mapping of name -> op, got {table!r}")
             for op in table.values():
                 get_op(op)
         for pattern in self.regex:
             check_regex(pattern)
         for flag in ("keep_first", "keep_last", "insert_norm", "preserve"):
             if not isinstance(getattr(self, flag), bool):
-                raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+                raise AdderizeTypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         if self.preserve and not self.insert_norm:
-            raise ValueError(
+            raise AdderizeError(
                 "preserve=True needs insert_norm=True: the anneal folds each layer's output "
                 "scale into the BatchNorm after it, inserted where the model has none"
             )
@@ -206,18 +207,20 @@ class OpMapping:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OpMapping:
         if not isinstance(data, dict):
-            raise TypeError(f"an OpMapping is read from a mapping, got {type(data).__name__}")
+            raise AdderizeTypeError(
+                f"an OpMapping is read from a mapping, got {type(data).__name__}"
+            )
         data = dict(data)
         version = data.pop("version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise ValueError(
+            raise AdderizeError(
                 f"OpMapping version {version!r} is not supported (this adderize reads "
                 f"version {FORMAT_VERSION})"
             )
         valid = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - valid)
         if unknown:
-            raise ValueError(
+            raise AdderizeError(
                 f"unknown OpMapping key(s) {unknown}; valid keys: {sorted(valid | {'version'})}"
             )
         return cls(**data)
@@ -238,7 +241,7 @@ class OpMapping:
         try:
             return cls.from_dict(data or {})
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise AdderizeError(f"{path}: {e}") from None
 
     @classmethod
     def coerce(cls, ops: OpMapping | str | dict[str, Any] | None) -> OpMapping:
@@ -251,6 +254,6 @@ class OpMapping:
             return cls(default=ops)
         if isinstance(ops, dict):
             return cls.from_dict(ops)
-        raise TypeError(
+        raise AdderizeTypeError(
             f"ops must be an OpMapping, an op name, a dict or None, got {type(ops).__name__}"
         )

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from adderize._errors import AdderizeError
 from adderize.nn import (
     Adder1d,
     Adder2d,
@@ -160,7 +161,7 @@ _OPS: dict[str, OpSpec] = {}
 def register_op(spec: OpSpec) -> OpSpec:
     """Add an op (e.g. a user's own layer) under ``spec.name``; names are unique."""
     if spec.name in _OPS:
-        raise ValueError(f"op {spec.name!r} is already registered")
+        raise AdderizeError(f"op {spec.name!r} is already registered")
     _OPS[spec.name] = spec
     return spec
 
@@ -170,7 +171,7 @@ def get_op(name: str) -> OpSpec:
     try:
         return _OPS[name]
     except KeyError:
-        raise ValueError(f"unknown op {name!r}; valid ops: {', '.join(op_names())}") from None
+        raise AdderizeError(f"unknown op {name!r}; valid ops: {', '.join(op_names())}") from None
 
 
 def op_names() -> tuple[str, ...]:
@@ -186,7 +187,7 @@ def priced_op(name: str) -> OpSpec:
     """The registered op ``name`` with a cost model; ValueError naming the priced ops."""
     spec = get_op(name)
     if spec.counts is None:
-        raise ValueError(
+        raise AdderizeError(
             f"op {name!r} has no cost model (OpSpec.counts), so energy reports and the "
             f"search cannot price it; priced ops: {', '.join(priced_op_names())}"
         )

@@ -44,6 +44,7 @@ from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from nni.nas.nn.pytorch.base import recursive_freeze
 from torch import nn
 
+from adderize._errors import AdderizeError
 from adderize.search.space import OpSpace, energy_budget
 from adderize.train.distill import logit_kd
 
@@ -68,7 +69,7 @@ def shared_candidates(layer: nn.Module, ops: Iterable[str]) -> dict[str, nn.Modu
 
     source = classify(layer)
     if source is None or source.kind is None:
-        raise ValueError(f"{type(layer).__name__} is not a layer the search converts")
+        raise AdderizeError(f"{type(layer).__name__} is not a layer the search converts")
     out: dict[str, nn.Module] = {}
     for op in ops:
         built = get_op(op).build(layer, source)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from adderize._errors import AdderizeError
 from adderize.search.space import DEFAULT_OPS, OpSpace
 from adderize.train.recipe import Recipe
 
@@ -61,19 +62,19 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(
+            raise AdderizeError(
                 f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
             )
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise AdderizeError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode == "oneshot" and self.strategy not in ("evolution", "random"):
-            raise ValueError(
+            raise AdderizeError(
                 f"oneshot mode samples sub-networks with evolution or random, not {self.strategy!r}"
             )
         if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+            raise AdderizeError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.trials < 1 or self.trial_epochs < 1 or self.concurrency < 1:
-            raise ValueError("trials, trial_epochs and concurrency must be >= 1")
+            raise AdderizeError("trials, trial_epochs and concurrency must be >= 1")
 
 
 # ------------------------------------------------------------------------ one candidate
@@ -195,7 +196,7 @@ def _sequential(ev: Evaluator, settings: SearchSettings) -> None:
                 break
             rejected += 1
         else:
-            raise ValueError("no feasible sample in 1000 draws: raise the budget")
+            raise AdderizeError("no feasible sample in 1000 draws: raise the budget")
         row = ev(candidate, f"seq-{i:04d}")
         population.append((candidate, row["accuracy"]))
         if len(population) > settings.population:
@@ -300,7 +301,7 @@ def search(
     """Run the search and write the outputs listed in the module docstring."""
     out = Path(out or recipe.out)
     if (out / "trials.jsonl").exists():
-        raise ValueError(f"{out} already holds a search (trials.jsonl): choose another --out")
+        raise AdderizeError(f"{out} already holds a search (trials.jsonl): choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     recipe = recipe.override([f"out={out}"])
     recipe.save(out / "config.yaml")
@@ -353,7 +354,7 @@ def _finish(out: Path, rows: list[dict[str, Any]], space: OpSpace) -> dict[str, 
     front = pareto_front(rows)
     feasible = [r for r in rows if r["trained"]]
     if not feasible:
-        raise ValueError("no candidate was within budget: raise --budget")
+        raise AdderizeError("no candidate was within budget: raise --budget")
     best = max(feasible, key=lambda r: (r["accuracy"], -r["energy_pj"]))
     space.mapping(best["assignment"]).save(out / "best_ops.yaml")
     _plot(rows, front, space, out / "pareto.png")

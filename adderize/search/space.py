@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from adderize._errors import AdderizeError
 from adderize.energy.cost import CostTable
 from adderize.passes.mapping import OpMapping
 
@@ -49,11 +50,11 @@ class OpSpace:
         from adderize.passes.registry import priced_op, priced_op_names
 
         if not ops:
-            raise ValueError(f"no ops to search; priced ops: {', '.join(priced_op_names())}")
+            raise AdderizeError(f"no ops to search; priced ops: {', '.join(priced_op_names())}")
         for op in ops:
             priced_op(op)  # registered, with a cost model: refused by name here, not later
         if budget <= 0:
-            raise ValueError(f"budget must be > 0 (a fraction <= 1 or pJ), got {budget}")
+            raise AdderizeError(f"budget must be > 0 (a fraction <= 1 or pJ), got {budget}")
         mapping = OpMapping(
             default="adder",
             keep_first=not search_first_last,
@@ -64,7 +65,7 @@ class OpSpace:
         layers = tuple(r.name for r in report.replaced)
         fixed = tuple(r.name for r in report.kept)
         if not layers:
-            raise ValueError("the model has no layer the search can choose an op for")
+            raise AdderizeError("the model has no layer the search can choose an op for")
         table = cost_table(model, input_size, bits=bits, ops=tuple(dict.fromkeys(("conv", *ops))))
         conv = table.energy({})
         budget_pj = budget * conv if budget <= 1 else float(budget)
@@ -146,7 +147,7 @@ class OpSpace:
         """An OpMapping that reproduces ``assignment`` exactly (every other layer kept)."""
         unknown = set(assignment) - set(self.layers)
         if unknown:
-            raise ValueError(f"layers not in the space: {sorted(unknown)[:5]}")
+            raise AdderizeError(f"layers not in the space: {sorted(unknown)[:5]}")
         return OpMapping(default="conv", names=dict(assignment), insert_norm=False)
 
     def build(self, model: nn.Module, assignment: Mapping[str, str]) -> nn.Module:

@@ -15,6 +15,7 @@ from typing import Any
 
 from nni.tuner import Tuner
 
+from adderize._errors import AdderizeError
 from adderize.search.space import OpSpace
 
 __all__ = ["BudgetTuner"]
@@ -37,7 +38,7 @@ def _inner(name: str, seed: int, population: int) -> Tuner:
         from nni.algorithms.hpo.gridsearch_tuner import GridSearchTuner
 
         return GridSearchTuner()
-    raise ValueError(f"unknown inner tuner {name!r}")
+    raise AdderizeError(f"unknown inner tuner {name!r}")
 
 
 class BudgetTuner(Tuner):
@@ -72,7 +73,7 @@ class BudgetTuner(Tuner):
             self.inner.receive_trial_result(inner_id, params, 0.0)
             with open(self.log, "a") as f:
                 f.write(json.dumps({"assignment": assignment, "energy_pj": energy}) + "\n")
-        raise ValueError(f"no sample within budget in {self.max_draws} draws: raise the budget")
+        raise AdderizeError(f"no sample within budget in {self.max_draws} draws: raise the budget")
 
     def receive_trial_result(
         self, parameter_id: int, parameters: dict[str, Any], value: Any, **kwargs: Any

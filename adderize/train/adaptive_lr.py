@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from adderize._errors import AdderizeError
 from adderize.nn import Adder2d, AdderLinear
 
 __all__ = ["PER", "AdaptiveLRScaling", "adder_weights"]
@@ -58,14 +59,14 @@ class AdaptiveLRScaling:
         self, model: nn.Module, eta: float = 0.2, per: Literal["step", "backward"] = "step"
     ) -> None:
         if not (isinstance(eta, (int, float)) and eta > 0 and math.isfinite(eta)):
-            raise ValueError(f"eta must be a positive finite number, got {eta!r}")
+            raise AdderizeError(f"eta must be a positive finite number, got {eta!r}")
         if per not in PER:
-            raise ValueError(f"per must be one of {PER}, got {per!r}")
+            raise AdderizeError(f"per must be one of {PER}, got {per!r}")
         self.eta = float(eta)
         self.per = per
         self.params = adder_weights(model)
         if not self.params:
-            raise ValueError("the model has no adder layers (Adder2d / AdderLinear) to scale")
+            raise AdderizeError("the model has no adder layers (Adder2d / AdderLinear) to scale")
 
     def _scale(self, g: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         return torch.where(norm > 0, self.eta * math.sqrt(g.numel()) / norm.clamp_min(1e-30), 1.0)
@@ -88,7 +89,7 @@ class AdaptiveLRScaling:
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = sum(id(p) not in owned for p in self.params)
         if missing:
-            raise ValueError(
+            raise AdderizeError(
                 f"{missing} of {len(self.params)} adder weights are not optimised by this "
                 "optimizer: create it from the converted model's parameters"
             )

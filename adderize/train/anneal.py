@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize.nn import Blendable
 from adderize.passes.convert import BLEND_ATTR
 
@@ -72,7 +73,7 @@ def blend_layers(model: nn.Module) -> dict[str, tuple[Blendable, nn.Module]]:
     model = _unwrap(model)
     table = getattr(model, BLEND_ATTR, None)
     if not table:
-        raise ValueError(
+        raise AdderizeError(
             "the model was not converted with preserve=True (adderize(model, preserve=True)): "
             "it has no blended layers to anneal"
         )
@@ -176,9 +177,9 @@ def reconstruct(
     Call before :func:`calibrate`, which fits the output scales to the refit ops.
     """
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+        raise AdderizeError(f"steps must be a positive int, got {steps!r}")
     if not 0 <= chain <= 1:
-        raise ValueError(f"chain is a fraction of the steps in [0, 1], got {chain!r}")
+        raise AdderizeError(f"chain is a fraction of the steps in [0, 1], got {chain!r}")
     layers = {n: layer for n, (layer, _) in blend_layers(model).items() if layer.refit}
     if not layers:
         return {}
@@ -228,7 +229,7 @@ def reconstruct(
         for layer, blend in saved:
             layer.blend = blend
     if not last:
-        raise ValueError("reconstruct needs at least one batch")
+        raise AdderizeError("reconstruct needs at least one batch")
     return {n: (first[n], last[n]) for n in layers if n in last}
 
 
@@ -259,7 +260,7 @@ def run_hooked(
             model(x)
             seen += 1
     if not seen:
-        raise ValueError(f"{caller} needs at least one batch")
+        raise AdderizeError(f"{caller} needs at least one batch")
     return seen
 
 
@@ -331,7 +332,7 @@ def fold_into_norm(layer: Blendable, norm: nn.Module) -> None:
     variance ``(var + eps) / s^2 - eps`` and the sign of ``s`` moved into the norm's weight.
     """
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        raise TypeError(f"can only fold into a BatchNorm, got {type(norm).__name__}")
+        raise AdderizeTypeError(f"can only fold into a BatchNorm, got {type(norm).__name__}")
     scale, shift = layer.blend_scale, layer.blend_shift
     if scale is None or shift is None:
         return
@@ -343,7 +344,7 @@ def fold_into_norm(layer: Blendable, norm: nn.Module) -> None:
     if norm.weight is not None:
         norm.weight.mul_(torch.sign(s).to(norm.weight.dtype))
     elif bool((s < 0).any()):
-        raise ValueError("cannot fold a negative scale into a BatchNorm without affine weight")
+        raise AdderizeError("cannot fold a negative scale into a BatchNorm without affine weight")
     layer.blend_scale = layer.blend_shift = None
 
 
@@ -362,9 +363,9 @@ class Anneal:
 
     def __init__(self, model: nn.Module, steps: int, shape: str = "linear") -> None:
         if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
+            raise AdderizeError(f"steps must be a positive int, got {steps!r}")
         if shape not in SHAPES:
-            raise ValueError(f"shape must be one of {', '.join(SHAPES)}; got {shape!r}")
+            raise AdderizeError(f"shape must be one of {', '.join(SHAPES)}; got {shape!r}")
         self.model = _unwrap(model)
         self.layers = blend_layers(self.model)
         self.steps, self.shape = steps, shape

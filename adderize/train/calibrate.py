@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from adderize._errors import AdderizeError
+
 __all__ = ["recalibrate_bn"]
 
 
@@ -28,7 +30,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
         model(x)
         seen += 1
     if norms and not seen:
-        raise ValueError("recalibrate_bn needs at least one batch")
+        raise AdderizeError("recalibrate_bn needs at least one batch")
     for m, (momentum, _) in zip(norms, saved, strict=True):
         m.momentum = momentum
     model.train(was_training)

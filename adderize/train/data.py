@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from adderize._errors import AdderizeError
 from adderize.train.recipe import DataCfg
 
 __all__ = ["DigitsDataset", "build_dataset", "build_loaders"]
@@ -30,7 +31,9 @@ class DigitsDataset(Dataset):
         from sklearn.model_selection import train_test_split
 
         if split not in self.SPLITS:
-            raise ValueError(f"digits split must be one of {', '.join(self.SPLITS)}, got {split!r}")
+            raise AdderizeError(
+                f"digits split must be one of {', '.join(self.SPLITS)}, got {split!r}"
+            )
         x, y = load_digits(return_X_y=True)
         train, val = train_test_split(range(len(y)), test_size=0.25, random_state=0, stratify=y)
         idx = train if split == "train" else val
@@ -54,7 +57,7 @@ def build_dataset(cfg: DataCfg, split: str) -> Dataset:
     from timm.data import create_dataset
 
     if cfg.data_dir is None:
-        raise ValueError("data.dataset=folder needs a data directory: pass --data-dir DIR")
+        raise AdderizeError("data.dataset=folder needs a data directory: pass --data-dir DIR")
     root = Path(cfg.data_dir)
     name = cfg.train_split if split == "train" else cfg.val_split
     if not (root / name).is_dir():

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from adderize._errors import AdderizeError
+
 __all__ = [
     "FeatureTap",
     "default_feature_names",
@@ -65,7 +67,7 @@ class FeatureTap:
             try:
                 module = model.get_submodule(name)
             except AttributeError:
-                raise ValueError(
+                raise AdderizeError(
                     f"distill.features: no module {name!r} in {type(model).__name__}"
                 ) from None
             self.handles.append(module.register_forward_hook(self._hook(len(self.handles))))
@@ -96,7 +98,7 @@ def default_feature_names(model: nn.Module) -> list[str]:
     """timm's ``feature_info`` modules (stage outputs) except the stem, else an error."""
     info = getattr(model, "feature_info", None)
     if not info:
-        raise ValueError(
+        raise AdderizeError(
             "distill.kind=kernel: this model has no timm feature_info; list the modules "
             "to match in distill.features"
         )

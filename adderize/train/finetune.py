@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from adderize._errors import brief
+from adderize._errors import AdderizeError, brief
 from adderize.passes.convert import BLEND_ATTR
 from adderize.train.adaptive_lr import AdaptiveLRScaling, adder_weights
 from adderize.train.anneal import Anneal, calibrate, reconstruct
@@ -224,12 +224,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or pickled code refused
-        raise ValueError(
+        raise AdderizeError(
             f"{path} is not a checkpoint adderize can resume from ({type(e).__name__}: "
             f"{brief(e)}); delete it to start the phase over"
         ) from None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: a checkpoint is a mapping, got {type(state).__name__}")
+        raise AdderizeError(f"{path}: a checkpoint is a mapping, got {type(state).__name__}")
     return state
 
 
@@ -435,7 +435,7 @@ def _resume(
         start = int(saved["epoch"])
         history[:] = [r for r in history if r["phase"] != phase.name] + list(saved["history"])
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-        raise ValueError(
+        raise AdderizeError(
             f"{path} does not match this run ({type(e).__name__}: {e}); delete it "
             "to start the phase over, or resume with the recipe that wrote it"
         ) from None
@@ -541,14 +541,14 @@ def _prepare_run_dir(recipe: Recipe, resume: bool, ctx: Context) -> Path:
     if ctx.main:
         existing = [p.name for p in (run_dir.glob("checkpoint-*.pt") if run_dir.is_dir() else [])]
         if existing and not resume:
-            raise ValueError(
+            raise AdderizeError(
                 f"{run_dir} already holds a run ({', '.join(sorted(existing))}): pass "
                 "--resume to continue it, or choose another --out"
             )
         if resume and (run_dir / "config.yaml").is_file():
             saved = Recipe.load(run_dir / "config.yaml")
             if saved.to_dict() != recipe.to_dict():
-                raise ValueError(
+                raise AdderizeError(
                     f"--resume with a recipe that differs from {run_dir / 'config.yaml'}: "
                     "resume with the same recipe and overrides"
                 )

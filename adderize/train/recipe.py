@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from adderize._errors import AdderizeError
 from adderize._yaml import parse_yaml, read_yaml
 
 __all__ = [
@@ -37,12 +38,12 @@ AMP_MODES = ("none", "bf16")
 
 def _choice(label: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{label} must be one of {', '.join(choices)}; got {value!r}")
+        raise AdderizeError(f"{label} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _positive(label: str, value: float, allow_zero: bool = False) -> None:
     if not (value >= 0 if allow_zero else value > 0):
-        raise ValueError(f"{label} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise AdderizeError(f"{label} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
 @dataclass
@@ -144,7 +145,7 @@ class AdderCfg:
 
         _choice("adder.eta_per", self.eta_per, PER)
         if not 0 <= self.p_decay <= 1:
-            raise ValueError(
+            raise AdderizeError(
                 f"adder.p_decay is a fraction of training in [0, 1], got {self.p_decay}"
             )
 
@@ -177,7 +178,7 @@ class AnnealCfg:
 
         _choice("anneal.shape", self.shape, SHAPES)
         if not 0 < self.fraction <= 1:
-            raise ValueError(
+            raise AdderizeError(
                 f"anneal.fraction is a fraction of training in (0, 1], got {self.fraction}"
             )
         _positive("anneal.calibration_batches", self.calibration_batches)
@@ -185,7 +186,7 @@ class AnnealCfg:
         _positive("anneal.refit_steps", self.refit_steps, allow_zero=True)
         _positive("anneal.refit_lr", self.refit_lr)
         if not 0 <= self.refit_chain <= 1:
-            raise ValueError(
+            raise AdderizeError(
                 f"anneal.refit_chain is a fraction of the refit steps in [0, 1], got "
                 f"{self.refit_chain}"
             )
@@ -209,7 +210,7 @@ class DistillCfg:
     def __post_init__(self) -> None:
         _choice("distill.kind", self.kind, DISTILL_KINDS)
         if not 0 <= self.alpha <= 1:
-            raise ValueError(f"distill.alpha must be in [0, 1], got {self.alpha}")
+            raise AdderizeError(f"distill.alpha must be in [0, 1], got {self.alpha}")
         _positive("distill.temperature", self.temperature)
 
 
@@ -242,7 +243,7 @@ class Recipe:
         _positive("epochs", self.epochs)
         _positive("bn_recalibration", self.bn_recalibration, allow_zero=True)
         if not 0 <= self.ema < 1:
-            raise ValueError(f"ema is a decay in [0, 1) (0 = off), got {self.ema}")
+            raise AdderizeError(f"ema is a decay in [0, 1) (0 = off), got {self.ema}")
         from adderize.passes.mapping import OpMapping
 
         OpMapping.coerce(self.ops)  # validate op names now, not after the teacher trained
@@ -264,7 +265,7 @@ class Recipe:
         path = Path(path)
         data = read_yaml(path, "recipe") or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
+            raise AdderizeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
         return cls.from_dict(apply_overrides(data, overrides), source=str(path))
 
     def override(self, overrides: list[str] | tuple[str, ...]) -> Recipe:
@@ -283,13 +284,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=0.1)")
+            raise AdderizeError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=0.1)")
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
+                raise AdderizeError(f"override {item!r}: {part!r} is not a section")
         node[leaf] = parse_yaml(raw, f"override {item!r}")
     return data
 
@@ -297,7 +298,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 def _build(cls: type, data: Any, path: str) -> Any:
     """Instantiate dataclass ``cls`` from ``data``, naming unknown keys and their options."""
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping for {cls.__name__}, got {data!r}")
+        raise AdderizeError(f"{path}: expected a mapping for {cls.__name__}, got {data!r}")
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -305,7 +306,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{path}: unknown key {key!r}{hint}; valid keys: {', '.join(names)}")
+            raise AdderizeError(
+                f"{path}: unknown key {key!r}{hint}; valid keys: {', '.join(names)}"
+            )
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, f"{path}: {key}")
@@ -314,7 +317,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise AdderizeError(f"{path}: {e}") from None
 
 
 def _coerce(value: Any, hint: Any, label: str) -> Any:
@@ -325,6 +328,6 @@ def _coerce(value: Any, hint: Any, label: str) -> Any:
         if isinstance(value, bool) and hint is not bool:
             ok = False
         if not ok:
-            raise ValueError(f"{label} must be {simple[hint]}, got {value!r}")
+            raise AdderizeError(f"{label} must be {simple[hint]}, got {value!r}")
         return float(value) if hint is float else value
     return value

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from adderize._errors import AdderizeError
 from adderize.nn import Adder2d, AdderLinear
 
 __all__ = ["LpSchedule"]
@@ -29,13 +30,13 @@ class LpSchedule:
         self, model: nn.Module, decay_steps: int, start: float = 2.0, end: float = 1.0
     ) -> None:
         if not isinstance(decay_steps, int) or decay_steps < 0:
-            raise ValueError(f"decay_steps must be a non-negative int, got {decay_steps!r}")
+            raise AdderizeError(f"decay_steps must be a non-negative int, got {decay_steps!r}")
         for label, v in (("start", start), ("end", end)):
             if not 1.0 <= v <= 2.0:
-                raise ValueError(f"{label} must be in [1, 2], got {v}")
+                raise AdderizeError(f"{label} must be in [1, 2], got {v}")
         self.layers = [m for m in model.modules() if isinstance(m, (Adder2d, AdderLinear))]
         if not self.layers:
-            raise ValueError("the model has no adder layers (Adder2d / AdderLinear)")
+            raise AdderizeError("the model has no adder layers (Adder2d / AdderLinear)")
         self.decay_steps, self.start, self.end = decay_steps, float(start), float(end)
         self.last_step = 0
         self._apply()

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from adderize._errors import AdderizeError
+
 #: inner-loop forms of the p = 1 dense conv forward (see :func:`conv_forward_compute`)
 FORMS = ("abs", "max")
 
@@ -160,9 +162,9 @@ def conv_forward_compute(
     from tvm import te
 
     if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        raise AdderizeError(f"form must be one of {FORMS}, got {form!r}")
     if form == "max" and (lp or mac):
-        raise ValueError("form='max' is the p = 1 adder's; l_p and MAC kernels use 'abs'")
+        raise AdderizeError("form='max' is the p = 1 adder's; l_p and MAC kernels use 'abs'")
     cg, tg = c // g, t // g
     oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     p, dist, _ = _lp_terms(lp)
@@ -382,7 +384,7 @@ def int8_conv_forward_compute(
 
     width = 8 * group
     if c % width:
-        raise ValueError(f"int8 conv channels {c} are not a multiple of 8 * group = {width}")
+        raise AdderizeError(f"int8 conv channels {c} are not a multiple of 8 * group = {width}")
     oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     x = te.placeholder((n, hp, wp, c), "uint8", name="x")
     w = te.placeholder((t, kh, kw, c), "uint8", name="w")
@@ -468,7 +470,7 @@ def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
     base = kind.removesuffix("_lp")
     if form != "abs":
         if kind != "conv_forward":
-            raise ValueError(f"only conv_forward has the {form!r} form, not {kind!r}")
+            raise AdderizeError(f"only conv_forward has the {form!r} form, not {kind!r}")
         return conv_forward_compute(*shape, form=form)
     if base == "conv_forward_nchw":
         return conv_forward_compute(*shape, lp=lp, nchw_out=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from adderize._errors import AdderizeError
 from adderize.kernels.machine import cpu_isa
 from adderize.tvm_schedules import int8
 from adderize.tvm_schedules.compute import computes, out_size
@@ -114,7 +115,7 @@ def _layout(kind: str, shape: tuple[int, ...]) -> _Layout:
     if base == "conv_grad_input":
         _, c, _, wp, *_, g = shape
         return _Layout(3, 2, wp, c // g, True, True)
-    raise ValueError(f"kernel kind {kind!r} has no register-tile schedule; known: {SELECTABLE}")
+    raise AdderizeError(f"kernel kind {kind!r} has no register-tile schedule; known: {SELECTABLE}")
 
 
 #: unrolled rows per tile at most (code size)

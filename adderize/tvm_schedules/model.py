@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adderize._errors import AdderizeError
 from adderize.kernels import tvm_build, tvm_l1
 from adderize.kernels.machine import llvm_target
 from adderize.nn import Adder1d, Adder2d, AdderLinear, BinaryConv2d
@@ -157,7 +158,7 @@ class _ExportAdder2d(nn.Module):
     def __init__(self, layer: Adder2d) -> None:
         super().__init__()
         if layer.stride[0] != layer.stride[1] or layer.dilation[0] != layer.dilation[1]:
-            raise ValueError(
+            raise AdderizeError(
                 f"TVM export supports square stride and dilation, got stride {layer.stride} "
                 f"dilation {layer.dilation}"
             )
@@ -305,7 +306,7 @@ class _Converters:
         bb = importer.block_builder
         x, w, stride, dil, groups, p = importer.retrieve_args(node)
         if float(p) != 1.0:
-            raise ValueError(f"TVM export compiles p = 1 adder layers; {node.name} has p = {p}")
+            raise AdderizeError(f"TVM export compiles p = 1 adder layers; {node.name} has p = {p}")
         n, c, hp, wp = (int(v) for v in x.ty.shape)
         t, cg, kh, kw = (int(v) for v in w.ty.shape)
         tg = t // groups
@@ -434,7 +435,7 @@ class _Converters:
         bb = importer.block_builder
         x, w, p = importer.retrieve_args(node)
         if float(p) != 1.0:
-            raise ValueError(f"TVM export compiles p = 1 adder layers; {node.name} has p = {p}")
+            raise AdderizeError(f"TVM export compiles p = 1 adder layers; {node.name} has p = {p}")
         m, k = (int(v) for v in x.ty.shape)
         t = int(w.ty.shape[0])
         _, tp = tile(t)
@@ -451,7 +452,7 @@ def _tvm_target(target: str) -> Any:
     import tvm
 
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        raise AdderizeError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if target == "cpu":
         return llvm_target()
     return tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
@@ -500,7 +501,7 @@ def compile_model(
     import tvm
 
     if not tvm_l1.available():
-        raise ValueError(
+        raise AdderizeError(
             f"compiling needs TVM, which is unavailable: {tvm_l1.unavailable_reason()}"
         )
     tvm_target = _tvm_target(target)
@@ -559,7 +560,7 @@ class CompiledModel:
             )
         meta = json.loads(meta_path.read_text())
         if meta.get("target") != "cpu":
-            raise ValueError(f"{path} was built for {meta.get('target')!r}; only cpu runs here")
+            raise AdderizeError(f"{path} was built for {meta.get('target')!r}; only cpu runs here")
         tvm_l1.available()  # sets TVM's thread-pool environment before its first import
         return cls(tvm.runtime.load_module(str(path)), tuple(meta["input_size"]))
 
@@ -567,7 +568,7 @@ class CompiledModel:
         import tvm
 
         if tuple(x.shape) != self.input_size:
-            raise ValueError(
+            raise AdderizeError(
                 f"this library was compiled for input {self.input_size}, got {tuple(x.shape)}"
             )
         out = self.vm["main"](tvm.runtime.tensor(x.detach().float().contiguous().numpy()))

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from adderize._errors import AdderizeError
 from adderize.kernels.tvm_build import kernel
 from adderize.nn import Adder2d, BinaryConv2d
 from adderize.tvm_schedules import int8
@@ -94,7 +95,7 @@ def calibrate(
     """The grid covering ``layer``'s weights and its inputs while ``model`` runs ``batches``."""
     grids = _grids(model, {"layer": layer}, batches)
     if not grids:
-        raise ValueError("calibrate needs at least one batch that reaches the layer")
+        raise AdderizeError("calibrate needs at least one batch that reaches the layer")
     return grids["layer"]
 
 
@@ -102,7 +103,7 @@ def _int8_geometry(layer: Adder2d) -> tuple[int, int]:
     """(stride, dilation) of a layer the int8 kernel covers; ValueError naming why not."""
     s, d = layer.stride, layer.dilation
     if layer.groups != 1 or s[0] != s[1] or d[0] != d[1]:
-        raise ValueError(
+        raise AdderizeError(
             f"the int8 kernel covers groups=1 with square stride/dilation; got groups="
             f"{layer.groups}, stride={s}, dilation={d}"
         )
@@ -234,7 +235,7 @@ def quantize_model(
                 kept[name] = why
     batches = list(batches)
     if layers and not batches:
-        raise ValueError("quantize_model needs at least one calibration batch")
+        raise AdderizeError("quantize_model needs at least one calibration batch")
     grids = _grids(model, layers, batches)
     for name, layer in layers.items():
         if name not in grids:
@@ -259,7 +260,7 @@ def _binary_geometry(layer: BinaryConv2d) -> tuple[int, int]:
     """(stride, dilation) of a layer the packed kernel covers; ValueError naming why not."""
     s, d = layer.stride, layer.dilation
     if layer.groups != 1 or s[0] != s[1] or d[0] != d[1] or layer.weight.dim() != 4:
-        raise ValueError(
+        raise AdderizeError(
             f"the binary kernel covers 2-d groups=1 with square stride/dilation; got groups="
             f"{layer.groups}, stride={s}, dilation={d}"
         )
@@ -296,7 +297,7 @@ def binary_conv2d(x: torch.Tensor, layer: BinaryConv2d) -> torch.Tensor:
     and out): signs packed 32 channels per word, padding masked out."""
     stride, dil = _binary_geometry(layer)
     if layer.training:
-        raise ValueError("binary_conv2d runs a layer in eval mode: call layer.eval() first")
+        raise AdderizeError("binary_conv2d runs a layer in eval mode: call layer.eval() first")
     signs = layer._pad(layer._binarize_input(x, 1))  # +-1, padding 0 (as the layer)
     y = packed_binary_conv(signs, *pack_binary_weight(layer), stride, dil)
     return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
