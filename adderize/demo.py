@@ -25,7 +25,9 @@ def run_demo(
     import adderize
     from adderize.energy import energy_report
     from adderize.train.data import build_loaders
-    from adderize.train.finetune import Context, evaluate, finetune
+    from adderize.train.distributed import Context
+    from adderize.train.finetune import finetune
+    from adderize.train.loop import evaluate
     from adderize.train.recipe import Recipe
 
     out = Path(out)

@@ -13,7 +13,8 @@ from torch import nn
 
 import adderize
 from adderize.train import AdaptiveLRScaling
-from adderize.train.finetune import init_context, train_step
+from adderize.train.distributed import init_context
+from adderize.train.loop import train_step
 
 
 def model_and_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -99,7 +99,8 @@ class Evaluator:
     def _load(self) -> tuple[Any, Any]:
         if self._parts is None:
             from adderize.train.data import build_loaders
-            from adderize.train.finetune import Context, prepare_teacher
+            from adderize.train.distributed import Context
+            from adderize.train.finetune import prepare_teacher
 
             loaders = build_loaders(self.recipe.data)
             teacher = prepare_teacher(self.recipe, loaders, self.out, Context(), [], resume=True)
@@ -123,7 +124,8 @@ def evaluate_assignment(ev: Evaluator, assignment: dict[str, str], trial: str) -
     import torch
 
     from adderize.train.adaptive_lr import adder_weights
-    from adderize.train.finetune import Context, Phase, evaluate, run_phase
+    from adderize.train.distributed import Context
+    from adderize.train.loop import Phase, evaluate, run_phase
 
     energy = ev.space.energy(assignment)
     row: dict[str, Any] = {
