@@ -167,8 +167,8 @@ def test_model_source_options_are_the_same_in_every_command():
 
 
 def test_user_errors_exit_2_and_bugs_keep_their_traceback(capsys, monkeypatch):
-    import adderize.cli as cli
     from adderize import AdderizeError
+    from adderize.cli import energy
 
     def fail(error):
         def cmd(args):
@@ -176,9 +176,9 @@ def test_user_errors_exit_2_and_bugs_keep_their_traceback(capsys, monkeypatch):
 
         return cmd
 
-    monkeypatch.setattr(cli, "_cmd_energy", fail(AdderizeError("bad --bits 7; valid: 16, 32")))
+    monkeypatch.setattr(energy, "run", fail(AdderizeError("bad --bits 7; valid: 16, 32")))
     assert main(["energy", "resnet18"]) == 2
     assert "adderize: error: bad --bits 7" in capsys.readouterr().err
-    monkeypatch.setattr(cli, "_cmd_energy", fail(ValueError("an internal bug")))
+    monkeypatch.setattr(energy, "run", fail(ValueError("an internal bug")))
     with pytest.raises(ValueError, match="an internal bug"):
         main(["energy", "resnet18"])
