@@ -174,3 +174,18 @@ def test_oneshot_search_with_nni_strategies(tmp_path):
     assert (out / "best_ops.yaml").is_file() and (out / "pareto.png").is_file()
     with pytest.raises(ValueError, match="evolution or random"):
         SearchSettings(mode="oneshot", strategy="tpe")
+
+
+def test_build_experiment_configures_nni_without_starting_it(tmp_path, space):
+    from adderize.search.run import SearchSettings, build_experiment
+
+    settings = SearchSettings(trials=7, concurrency=2, seed=3)
+    exp = build_experiment(tmp_path, space, settings)
+    c = exp.config
+    assert c.trial_command.endswith(f"-m adderize.search.trial {tmp_path.resolve()}")
+    assert c.search_space == space.hpo_search_space()
+    assert c.tuner.class_name == "adderize.search.tuner.BudgetTuner"
+    assert c.tuner.class_args["seed"] == 3
+    assert (c.max_trial_number, c.trial_concurrency) == (7, 2)
+    assert c.experiment_working_directory == str((tmp_path / "nni-experiments").resolve())
+    assert c.training_service.platform == "local"  # callers may swap in a remote service

@@ -10,7 +10,7 @@ from torch import fx
 import adderize
 from adderize.nn import WithNorm
 from adderize.passes.registry import classify
-from adderize.passes.trace import _Tracer
+from adderize.passes.trace import Tracer
 
 # (model, input size): one or two per family; the default run stays quick.
 FAST = [
@@ -103,7 +103,7 @@ def test_timm_model_converts(name, size):
 def test_traced_graph_matches_eager(name):
     """The graph the pass analyses computes what the model computes."""
     model = timm.create_model(name, pretrained=False, num_classes=5).eval()
-    gm = fx.GraphModule(model, _Tracer().trace(model))
+    gm = fx.GraphModule(model, Tracer().trace(model))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x))

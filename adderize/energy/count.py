@@ -34,7 +34,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize.nn import Conv2dLike, LinearLike
 from adderize.passes.registry import op_of_layer
-from adderize.passes.trace import _Tracer, is_norm
+from adderize.passes.trace import Tracer, is_norm
 
 __all__ = ["OpCount", "count_ops", "layer_op"]
 
@@ -267,7 +267,7 @@ def _function_count(node: fx.Node, ins: int, outs: int) -> OpCount | None:
 
 def _count_fx(model: nn.Module, example: torch.Tensor) -> list[OpCount]:
     meta_model = copy.deepcopy(model).to("meta").eval()  # inference energy, eval-mode graph
-    gm = fx.GraphModule(meta_model, _Tracer().trace(meta_model))
+    gm = fx.GraphModule(meta_model, Tracer().trace(meta_model))
     ShapeProp(gm).propagate(example.to("meta"))
     modules = dict(gm.named_modules())
     counts = []

@@ -29,7 +29,7 @@ from adderize.nn import BatchNormLastDim, Blendable, Conv2dLike, LinearLike, Wit
 from adderize.passes.mapping import OpMapping
 from adderize.passes.registry import Source, classify, get_op
 from adderize.passes.report import LayerRecord, RewriteReport
-from adderize.passes.trace import FunctionalSite, GraphFacts, _Tracer, analyse
+from adderize.passes.trace import FunctionalSite, GraphFacts, Tracer, analyse
 
 __all__ = ["adderize"]
 
@@ -200,7 +200,7 @@ def _functional_float(root: nn.Module, site: FunctionalSite) -> nn.Module:
 
 
 def _rewrite_functional(root: nn.Module, steps: list[tuple[_Decision, nn.Module]]) -> nn.Module:
-    graph = _Tracer().trace(root)
+    graph = Tracer().trace(root)
     gm = fx.GraphModule(root, graph, class_name=f"Adderized{type(root).__name__}")
     nodes = {n.name: n for n in gm.graph.nodes}
     for d, new in steps:

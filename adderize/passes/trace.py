@@ -27,7 +27,7 @@ from torch import fx, nn
 from adderize._errors import brief
 from adderize.passes.registry import Kind, classify
 
-__all__ = ["FunctionalSite", "GraphFacts", "analyse", "is_norm"]
+__all__ = ["FunctionalSite", "GraphFacts", "Tracer", "analyse", "is_norm"]
 
 _CONV_FNS = {F.conv2d, torch.conv2d}
 _LINEAR_FNS = {F.linear, torch._C._nn.linear}
@@ -102,7 +102,7 @@ class GraphFacts:
     graph: fx.Graph | None = None
 
 
-class _Tracer(fx.Tracer):
+class Tracer(fx.Tracer):
     """fx tracer with timm's leaf modules/functions; every conv/linear-like layer is a leaf."""
 
     def __init__(self) -> None:
@@ -247,7 +247,7 @@ def _mark_positions(graph: fx.Graph, parametric: dict[fx.Node, list[str]]) -> tu
 def analyse(model: nn.Module) -> GraphFacts:
     """Trace ``model`` with fx (timm leaf rules) and collect :class:`GraphFacts`."""
     try:
-        graph = _Tracer().trace(model)
+        graph = Tracer().trace(model)
     except Exception as e:  # fx raises many types; we report the message
         msg = brief(e, limit=160) or type(e).__name__
         return _module_walk(model, f"torch.fx could not trace {type(model).__name__} ({msg})")

@@ -28,7 +28,15 @@ from adderize._errors import AdderizeError
 from adderize.search.space import DEFAULT_OPS, OpSpace
 from adderize.train.recipe import Recipe
 
-__all__ = ["MODES", "STRATEGIES", "SearchSettings", "evaluate_assignment", "pareto_front", "search"]
+__all__ = [
+    "MODES",
+    "STRATEGIES",
+    "SearchSettings",
+    "build_experiment",
+    "evaluate_assignment",
+    "pareto_front",
+    "search",
+]
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +221,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _nni(out: Path, space: OpSpace, settings: SearchSettings) -> None:
+def build_experiment(out: Path, space: OpSpace, settings: SearchSettings) -> Any:
+    """The NNI experiment of a multi-trial search in ``out`` (not started): trial command
+    ``python -m adderize.search.trial OUT``, the op space as an HPO search space, the
+    budget-checking tuner, trial counts and the experiment folder under ``out``. It runs
+    trials on this machine; for other machines set ``experiment.config.training_service``
+    to NNI's ``RemoteConfig`` / ``KubeflowConfig`` / ``FrameworkControllerConfig`` (every
+    trial needs ``out``, with the teacher, ``space.json`` and ``config.yaml``, on a shared
+    path), then ``experiment.run(port)``."""
     from nni.experiment import CustomAlgorithmConfig, Experiment
 
     exp = Experiment("local")
@@ -236,6 +251,12 @@ def _nni(out: Path, space: OpSpace, settings: SearchSettings) -> None:
     c.trial_concurrency = settings.concurrency
     c.experiment_working_directory = str((out / "nni-experiments").resolve())
     c.training_service.use_active_gpu = False
+    return exp
+
+
+def _nni(out: Path, space: OpSpace, settings: SearchSettings) -> None:
+    exp = build_experiment(out, space, settings)
+    c = exp.config
     port = settings.port or _free_port()
     saved = os.environ.get("NODE_OPTIONS")
     if settings.expose_portal:

@@ -50,12 +50,22 @@ def _warm_builder() -> None:
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
-def tune(kind: str, *shape: int, trials: int = 64, timeout_sec: float = 60.0) -> Path:
+def tune(
+    kind: str,
+    *shape: int,
+    trials: int = 64,
+    timeout_sec: float = 60.0,
+    runner: Any = "local",
+    target: Any = None,
+) -> Path:
     """Tune one kernel with MetaSchedule into the tuning database, which later builds of
     that kernel use (``~/.cache/adderize/tuning``; interrupted runs keep their records).
 
     ``kind`` and ``shape`` are those of the kernel cache (e.g. ``"conv_forward", N, C, Hp,
-    Wp, T, kh, kw, stride, dilation, groups``). Returns the database directory.
+    Wp, T, kh, kw, stride, dilation, groups``). ``runner`` is where candidates are measured:
+    ``"local"`` (this machine) or a MetaSchedule runner, e.g. an ``ms.runner.RPCRunner`` for
+    a board behind TVM's RPC tracker, with that board's ``target`` (a ``tvm.target.Target``;
+    default: this CPU). Returns the database directory.
     """
     import importlib.util
 
@@ -75,11 +85,12 @@ def tune(kind: str, *shape: int, trials: int = 64, timeout_sec: float = 60.0) ->
     )
     ms.tir_integration.tune_tir(
         mod,
-        llvm_target(),
+        llvm_target() if target is None else target,
         str(work_dir),
         max_trials_global=trials,
         num_trials_per_iter=min(trials, 16),
         builder=builder,
+        runner=runner,
         cost_model=cost_model,
     )
     from adderize.kernels import tvm_build  # the builder reads this module: import late
