@@ -12,14 +12,8 @@ from torch import nn
 import adderize
 from adderize.nn import Adder2d, AdderLinear, Blendable
 from adderize.passes.convert import BLEND_ATTR
-from adderize.train.anneal import (
-    Anneal,
-    blend_layers,
-    calibrate,
-    fit_residual,
-    fitted,
-    reconstruct,
-)
+from adderize.train.anneal import Anneal, blend_layers, calibrate
+from adderize.train.refit import fit_residual, fitted, reconstruct
 
 
 def _trained_like(name: str, size: int) -> nn.Module:

@@ -56,7 +56,7 @@ class Blendable(nn.Module):
     channel_dim: int = 1
     weight: nn.Parameter
     #: whether the op's weight is refit to the float layer's outputs before the anneal
-    #: (:func:`adderize.train.anneal.reconstruct`): true where the float weight, read by the
+    #: (:func:`adderize.train.refit.reconstruct`): true where the float weight, read by the
     #: op as it is, computes something unrelated (an l1 distance to conv weights)
     refit: bool = False
 

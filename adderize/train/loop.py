@@ -25,7 +25,7 @@ from torch import nn
 
 from adderize._errors import AdderizeError
 from adderize.train.adaptive_lr import AdaptiveLRScaling
-from adderize.train.anneal import Anneal, calibrate, reconstruct
+from adderize.train.anneal import Anneal, calibrate
 from adderize.train.calibrate import recalibrate_bn
 from adderize.train.checkpoint import (
     atomic_save,
@@ -42,6 +42,7 @@ from adderize.train.distill import (
 )
 from adderize.train.distributed import Context
 from adderize.train.recipe import Recipe
+from adderize.train.refit import reconstruct
 from adderize.train.schedule import LpSchedule
 
 __all__ = ["Objective", "Phase", "evaluate", "make_objective", "run_phase", "train_step"]

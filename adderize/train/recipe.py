@@ -156,7 +156,7 @@ class AnnealCfg:
     the conv model (``adderize(..., preserve=True)``) and blends into the op model over the
     first ``fraction`` of fine-tuning (``shape``: linear or cosine), after refitting the
     adder layers' weights to their conv layers' outputs for ``refit_steps`` training
-    batches (Adam at ``refit_lr``; 0 = off, :func:`adderize.train.anneal.reconstruct`) and
+    batches (Adam at ``refit_lr``; 0 = off, :func:`adderize.train.refit.reconstruct`) and
     fitting the ops' output scales on ``calibration_batches`` training batches;
     ``local_weight`` weighs each op's local reconstruction of its conv layer's output in
     the loss. Used when the conv
