@@ -177,7 +177,8 @@ def test_oneshot_search_with_nni_strategies(tmp_path):
 
 
 def test_build_experiment_configures_nni_without_starting_it(tmp_path, space):
-    from adderize.search.run import SearchSettings, build_experiment
+    from adderize.search.engines import build_experiment
+    from adderize.search.settings import SearchSettings
 
     settings = SearchSettings(trials=7, concurrency=2, seed=3)
     exp = build_experiment(tmp_path, space, settings)

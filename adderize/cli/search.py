@@ -17,7 +17,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> None:
-    from adderize.search.run import ENGINES, MODES, STRATEGIES  # no NNI import: names only
+    from adderize.search.settings import ENGINES, MODES, STRATEGIES  # names only, no NNI
 
     parser = sub.add_parser(
         "search",

@@ -6,7 +6,9 @@ and prices every sample from the energy cost table; ``search`` runs an NNI exper
 when an experiment runs (optional extra ``adderize[nas]``).
 """
 
-from adderize.search.run import STRATEGIES, SearchSettings, pareto_front, search
+from adderize.search.results import pareto_front
+from adderize.search.run import search
+from adderize.search.settings import STRATEGIES, SearchSettings
 from adderize.search.space import DEFAULT_OPS, OpSpace
 
 __all__ = ["DEFAULT_OPS", "STRATEGIES", "OpSpace", "SearchSettings", "pareto_front", "search"]

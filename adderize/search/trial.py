@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from adderize.search.run import Evaluator, SearchSettings
+from adderize.search.evaluate import Evaluator
+from adderize.search.settings import SearchSettings
 from adderize.search.space import OpSpace
 from adderize.train.recipe import Recipe
 
