@@ -143,13 +143,16 @@ class Phase:
     anneal: bool = False  # blend from the conv model (converted with preserve=True)
 
 
-def _batches(loader: Any, ctx: Context, desc: str, progress: bool) -> Iterator[Any]:
+def _batches(
+    loader: Any, ctx: Context, desc: str, progress: bool, total: int | None = None
+) -> Iterator[Any]:
+    """``loader``'s items, behind a progress bar on the main process when ``progress``."""
     if not (progress and ctx.main):
         yield from loader
         return
     from tqdm.auto import tqdm
 
-    with tqdm(loader, desc=desc, leave=False, dynamic_ncols=True) as bar:
+    with tqdm(loader, desc=desc, total=total, leave=False, dynamic_ncols=True) as bar:
         yield from bar
 
 
@@ -161,12 +164,7 @@ def _inputs(loader: Any, ctx: Context, steps: int, progress: bool) -> Iterator[t
             for x, _ in loader:
                 yield x.to(ctx.device)
 
-    batches = itertools.islice(endless(), steps)
-    if not (progress and ctx.main):
-        return batches
-    from tqdm.auto import tqdm
-
-    return iter(tqdm(batches, total=steps, desc="refit", leave=False, dynamic_ncols=True))
+    return _batches(itertools.islice(endless(), steps), ctx, "refit", progress, total=steps)
 
 
 @dataclass
