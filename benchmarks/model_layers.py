@@ -8,7 +8,7 @@ forward+backward. The summary names the worst shapes against the targets (forwar
 forward+backward 3.0x).
 
     python benchmarks/model_layers.py [--models resnet18 resnet50 mobilenetv2_100
-        efficientnet_b0] [--batch 1 32] [--size 224] [--no-backward]
+        efficientnet_b0] [--batch 1 32] [--size 224] [--no-backward] [--only ' dw ']
 """
 
 from __future__ import annotations
@@ -92,13 +92,17 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--no-backward", action="store_true", help="forward only")
+    parser.add_argument(
+        "--only", default="", help="time only shapes whose label contains this (e.g. ' dw ')"
+    )
     args = parser.parse_args()
     print(describe())
     print(f"torch {torch.__version__}; ratios are adder / oneDNN conv of the same shape")
     shapes: dict[Shape, list[str]] = {}
     for name in args.models:
         for s in model_shapes(name, args.size):
-            shapes.setdefault(s, []).append(name)
+            if args.only in s.label():
+                shapes.setdefault(s, []).append(name)
     print(f"{len(shapes)} distinct converted conv shapes in {', '.join(args.models)}")
     header = f"{'layer':30s} {'batch':>5s} {'conv fwd':>9s} {'adder':>7s} {'conv f+b':>9s} {'adder':>7s}  models"  # noqa: E501
     print(header)

@@ -183,6 +183,35 @@ def test_direct_conv_kernels_match_the_reference(
     torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("p", [1.0, 1.6])
+def test_depthwise_plane_and_channel_kernels_agree(p, monkeypatch):
+    """An NCHW input takes the plane kernels, a channels-last one the channel-vectorised
+    kernels (one per stride phase): same values and input gradients, the reference's."""
+    torch.manual_seed(0)
+    layer = Adder2d(16, 16, 5, 2, 2, groups=16, bias=False, p=p, backend="tvm")
+    kinds = []
+    original = tvm_build.kernel
+    monkeypatch.setattr(tvm_l1, "kernel", lambda k, *s: kinds.append(k) or original(k, *s))
+    x = torch.randn(2, 16, 13, 13)
+    x2 = x.clone().requires_grad_()
+    ref = adder2d_reference(x2, layer.weight.detach(), None, 2, 2, 1, 16, p)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xi = torch.empty_like(x, memory_format=fmt).copy_(x).requires_grad_()
+        y = layer(xi)
+        y.backward(grad)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(xi.grad, x2.grad, rtol=1e-5, atol=1e-4 if p == 1 else 3e-4)
+    suffix = "" if p == 1.0 else "_lp"
+    assert list(dict.fromkeys(k.removesuffix(suffix) for k in kinds)) == [
+        "depthwise_forward_nchw",
+        "depthwise_grad_input_nchw",
+        "depthwise_forward",
+        "depthwise_grad_input",
+    ]
+
+
 def test_prepared_weights_follow_in_place_updates():
     """The weight re-layout cache must see optimizer steps (in-place updates)."""
     torch.manual_seed(0)

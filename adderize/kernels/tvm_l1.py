@@ -179,20 +179,26 @@ def conv_forward(
 ) -> torch.Tensor:
     """``-sum |X - W|^p`` adder conv of a padded NCHW input; the result is contiguous NCHW
     for a contiguous input, else NCHW in channels-last memory (no copy either way).
-    Depthwise convs use the channel-vectorised kernel; p != 1 uses the l_p kernels (p
-    passed at run time, no recompilation)."""
+    Depthwise convs use the plane kernel (one channel's output rows vectorised) on an NCHW
+    input, the channel-vectorised kernel on a channels-last one; p != 1 uses the l_p
+    kernels (p passed at run time, no recompilation)."""
     n, c, hp, wp = xp.shape
     t, cg, kh, kw = weight.shape
     tg = t // groups
     oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     dw = _depthwise(weight, groups)
+    suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
+    if dw and xp.is_contiguous():  # an NCHW model: each channel's plane on its own
+        out = xp.new_empty(n, c, oh, ow)
+        fn = kernel("depthwise_forward_nchw" + suffix, n, c, hp, wp, kh, kw, stride, dil)
+        fn(xp, weight.detach().reshape(t, kh, kw).contiguous(), out, *extra)
+        return out
 
     def prepare() -> tuple[torch.Tensor, ...]:
         shape, perm = forward_weight_layout(t, cg, kh, kw, groups)
         return (weight.detach().reshape(shape).permute(perm).contiguous(),)
 
     (wt,) = _prepared(weight, "forward", prepare)
-    suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
     if dw:
         out = xp.new_empty(n, oh, ow, t)
         fn = kernel("depthwise_forward" + suffix, n, c, hp, wp, kh, kw, stride, dil)
@@ -226,6 +232,8 @@ def conv_grad_input(
     gradient with that slice of the kernel. No work is spent on the zeros a
     stride-dilated gradient would hold (3/4 of the terms at stride 2).
     """
+    if _depthwise(weight, groups) and xp.is_contiguous():
+        return _depthwise_grad_input_nchw(xp, weight, grad_out, stride, dil, p)
     if _narrow(weight, groups):
         wpad = _padded_weight(weight)
         t, c = wpad.shape[:2]
@@ -246,6 +254,40 @@ def conv_grad_input(
             phase = _grad_input_nhwc(x_sub, w_sub, g, 1, 1, groups, p, f"{ry},{rx}", weight)
             out[:, ry::stride, rx::stride] = phase
     return out.permute(0, 3, 1, 2)
+
+
+def _stride_dilated(
+    g: torch.Tensor, hp: int, wp: int, top: int, left: int, stride: int
+) -> torch.Tensor:
+    """The output gradient ``g`` [N, T, OH, OW] spread ``stride`` apart into a zero
+    [N, T, hp + top, wp + left] at offset (top, left): the input gradient is then a stride-1
+    correlation of it (rows beyond the input's reach are dropped)."""
+    n, t = g.shape[:2]
+    oh, ow = min(g.shape[2], -(-hp // stride)), min(g.shape[3], -(-wp // stride))
+    if stride == 1 and top == left == 0 and (oh, ow) == (hp, wp):
+        return g.contiguous()
+    gd = g.new_zeros(n, t, hp + top, wp + left)
+    gd[
+        ...,
+        top : top + (oh - 1) * stride + 1 : stride,
+        left : left + (ow - 1) * stride + 1 : stride,
+    ] = g[..., :oh, :ow]
+    return gd
+
+
+def _depthwise_grad_input_nchw(
+    xp: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, stride: int, dil: int, p: float
+) -> torch.Tensor:
+    """The plane kernel's input gradient of a depthwise conv on an NCHW input (contiguous
+    NCHW out). Strides go through the zero-spread gradient (depthwise work is small)."""
+    n, c, hp, wp = xp.shape
+    kh, kw = weight.shape[-2:]
+    gd = _stride_dilated(grad_out, hp, wp, dil * (kh - 1), dil * (kw - 1), stride)
+    out = xp.new_empty(n, c, hp, wp)
+    suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
+    fn = kernel("depthwise_grad_input_nchw" + suffix, n, c, hp, wp, kh, kw, dil)
+    fn(xp, weight.detach().reshape(c, kh, kw).contiguous(), gd, out, *extra)
+    return out
 
 
 def _grad_input_nhwc(

@@ -45,7 +45,9 @@ SELECTABLE = (
     "conv_mac_forward",
     "conv_grad_input",
     "depthwise_forward",
+    "depthwise_forward_nchw",
     "depthwise_grad_input",
+    "depthwise_grad_input_nchw",
     "int8_conv_forward",
 )
 #: the dense conv forwards: NHWC and NCHW output, adder and (compiled models) MAC
@@ -109,6 +111,13 @@ def _layout(kind: str, shape: tuple[int, ...]) -> _Layout:
     if base == "depthwise_forward":
         _, c, _, wp, _, kw, stride, dil = shape
         return _Layout(2, 2, out_size(wp, kw, stride, dil), c, False, False)
+    if base == "depthwise_forward_nchw":
+        _, _, hp, wp, kh, kw, stride, dil = shape
+        oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
+        return _Layout(2, 2, oh, ow, False, False)
+    if base == "depthwise_grad_input_nchw":
+        _, _, hp, wp, *_ = shape
+        return _Layout(2, 2, hp, wp, False, True)
     if base == "depthwise_grad_input":
         _, c, _, wp, *_ = shape
         return _Layout(2, 2, wp, c, False, True)
@@ -178,6 +187,8 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
         return [Variant(r, c, False, form) for r, c in int8.candidates(ow, t, group)]
     lanes = lanes or vector_lanes()
     lay = _layout(kind, tuple(shape))
+    if kind.removesuffix("_lp") in ("depthwise_forward_nchw", "depthwise_grad_input_nchw"):
+        return _plane_tiles(lay, lanes)
     regs = 32 if lanes >= 16 else 16
     reserve = 5 if lay.grad else 3
     fitted: list[Variant] = []
@@ -196,6 +207,23 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
         found += [Variant(c.rows, c.cols, c.cols_outer, "max") for c in found[:2]]
     found += fitted[1:]
     return list(dict.fromkeys(found))[:MAX_CANDIDATES]
+
+
+def _plane_tiles(lay: _Layout, lanes: int) -> list[Variant]:
+    """Tiles of the NCHW depthwise kernels (forward and input gradient), whose columns are
+    positions of one channel's plane: a whole row when it fits four vectors (a 7- or
+    14-wide row wastes at most one partial vector), else a divisor of the row; a few rows
+    each (the weight is a broadcast scalar per tap, so few registers are live; 1-4 rows
+    measured best, depending on the kernel size)."""
+    ow, oh = lay.col_extent, lay.row_extent
+    if ow <= 4 * lanes:
+        widths = [ow]
+    else:
+        widths = [d for d in (4 * lanes, 2 * lanes, lanes) if ow % d == 0] or [
+            max(d for d in range(1, 4 * lanes + 1) if ow % d == 0)
+        ]
+    rows = dict.fromkeys(min(r, oh) for r in (2, 1, 4, 7))
+    return [Variant(r, w, False) for w in widths[:2] for r in rows][:MAX_CANDIDATES]
 
 
 def schedule(kind: str, *shape: int, variant: Variant | None = None) -> Any:
