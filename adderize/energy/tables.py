@@ -17,7 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from adderize._errors import AdderizeError, AdderizeTypeError
+from adderize._config import from_data
+from adderize._errors import AdderizeError
 from adderize._yaml import read_yaml
 
 __all__ = ["COMPUTE_OPS", "HOROWITZ_45NM", "PRECISIONS", "EnergyTable", "resolve_precision"]
@@ -118,28 +119,12 @@ class EnergyTable:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EnergyTable:
-        if not isinstance(data, Mapping):
-            raise AdderizeTypeError(
-                f"an energy table is read from a mapping, got {type(data).__name__}"
-            )
-        required = {"name", "compute_pj", "memory_pj_per_bit"}
-        valid = required | {"placement", "sources"}
-        missing, unknown = required - set(data), set(data) - valid
-        if missing or unknown:
-            raise AdderizeError(
-                f"energy table keys: missing {sorted(missing)}, unknown {sorted(unknown)}; "
-                f"valid keys: {sorted(valid)}"
-            )
-        return cls(**dict(data))
+    def from_dict(cls, data: Mapping[str, Any], source: str = "energy table") -> EnergyTable:
+        return from_data(cls, data, source)
 
     @classmethod
     def load(cls, path: str | Path) -> EnergyTable:
-        data = read_yaml(path, "energy table file") or {}
-        try:
-            return cls.from_dict(data)
-        except (ValueError, TypeError) as e:
-            raise AdderizeError(f"{path}: {e}") from None
+        return cls.from_dict(read_yaml(path, "energy table file") or {}, str(path))
 
 
 def _check_energy(key: str, value: Any) -> None:

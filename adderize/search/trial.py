@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from adderize._config import from_data
 from adderize.search.evaluate import Evaluator
 from adderize.search.settings import SearchSettings
 from adderize.search.space import OpSpace
@@ -19,7 +20,8 @@ def main(out: str) -> None:
 
     log_to_stdout()  # into the trial's NNI log
     root = Path(out)
-    settings = SearchSettings(**json.loads((root / "search.json").read_text()))
+    path = root / "search.json"
+    settings = from_data(SearchSettings, json.loads(path.read_text()), str(path))
     space = OpSpace.from_json((root / "space.json").read_text())
     evaluator = Evaluator(root, Recipe.load(root / "config.yaml"), settings, space)
     assignment = nni.get_next_parameter()

@@ -9,13 +9,13 @@ resolved recipe is written into the run directory. The dataclass defaults *are* 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import yaml
 
+from adderize._config import from_data
 from adderize._errors import AdderizeError
 from adderize._yaml import parse_yaml, read_yaml
 
@@ -30,6 +30,9 @@ __all__ = [
     "SchedCfg",
     "TeacherCfg",
 ]
+
+#: the recipe format written by ``Recipe.to_dict`` (files without the key read as it)
+FORMAT_VERSION = 1
 
 DATASETS = ("digits", "folder")
 DISTILL_KINDS = ("none", "logit", "kernel")
@@ -250,14 +253,14 @@ class Recipe:
 
     # ---------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"version": FORMAT_VERSION, **dataclasses.asdict(self)}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
-        return _build(cls, data, source)
+        return from_data(cls, data, source, version=FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -293,41 +296,3 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
                 raise AdderizeError(f"override {item!r}: {part!r} is not a section")
         node[leaf] = parse_yaml(raw, f"override {item!r}")
     return data
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    """Instantiate dataclass ``cls`` from ``data``, naming unknown keys and their options."""
-    if not isinstance(data, dict):
-        raise AdderizeError(f"{path}: expected a mapping for {cls.__name__}, got {data!r}")
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise AdderizeError(
-                f"{path}: unknown key {key!r}{hint}; valid keys: {', '.join(names)}"
-            )
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value or {}, f"{path}: {key}")
-        else:
-            kwargs[key] = _coerce(value, hint, f"{path}: {key}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise AdderizeError(f"{path}: {e}") from None
-
-
-def _coerce(value: Any, hint: Any, label: str) -> Any:
-    """Check a scalar against its annotation (ints are accepted where floats are expected)."""
-    simple = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
-    if hint in simple:
-        ok = isinstance(value, hint) or (hint is float and isinstance(value, int))
-        if isinstance(value, bool) and hint is not bool:
-            ok = False
-        if not ok:
-            raise AdderizeError(f"{label} must be {simple[hint]}, got {value!r}")
-        return float(value) if hint is float else value
-    return value
