@@ -8,13 +8,23 @@ from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize._log import log_to_stdout
 from adderize._version import __version__
 from adderize.io import create_float_model, create_model, load, save
-from adderize.passes import LayerRecord, OpMapping, RewriteReport, adderize
+from adderize.passes import (
+    LayerRecord,
+    OpConfig,
+    OpMapping,
+    OpSpec,
+    RewriteReport,
+    adderize,
+    register_op,
+)
 
 __all__ = [
     "AdderizeError",
     "AdderizeTypeError",
     "LayerRecord",
+    "OpConfig",
     "OpMapping",
+    "OpSpec",
     "RewriteReport",
     "__version__",
     "adderize",
@@ -22,5 +32,6 @@ __all__ = [
     "create_model",
     "load",
     "log_to_stdout",
+    "register_op",
     "save",
 ]

@@ -125,10 +125,12 @@ def test_op_mapping_yaml_round_trip(tmp_path):
     ("data", "error", "match"),
     [
         ({"default": "mul"}, ValueError, "unknown op 'mul'; valid ops: conv, adder, binary"),
-        ({"defualt": "adder"}, ValueError, r"unknown OpMapping key\(s\) \['defualt'\]"),
+        ({"defualt": "adder"}, ValueError, "unknown key 'defualt' .did you mean 'default'"),
         ({"regex": {"(": "adder"}}, ValueError, "invalid regex"),
         ({"version": 9}, ValueError, "version 9 is not supported"),
-        ({"keep_first": "yes"}, TypeError, "keep_first must be a bool"),
+        ({"keep_first": "yes"}, TypeError, "keep_first must be true/false"),
+        ({"default": {"op": "binary", "p": 2}}, ValueError, "op 'binary' takes no parameters"),
+        ({"default": {"op": "adder", "q": 2}}, ValueError, "valid AdderParams keys: p"),
     ],
 )
 def test_op_mapping_rejects_bad_input(data, error, match):

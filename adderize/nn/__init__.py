@@ -1,10 +1,10 @@
 """Multiplication-free drop-in layers for ``nn.Conv2d`` / ``nn.Linear``."""
 
 from adderize.nn._base import Blendable, Conv1dLike, Conv2dLike, LinearLike
-from adderize.nn.adder import Adder1d, Adder2d, AdderLinear, adder2d, adder_linear
+from adderize.nn.adder import Adder1d, Adder2d, AdderLinear, adder2d, adder_linear, check_p
 from adderize.nn.binary import BinaryConv1d, BinaryConv2d, BinaryLinear
 from adderize.nn.norm import BatchNormLastDim, WithNorm
-from adderize.nn.shift import ShiftConv1d, ShiftConv2d, ShiftLinear
+from adderize.nn.shift import ShiftConv1d, ShiftConv2d, ShiftLinear, check_exponents
 
 __all__ = [
     "Adder1d",
@@ -24,4 +24,6 @@ __all__ = [
     "WithNorm",
     "adder2d",
     "adder_linear",
+    "check_exponents",
+    "check_p",
 ]

@@ -166,7 +166,7 @@ def _direct_conv_backward(
     return grad_x, grad_w
 
 
-def _check_p(p: float) -> float:
+def check_p(p: float) -> float:
     p = float(p)
     if not 1.0 <= p <= 2.0:
         raise AdderizeError(f"p must be in [1, 2] (l1 ... l2 AdderNet), got {p}")
@@ -194,7 +194,7 @@ def adder2d(
     layout = _ConvRows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)  # type: ignore[arg-type]
     dtype = _compute_dtype(x, weight)
     out = _AdderFunction.apply(
-        x.to(dtype), weight.to(dtype), layout, _check_p(p), max_temp_bytes, backend
+        x.to(dtype), weight.to(dtype), layout, check_p(p), max_temp_bytes, backend
     )
     if bias is not None:
         out = out + bias.to(dtype).reshape(1, -1, 1, 1)
@@ -212,7 +212,7 @@ def adder_linear(
     """``out[..., t] = -sum_k |x[..., k] - weight[t, k]|^p (+ bias[t])``."""
     dtype = _compute_dtype(x, weight)
     out = _AdderFunction.apply(
-        x.to(dtype), weight.to(dtype), _LinearRows(), _check_p(p), max_temp_bytes, backend
+        x.to(dtype), weight.to(dtype), _LinearRows(), check_p(p), max_temp_bytes, backend
     )
     if bias is not None:
         out = out + bias.to(dtype)
@@ -241,7 +241,7 @@ class Adder2d(Conv2dLike):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.p = _check_p(p)
+        self.p = check_p(p)
         self.max_temp_bytes = int(max_temp_bytes)
         self.backend = check_backend(backend)
 
@@ -284,7 +284,7 @@ class AdderLinear(LinearLike):
         backend: str = "auto",
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.p = _check_p(p)
+        self.p = check_p(p)
         self.max_temp_bytes = int(max_temp_bytes)
         self.backend = check_backend(backend)
 

@@ -45,7 +45,7 @@ def round_power_of_two(w: torch.Tensor, min_exp: int = -14, max_exp: int = 0) ->
     return w + (q - w).detach()
 
 
-def _check_exps(min_exp: int, max_exp: int) -> tuple[int, int]:
+def check_exponents(min_exp: int, max_exp: int) -> tuple[int, int]:
     if int(min_exp) > int(max_exp):
         raise AdderizeError(f"min_exp must be <= max_exp, got min_exp={min_exp}, max_exp={max_exp}")
     return int(min_exp), int(max_exp)
@@ -56,7 +56,7 @@ class ShiftConv2d(Conv2dLike):
 
     def __init__(self, *args: Any, min_exp: int = -14, max_exp: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.min_exp, self.max_exp = _check_exps(min_exp, max_exp)
+        self.min_exp, self.max_exp = check_exponents(min_exp, max_exp)
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         w = round_power_of_two(self.op_weight(), self.min_exp, self.max_exp)
@@ -85,7 +85,7 @@ class ShiftLinear(LinearLike):
         max_exp: int = 0,
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.min_exp, self.max_exp = _check_exps(min_exp, max_exp)
+        self.min_exp, self.max_exp = check_exponents(min_exp, max_exp)
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         w = round_power_of_two(self.weight, self.min_exp, self.max_exp)

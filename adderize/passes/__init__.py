@@ -2,16 +2,29 @@
 
 from adderize.passes.convert import adderize
 from adderize.passes.mapping import OpMapping
-from adderize.passes.registry import OpSpec, Source, classify, get_op, op_names, register_op
+from adderize.passes.registry import (
+    AdderParams,
+    OpConfig,
+    OpSpec,
+    ShiftParams,
+    Source,
+    classify,
+    get_op,
+    op_names,
+    register_op,
+)
 from adderize.passes.report import LayerRecord, RewriteReport
 from adderize.passes.trace import GraphFacts, analyse
 
 __all__ = [
+    "AdderParams",
     "GraphFacts",
     "LayerRecord",
+    "OpConfig",
     "OpMapping",
     "OpSpec",
     "RewriteReport",
+    "ShiftParams",
     "Source",
     "adderize",
     "analyse",

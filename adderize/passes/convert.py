@@ -27,7 +27,7 @@ from torch import fx, nn
 from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize.nn import BatchNormLastDim, Blendable, Conv2dLike, LinearLike, WithNorm
 from adderize.passes.mapping import OpMapping
-from adderize.passes.registry import Source, classify, get_op
+from adderize.passes.registry import OpConfig, Source, classify, get_op
 from adderize.passes.report import LayerRecord, RewriteReport
 from adderize.passes.trace import FunctionalSite, GraphFacts, Tracer, analyse
 
@@ -50,6 +50,7 @@ class _Decision:
     norm_after: str = ""  # the model's BatchNorm that alone reads this layer's output
     source: Source | None = None
     site: FunctionalSite | None = None
+    config: OpConfig | None = None  # the op's per-layer parameters (None: its defaults)
 
 
 def _end_layers(
@@ -127,14 +128,16 @@ def _plan(model: nn.Module, mapping: OpMapping, facts: GraphFacts) -> list[_Deci
         )
         assert source is not None  # every name comes from sources or sites
         original = f"F.{site.kind}" if site else cls.__name__
-        op, rule = mapping.resolve(name, cls)
-        reason = f"mapping {rule} -> {op}"
+        config, rule = mapping.resolve(name, cls)
+        op, reason = config.op, f"mapping {rule} -> {config}"
         if not rule.startswith("name"):
             for ends, keep in ((first, mapping.keep_first), (last, mapping.keep_last)):
                 if keep and name in ends:
                     op, reason = "conv", f"{ends[name]}: kept full precision"
         spec = get_op(op)
-        d = _Decision(name, original, op, op, reason, "replaced", source=source, site=site)
+        d = _Decision(
+            name, original, op, op, reason, "replaced", source=source, site=site, config=config
+        )
         if isinstance(module, (Conv2dLike, LinearLike)):
             d.action, d.op, d.requested, d.reason = "kept", "conv", "", source.reason
         elif source.kind is None:
@@ -300,7 +303,7 @@ def adderize(
         if d.action == "replaced":
             assert d.source is not None
             src = _functional_float(root, d.site) if d.site else root.get_submodule(d.name)
-            new = get_op(d.op).build(src, d.source)
+            new = get_op(d.op).build(src, d.source, d.config)
             new_type = type(new).__name__
             path = f"{d.name}_{d.op}" if d.site else d.name
             if mapping.preserve and isinstance(new, Blendable):

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import re
 import re._parser as _parser  # type: ignore[import-not-found]
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from adderize._config import from_data
 from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize._yaml import parse_yaml, read_yaml
-from adderize.passes.registry import get_op
+from adderize.passes.registry import OpConfig
 
 __all__ = ["OpMapping", "check_regex"]
 
@@ -117,6 +118,17 @@ def _nested_repeat(items: Any, inside: bool) -> bool:
     return False
 
 
+#: an OpMapping value: an op name, or an op with per-layer parameters
+Op = str | OpConfig
+
+
+def _normal(value: Any) -> Op:
+    """A mapping value checked and stored as its plain name when it has no parameters (so
+    ``mapping.default == "adder"``), else as an :class:`OpConfig`."""
+    config = OpConfig.of(value)
+    return config.op if config.plain else config
+
+
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -125,22 +137,22 @@ def _qualname(cls: type) -> str:
 class OpMapping:
     """What the user wants each layer to become. See the module docstring for precedence."""
 
-    default: str = "adder"
-    types: dict[str, str] = field(default_factory=dict)
-    regex: dict[str, str] = field(default_factory=dict)
-    names: dict[str, str] = field(default_factory=dict)
+    default: Op = "adder"
+    types: dict[str, Op] = field(default_factory=dict)
+    regex: dict[str, Op] = field(default_factory=dict)
+    names: dict[str, Op] = field(default_factory=dict)
     keep_first: bool = True
     keep_last: bool = True
     insert_norm: bool = True
     preserve: bool = False
 
     def __post_init__(self) -> None:
-        get_op(self.default)
+        self.default = _normal(self.default)
         for table in (self.types, self.regex, self.names):
             if not isinstance(table, dict):
                 raise AdderizeTypeError(f"expected a mapping of name -> op, got {table!r}")
-            for op in table.values():
-                get_op(op)
+            for key, op in table.items():
+                table[key] = _normal(op)
         for pattern in self.regex:
             check_regex(pattern)
         for flag in ("keep_first", "keep_last", "insert_norm", "preserve"):
@@ -153,104 +165,93 @@ class OpMapping:
             )
 
     # -- chainable setters -------------------------------------------------------------
-    def set_default(self, op: str) -> OpMapping:
-        get_op(op)
-        self.default = op
+    def set_default(self, op: Op) -> OpMapping:
+        self.default = _normal(op)
         return self
 
-    def set_type(self, type_: type | str, op: str) -> OpMapping:
-        get_op(op)
-        self.types[type_ if isinstance(type_, str) else _qualname(type_)] = op
+    def set_type(self, type_: type | str, op: Op) -> OpMapping:
+        self.types[type_ if isinstance(type_, str) else _qualname(type_)] = _normal(op)
         return self
 
-    def set_regex(self, pattern: str, op: str) -> OpMapping:
-        get_op(op)
-        self.regex[pattern] = op
-        self.__post_init__()
+    def set_regex(self, pattern: str, op: Op) -> OpMapping:
+        check_regex(pattern)
+        self.regex[pattern] = _normal(op)
         return self
 
-    def set_name(self, name: str, op: str) -> OpMapping:
-        get_op(op)
-        self.names[name] = op
+    def set_name(self, name: str, op: Op) -> OpMapping:
+        self.names[name] = _normal(op)
         return self
 
-    def with_names(self, names: dict[str, str]) -> OpMapping:
+    def with_names(self, names: dict[str, Op]) -> OpMapping:
         """A copy with extra exact-name entries (the original is untouched)."""
         return replace(
             self, names={**self.names, **names}, types=dict(self.types), regex=dict(self.regex)
         )
 
     # -- resolution ----------------------------------------------------------------------
-    def resolve(self, name: str, cls: type) -> tuple[str, str]:
+    def resolve(self, name: str, cls: type) -> tuple[OpConfig, str]:
         """``(op, rule)`` for module ``name`` of class ``cls`` ignoring first/last keeping.
 
         ``rule`` says which entry decided, e.g. ``"regex 'layer4\\..*'"``.
         """
         if name in self.names:
-            return self.names[name], f"name {name!r}"
+            return OpConfig.of(self.names[name]), f"name {name!r}"
         for pattern, op in self.regex.items():
             if re.fullmatch(pattern, name):
-                return op, f"regex {pattern!r}"
+                return OpConfig.of(op), f"regex {pattern!r}"
         for base in cls.__mro__:
             for key in (_qualname(base), base.__name__):
                 if key in self.types:
-                    return self.types[key], f"type {key!r}"
-        return self.default, "default"
+                    return OpConfig.of(self.types[key]), f"type {key!r}"
+        return OpConfig.of(self.default), "default"
 
     def type_matches(self, key: str, cls: type) -> bool:
         return any(key in (_qualname(b), b.__name__) for b in cls.__mro__)
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"version": FORMAT_VERSION, **asdict(self)}
+        """Plain data (op names, or ``{op: NAME, **params}`` for ops with parameters)."""
+
+        def data(op: Op) -> Any:
+            return OpConfig.of(op).to_data()
+
+        return {
+            "version": FORMAT_VERSION,
+            "default": data(self.default),
+            **{
+                key: {k: data(v) for k, v in getattr(self, key).items()}
+                for key in ("types", "regex", "names")
+            },
+            **{k: getattr(self, k) for k in ("keep_first", "keep_last", "insert_norm", "preserve")},
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> OpMapping:
-        if not isinstance(data, dict):
-            raise AdderizeTypeError(
-                f"an OpMapping is read from a mapping, got {type(data).__name__}"
-            )
-        data = dict(data)
-        version = data.pop("version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise AdderizeError(
-                f"OpMapping version {version!r} is not supported (this adderize reads "
-                f"version {FORMAT_VERSION})"
-            )
-        valid = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise AdderizeError(
-                f"unknown OpMapping key(s) {unknown}; valid keys: {sorted(valid | {'version'})}"
-            )
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], source: str = "op mapping") -> OpMapping:
+        return from_data(cls, data, source, version=FORMAT_VERSION)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "op mapping") -> OpMapping:
-        return cls.from_dict(parse_yaml(text, source) or {})
+        return cls.from_dict(parse_yaml(text, source) or {}, source)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
 
     @classmethod
     def load(cls, path: str | Path) -> OpMapping:
-        data = read_yaml(path, "op mapping file")
-        try:
-            return cls.from_dict(data or {})
-        except (ValueError, TypeError) as e:
-            raise AdderizeError(f"{path}: {e}") from None
+        return cls.from_dict(read_yaml(path, "op mapping file") or {}, str(path))
 
     @classmethod
-    def coerce(cls, ops: OpMapping | str | dict[str, Any] | None) -> OpMapping:
-        """Accept an OpMapping, an op name (the default op), a dict, or None (all adder)."""
+    def coerce(cls, ops: OpMapping | Op | dict[str, Any] | None) -> OpMapping:
+        """Accept an OpMapping, an op (the default op: a name or an OpConfig), a dict, or
+        None (all adder)."""
         if ops is None:
             return cls()
         if isinstance(ops, OpMapping):
             return ops
-        if isinstance(ops, str):
+        if isinstance(ops, (str, OpConfig)):
             return cls(default=ops)
         if isinstance(ops, dict):
             return cls.from_dict(ops)

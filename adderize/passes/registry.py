@@ -11,14 +11,15 @@ Two separate tables, as torch.ao separates ``BackendConfig`` from ``QConfigMappi
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from adderize._errors import AdderizeError
+from adderize._config import from_data
+from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize.nn import (
     Adder1d,
     Adder2d,
@@ -31,11 +32,16 @@ from adderize.nn import (
     ShiftConv1d,
     ShiftConv2d,
     ShiftLinear,
+    check_exponents,
+    check_p,
 )
 from adderize.nn._base import is_weight_std
 
 __all__ = [
+    "AdderParams",
+    "OpConfig",
     "OpSpec",
+    "ShiftParams",
     "Source",
     "classify",
     "get_op",
@@ -105,7 +111,9 @@ def classify(module: nn.Module) -> Source | None:
     return None
 
 
-Builder = Callable[[nn.Module, Source], nn.Module]
+#: ``builder(float_module, source, **params)`` -> the new layer (``params``: the fields of
+#: the op's parameter dataclass, passed only when the op has one)
+Builder = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,9 @@ class OpSpec:
             (energy reports and the search refuse it by name).
         weight_bits: bits one weight element takes (None: the layer precision's), and
         channel_bits: extra bits per output channel (a binary layer's 32-bit scale).
+        params: the op's per-layer parameters, a dataclass whose fields the builders take
+            as keyword arguments (None: the op has none). An
+            :class:`OpConfig` carries an instance of it in an ``OpMapping``.
     """
 
     name: str
@@ -140,6 +151,7 @@ class OpSpec:
     counts: Callable[[int, int], dict[str, int]] | None = None
     weight_bits: int | None = None
     channel_bits: int = 0
+    params: type | None = None
 
     @property
     def keeps_float(self) -> bool:
@@ -148,11 +160,102 @@ class OpSpec:
     def builder(self, kind: Kind | None) -> Builder | None:
         return {"conv2d": self.conv2d, "conv1d": self.conv1d, "linear": self.linear}.get(kind or "")
 
-    def build(self, module: nn.Module, source: Source) -> nn.Module:
+    def build(self, module: nn.Module, source: Source, config: OpConfig | None = None) -> nn.Module:
         builder = self.builder(source.kind)
         if builder is None:
             return module
-        return builder(module, source)
+        params = config.kwargs() if config is not None else {}
+        return builder(module, source, **params)
+
+
+@dataclass(frozen=True)
+class OpConfig:
+    """An op with its per-layer parameters: an :class:`~adderize.passes.mapping.OpMapping`
+    value where a plain op name is not enough, e.g.
+    ``OpConfig("shift", ShiftParams(min_exp=-8))``. ``params`` is an instance of the op's
+    ``OpSpec.params`` dataclass (None: the op's defaults). In YAML it is a mapping,
+    ``{op: shift, min_exp: -8}``; a plain name still reads as the op with its defaults."""
+
+    op: str
+    params: Any = None
+
+    def __post_init__(self) -> None:
+        spec = get_op(self.op)
+        if self.params is None:
+            return
+        if spec.params is None:
+            raise AdderizeError(f"op {self.op!r} takes no parameters, got {self.params!r}")
+        if not isinstance(self.params, spec.params):
+            raise AdderizeTypeError(
+                f"op {self.op!r} takes {spec.params.__name__} parameters, got "
+                f"{type(self.params).__name__}"
+            )
+
+    @classmethod
+    def of(cls, value: str | OpConfig | Mapping[str, Any]) -> OpConfig:
+        """An op name, an OpConfig, or a mapping ``{op: NAME, PARAM: VALUE, ...}``."""
+        if isinstance(value, OpConfig):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, Mapping):
+            data = dict(value)
+            op = data.pop("op", None)
+            if not isinstance(op, str):
+                raise AdderizeError(
+                    "an op with parameters is a mapping with an 'op' key, e.g. "
+                    f"{{op: shift, min_exp: -8}}; got {dict(value)!r}"
+                )
+            spec = get_op(op)
+            if not data:
+                return cls(op)
+            if spec.params is None:
+                raise AdderizeError(f"op {op!r} takes no parameters, got {sorted(data)}")
+            return cls(op, from_data(spec.params, data, f"op {op!r} parameters"))
+        raise AdderizeTypeError(
+            f"an op is a name, an OpConfig or a mapping with an 'op' key, got "
+            f"{type(value).__name__}"
+        )
+
+    @property
+    def plain(self) -> bool:
+        """Whether the op runs with its defaults (a plain name says it all)."""
+        spec = get_op(self.op)
+        return self.params is None or (spec.params is not None and self.params == spec.params())
+
+    def kwargs(self) -> dict[str, Any]:
+        return {} if self.params is None else asdict(self.params)
+
+    def to_data(self) -> str | dict[str, Any]:
+        """The YAML/JSON form: the op name, or ``{op: NAME, **params}``."""
+        return self.op if self.plain else {"op": self.op, **self.kwargs()}
+
+    def __str__(self) -> str:
+        if self.plain:
+            return self.op
+        return f"{self.op}({', '.join(f'{k}={v!r}' for k, v in self.kwargs().items())})"
+
+
+@dataclass(frozen=True)
+class AdderParams:
+    """Per-layer parameters of the ``adder`` op."""
+
+    #: the distance's norm: 1 is AdderNet's l1; the l_p schedule starts from 2
+    p: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_p(self.p)
+
+
+@dataclass(frozen=True)
+class ShiftParams:
+    """Per-layer parameters of the ``shift`` op: the power-of-two exponent range."""
+
+    min_exp: int = -14
+    max_exp: int = 0
+
+    def __post_init__(self) -> None:
+        check_exponents(self.min_exp, self.max_exp)
 
 
 _OPS: dict[str, OpSpec] = {}
@@ -209,15 +312,16 @@ def op_of_layer(module: nn.Module) -> str | None:
 def _conv_builder(cls: type[Conv2dLike]) -> Builder:
     """Builds ``cls`` from the float conv (2-D, or 1-D for a ``Conv1dLike`` class)."""
 
-    def build(module: nn.Module, source: Source) -> nn.Module:
-        kwargs: dict[str, Any] = {"dynamic_same": True} if source.dynamic_same else {}
-        return cls.from_float(module, **kwargs)  # type: ignore[arg-type]
+    def build(module: nn.Module, source: Source, **params: Any) -> nn.Module:
+        if source.dynamic_same:
+            params["dynamic_same"] = True
+        return cls.from_float(module, **params)  # type: ignore[arg-type]
 
     return build
 
 
 def _linear_builder(cls: type[LinearLike]) -> Builder:
-    return lambda module, source: cls.from_float(module)  # type: ignore[arg-type]
+    return lambda module, source, **params: cls.from_float(module, **params)  # type: ignore[arg-type]
 
 
 # The counting conventions (the papers' way; stated in every energy report):
@@ -243,6 +347,7 @@ register_op(
         layers=(Adder2d, AdderLinear),
         # the subtraction, and the accumulation of |.| (a sign-controlled add/subtract)
         counts=lambda macs, outputs: {"add": 2 * macs},
+        params=AdderParams,
     )
 )
 register_op(
@@ -271,5 +376,6 @@ register_op(
         layers=(ShiftConv2d, ShiftLinear),
         counts=lambda macs, outputs: {"shift": macs, "add": macs},  # 1 shift + 1 add
         weight_bits=5,  # sign and a 4-bit exponent in [-14, 0]
+        params=ShiftParams,
     )
 )
