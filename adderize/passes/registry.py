@@ -34,8 +34,8 @@ from adderize.nn import (
     ShiftLinear,
     check_exponents,
     check_p,
+    is_weight_std,
 )
-from adderize.nn._base import is_weight_std
 
 __all__ = [
     "AdderParams",

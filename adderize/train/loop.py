@@ -1,4 +1,5 @@
-"""One training phase: the step, the objective, the epoch loop with checkpoints and resume.
+"""One training phase: the step, the epoch loop with checkpoints and resume (the objective
+is :mod:`adderize.train.objective`'s).
 
 :func:`run_phase` trains a model for a :class:`Phase` inside a run directory (the conv
 teacher, or the converted student with the papers' scheme and the anneal), writing a
@@ -13,14 +14,13 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from adderize._errors import AdderizeError
@@ -34,22 +34,16 @@ from adderize.train.checkpoint import (
     set_rng_state,
     write_metrics,
 )
-from adderize.train.distill import (
-    FeatureTap,
-    default_feature_names,
-    kernel_loss,
-    logit_kd,
-)
 from adderize.train.distributed import Context
+from adderize.train.objective import Objective, phase_objective
+from adderize.train.objective import mixup as make_mixup
 from adderize.train.recipe import Recipe
 from adderize.train.refit import reconstruct
 from adderize.train.schedule import LpSchedule
 
-__all__ = ["Objective", "Phase", "evaluate", "make_objective", "run_phase", "train_step"]
+__all__ = ["Phase", "evaluate", "run_phase", "train_step"]
 
 log = logging.getLogger(__name__)
-
-Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # --------------------------------------------------------------------------- training step
@@ -73,48 +67,6 @@ def train_step(
     loss.backward()
     optimizer.step()
     return float(loss.detach())
-
-
-def make_objective(
-    recipe: Recipe, student: nn.Module, teacher: nn.Module | None, soft_targets: bool
-) -> tuple[Objective, Callable[[], None]]:
-    """The loss (labels, plus distillation from ``teacher``) and a clean-up function."""
-    cfg = recipe.distill
-    if soft_targets:
-        from timm.loss import SoftTargetCrossEntropy
-
-        label_loss: Callable[..., torch.Tensor] = SoftTargetCrossEntropy()
-    else:
-
-        def label_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(out, y, label_smoothing=recipe.data.label_smoothing)
-
-    if teacher is None or cfg.kind == "none":
-        return (lambda net, x, y: label_loss(net(x).float(), y)), lambda: None
-
-    teacher.eval()
-    taps: tuple[FeatureTap, FeatureTap] | None = None
-    if cfg.kind == "kernel":
-        names = cfg.features or default_feature_names(teacher)
-        taps = (FeatureTap(student, names), FeatureTap(teacher, names))
-
-    def objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = net(x).float()
-        with torch.no_grad():
-            target = teacher(x).float()
-        loss = (1 - cfg.alpha) * label_loss(out, y) + cfg.alpha * logit_kd(
-            out, target, cfg.temperature
-        )
-        if taps is not None:
-            loss = loss + cfg.feature_weight * kernel_loss(taps[0].pop(), taps[1].pop())
-        return loss
-
-    def remove() -> None:
-        if taps is not None:
-            taps[0].remove()
-            taps[1].remove()
-
-    return objective, remove
 
 
 @torch.no_grad()
@@ -282,35 +234,6 @@ def _phase_state(
     return state
 
 
-def _mixup(recipe: Recipe) -> Any:
-    d = recipe.data
-    if d.mixup <= 0 and d.cutmix <= 0:
-        return None
-    from timm.data import Mixup
-
-    return Mixup(
-        mixup_alpha=d.mixup,
-        cutmix_alpha=d.cutmix,
-        label_smoothing=d.label_smoothing,
-        num_classes=recipe.model.num_classes,
-    )
-
-
-def _phase_objective(
-    recipe: Recipe, model: nn.Module, teacher: nn.Module | None, anneal: Anneal | None, soft: bool
-) -> tuple[Objective, Callable[[], None]]:
-    """The task/distillation objective, plus the anneal's local reconstruction loss."""
-    objective, remove_taps = make_objective(recipe, model, teacher, soft_targets=soft)
-    if anneal is None or not recipe.anneal.local_weight:
-        return objective, remove_taps
-    weight = recipe.anneal.local_weight
-
-    def with_local(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return objective(net, x, y) + weight * anneal.loss()
-
-    return with_local, remove_taps
-
-
 def _resume(
     state: _PhaseState, path: Path, phase: Phase, history: list[dict[str, Any]], ctx: Context
 ) -> int:
@@ -369,8 +292,8 @@ def run_phase(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
-    mixup = _mixup(recipe)
-    objective, remove_taps = _phase_objective(
+    mixup = make_mixup(recipe)
+    objective, remove_taps = phase_objective(
         recipe, model, teacher, state.anneal, soft=mixup is not None
     )
     start = 0

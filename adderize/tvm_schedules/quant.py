@@ -256,7 +256,7 @@ def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
 
 
-def _binary_geometry(layer: BinaryConv2d) -> tuple[int, int]:
+def binary_geometry(layer: BinaryConv2d) -> tuple[int, int]:
     """(stride, dilation) of a layer the packed kernel covers; ValueError naming why not."""
     s, d = layer.stride, layer.dilation
     if layer.groups != 1 or s[0] != s[1] or d[0] != d[1] or layer.weight.dim() != 4:
@@ -295,7 +295,7 @@ def packed_binary_conv(
 def binary_conv2d(x: torch.Tensor, layer: BinaryConv2d) -> torch.Tensor:
     """``layer(x)`` (eval mode) as a bit-packed XNOR + popcount TVM kernel (NCHW float in
     and out): signs packed 32 channels per word, padding masked out."""
-    stride, dil = _binary_geometry(layer)
+    stride, dil = binary_geometry(layer)
     if layer.training:
         raise AdderizeError("binary_conv2d runs a layer in eval mode: call layer.eval() first")
     signs = layer._pad(layer._binarize_input(x, 1))  # +-1, padding 0 (as the layer)

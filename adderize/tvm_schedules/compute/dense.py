@@ -1,0 +1,225 @@
+"""Dense adder computes: the row ("GEMM") form of linear layers and the direct conv
+(forward, input gradient; l_1 and l_p; the MAC conv of compiled models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adderize._errors import AdderizeError
+from adderize.tvm_schedules.compute.common import lp_terms, out_size
+
+#: inner-loop forms of the p = 1 dense conv forward (see :func:`conv_forward_compute`)
+FORMS = ("abs", "max")
+
+__all__ = [
+    "FORMS",
+    "conv_forward_compute",
+    "conv_grad_input_compute",
+    "l1_forward_compute",
+    "l1_grad_a_compute",
+]
+
+
+def l1_forward_compute(m: int, t: int, k: int) -> list[Any]:
+    """``out[m, t] = -sum_k |a[m, k] - bT[k, t]|``.
+
+    Shapes: a [M, K], bT [K, T] (weights transposed) -> out [M, T].
+    """
+    from tvm import te
+
+    a = te.placeholder((m, k), name="a")
+    bt = te.placeholder((k, t), name="bT")
+    r = te.reduce_axis((0, k), name="k")
+    acc = te.compute((m, t), lambda i, j: te.sum(te.abs(a[i, r] - bt[r, j]), axis=r), name="acc")
+    out = te.compute((m, t), lambda i, j: -acc[i, j], name="out", tag="adder_l1_forward")
+    return [a, bt, out]
+
+
+def l1_grad_a_compute(m: int, t: int, k: int) -> list[Any]:
+    """``out[m, k] = sum_t g[m, t] clamp(b[t, k], a[m, k] - 1, a[m, k] + 1) - a[m, k] gs[m]``
+    (= sum_t g HardTanh(b - a)). Shapes: a [M, K], b [T, K], g [M, T], gs [M] -> [M, K]."""
+    from tvm import te
+
+    a = te.placeholder((m, k), name="a")
+    b = te.placeholder((t, k), name="b")
+    g = te.placeholder((m, t), name="g")
+    gs = te.placeholder((m,), name="gs")
+    r = te.reduce_axis((0, t), name="t")
+    acc = te.compute(
+        (m, k),
+        lambda i, j: te.sum(
+            g[i, r] * te.min(te.max(b[r, j], a[i, j] - 1.0), a[i, j] + 1.0), axis=r
+        ),
+        name="acc",
+    )
+    out = te.compute(
+        (m, k), lambda i, j: acc[i, j] - a[i, j] * gs[i], name="out", tag="adder_l1_grad_a"
+    )
+    return [a, b, g, gs, out]
+
+
+def conv_forward_compute(
+    n: int,
+    c: int,
+    hp: int,
+    wp: int,
+    t: int,
+    kh: int,
+    kw: int,
+    stride: int,
+    dil: int,
+    g: int,
+    lp: bool = False,
+    mac: bool = False,
+    form: str = "abs",
+    nchw_out: bool = False,
+) -> list[Any]:
+    """Direct adder conv, NCHW input (already padded) -> NHWC output:
+    ``out[n, oh, ow, g, t] = -sum_{c, i, j} |x[n, g*Cg + c, oh*s + i*d, ow*s + j*d] -
+    wt[g, c, i, j, t]|`` (to the power ``p``, a trailing run-time argument, with ``lp``).
+    Shapes: x [N, C, Hp, Wp], wt [G, Cg, kh, kw, Tg] -> out [N, OH, OW, G, Tg].
+    ``mac=True`` is the ordinary convolution ``sum x * wt`` on the same loops (for the
+    full-precision layers of a compiled model).
+
+    ``form="max"`` (p = 1) computes the same with ``|x - w| = 2 max(x, w) - x - w``: the
+    inner loop is ``max, add`` (one op less than ``sub, abs, add``), plus the window sums of
+    ``x`` (``xs``, once per position and group) and the filter sums of ``wt`` (``ws``):
+    ``out = xs + ws - 2 sum max(x, w)``. Which form is faster depends on the CPU's ports.
+
+    ``nchw_out=True`` writes the output NCHW, ``out [N, G, Tg, OH, OW]``, from the same
+    accumulators (the store of a tile runs along the output row): an NCHW model then needs
+    no layout copy after every adder layer.
+    """
+    from tvm import te
+
+    if form not in FORMS:
+        raise AdderizeError(f"form must be one of {FORMS}, got {form!r}")
+    if form == "max" and (lp or mac):
+        raise AdderizeError("form='max' is the p = 1 adder's; l_p and MAC kernels use 'abs'")
+    cg, tg = c // g, t // g
+    oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
+    p, dist, _ = lp_terms(lp)
+    term = (lambda a, b: a * b) if mac else (lambda a, b: dist(a - b))
+    if form == "max":
+        term = te.max
+    x = te.placeholder((n, c, hp, wp), name="x")
+    wt = te.placeholder((g, cg, kh, kw, tg), name="wt")
+
+    def window() -> tuple[Any, Any, Any]:
+        return (
+            te.reduce_axis((0, cg), name="rc"),
+            te.reduce_axis((0, kh), name="ri"),
+            te.reduce_axis((0, kw), name="rj"),
+        )
+
+    xs = base = None
+    if form == "max":  # window sums of x and filter sums of w, before the main loop
+        xc, xi, xj = window()
+        xs = te.compute(
+            (n, oh, ow, g),
+            lambda b, y, z, gg: te.sum(
+                x[b, gg * cg + xc, y * stride + xi * dil, z * stride + xj * dil],
+                axis=[xc, xi, xj],
+            ),
+            name="xs",
+        )
+        wc, wi, wj = window()
+        ws = te.compute(
+            (g, tg), lambda gg, o: te.sum(wt[gg, wc, wi, wj, o], axis=[wc, wi, wj]), name="ws"
+        )
+        # xs + ws per output, computed per tile by the schedule: out = base - 2 acc
+        base = te.compute(
+            (n, oh, ow, g, tg), lambda b, y, z, gg, o: xs[b, y, z, gg] + ws[gg, o], name="base"
+        )
+    rc, ri, rj = window()
+
+    acc = te.compute(
+        (n, oh, ow, g, tg),
+        lambda b, y, z, gg, o: te.sum(
+            term(
+                x[b, gg * cg + rc, y * stride + ri * dil, z * stride + rj * dil],
+                wt[gg, rc, ri, rj, o],
+            ),
+            axis=[rc, ri, rj],
+        ),
+        name="acc",
+    )
+
+    def epilogue(b: Any, y: Any, z: Any, gg: Any, o: Any) -> Any:
+        if mac:
+            return acc[b, y, z, gg, o]
+        if xs is None:
+            return -acc[b, y, z, gg, o]
+        return base[b, y, z, gg, o] - 2.0 * acc[b, y, z, gg, o]  # -sum |x - w|
+
+    tag = "conv2d_nchw_nhwc" if mac else "adder_conv2d_nchw_nhwc"
+    if nchw_out:
+        out = te.compute(
+            (n, g, tg, oh, ow),
+            lambda b, gg, o, y, z: epilogue(b, y, z, gg, o),
+            name="out",
+            tag=tag.replace("_nhwc", "_nchw"),
+        )
+        return [x, wt, out] + ([p] if lp else [])
+    out = te.compute((n, oh, ow, g, tg), epilogue, name="out", tag=tag)
+    return [x, wt, out] + ([p] if lp else [])
+
+
+def conv_grad_input_compute(
+    n: int,
+    c: int,
+    hp: int,
+    wp: int,
+    t: int,
+    kh: int,
+    kw: int,
+    dil: int,
+    g: int,
+    lp: bool = False,
+) -> list[Any]:
+    """Input gradient of the adder conv (eq. 27) as a direct correlation, NHWC.
+
+    The eq. 27 term depends on X at the input position itself, so
+    ``gx[n, h, w, g, c] = sum_{t, i, j} gd[n, h + d(kh-1) - i d, w + d(kw-1) - j d, g*Tg + t]
+    phi(wt[g, i, j, t, c] - x)`` with ``gd`` the output gradient zero-dilated by the stride
+    and padded, and ``x`` the padded input at ``[n, h, w, g*Cg + c]``. For p = 1,
+    ``phi = HardTanh`` is computed as ``clamp(w, x - 1, x + 1) - x``, the ``- x`` summed
+    through ``gs`` (window sums of ``gd``); for l_p, ``phi(d) = sign(d) |d|^(p-1)``.
+    Shapes: xn [N, Hp, Wp, C], wt [G, kh, kw, Tg, Cg], gd [N, Hp + d(kh-1), Wp + d(kw-1), T],
+    gs [N, Hp, Wp, G] (p = 1 only) -> out [N, Hp, Wp, G, Cg]; then ``p`` for l_p.
+    """
+    from tvm import te
+
+    cg, tg = c // g, t // g
+    p, _, phi = lp_terms(lp)
+    xn = te.placeholder((n, hp, wp, c), name="xn")
+    wt = te.placeholder((g, kh, kw, tg, cg), name="wt")
+    gd = te.placeholder((n, hp + dil * (kh - 1), wp + dil * (kw - 1), t), name="gd")
+    gs = te.placeholder((n, hp, wp, g), name="gs")
+    rt = te.reduce_axis((0, tg), name="rt")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+
+    def term(b: Any, y: Any, z: Any, gg: Any, cc: Any) -> Any:
+        xv = xn[b, y, z, gg * cg + cc]
+        w = wt[gg, ri, rj, rt, cc]
+        grad = gd[b, y + dil * (kh - 1) - ri * dil, z + dil * (kw - 1) - rj * dil, gg * tg + rt]
+        step = phi(w - xv) if lp else te.min(te.max(w, xv - 1.0), xv + 1.0)
+        return te.sum(grad * step, axis=[ri, rj, rt])
+
+    acc = te.compute((n, hp, wp, g, cg), term, name="acc")
+    if lp:
+        out = te.compute(
+            (n, hp, wp, g, cg),
+            lambda b, y, z, gg, cc: acc[b, y, z, gg, cc],
+            name="out",
+            tag="adder_conv2d_grad_input_lp_nhwc",
+        )
+        return [xn, wt, gd, out, p]
+    out = te.compute(
+        (n, hp, wp, g, cg),
+        lambda b, y, z, gg, cc: acc[b, y, z, gg, cc] - xn[b, y, z, gg * cg + cc] * gs[b, y, z, gg],
+        name="out",
+        tag="adder_conv2d_grad_input_nhwc",
+    )
+    return [xn, wt, gd, gs, out]
