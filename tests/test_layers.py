@@ -262,7 +262,7 @@ def test_binary_threshold_keeps_information_after_relu():
     torch.manual_seed(0)
     layer = BinaryConv2d(4, 4, 1, bias=False)
     x = torch.relu(torch.randn(8, 4, 5, 5))
-    binary = layer._binarize_input(x, 1)
+    binary = layer.binarize_input(x, 1)
     assert (binary == 1).float().mean() < 0.8 and (binary == -1).any()
     layer.eval()  # eval never re-initialises
     before = layer.threshold.detach().clone()

@@ -32,7 +32,7 @@ class TernaryConv2d(Conv2dLike):
         w = self.op_weight()
         scale = w.abs().mean()
         q = torch.sign(w) * (w.abs() > self.threshold * scale) * scale
-        return F.conv2d(self._pad(x), q, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(self.pad_input(x), q, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ def test_int8_adder_conv_matches_integer_reference_and_float_layer():
     assert isinstance(grid, SharedGrid) and 0 <= grid.zero_point <= 255
     y = int8_adder_conv2d(x, layer, grid)
     # exact against a PyTorch integer computation on the same grid
-    xq = grid.quantize(layer._pad(x)).int()
+    xq = grid.quantize(layer.pad_input(x)).int()
     wq = grid.quantize(layer.weight.detach()).int()
     cols = torch.nn.functional.unfold(xq.float(), 3, stride=2).round().int()  # [N, C*9, L]
     ref = (cols.unsqueeze(1) - wq.reshape(1, 16, -1, 1)).abs().sum(2).reshape(2, 16, 6, 6)

@@ -124,9 +124,9 @@ class Conv2dLike(_ConvNd, Blendable):
 
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self._float_weight()
-        return F.conv2d(self._pad(x), w, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(self.pad_input(x), w, self.bias, self.stride, 0, self.dilation, self.groups)
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
         """Pad ``x`` explicitly, exactly as ``nn.Conv2d`` would, so kernels see padding 0."""
         if self.dynamic_same:
             pads: list[int] = []

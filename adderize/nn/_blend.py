@@ -73,7 +73,8 @@ class Blendable(nn.Module):
     def _float_weight(self) -> torch.Tensor:
         return self.weight if self.float_weight is None else self.float_weight
 
-    def _channels_first(self, y: torch.Tensor) -> torch.Tensor:
+    def channels_first(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` as [channels, everything else] (per-channel statistics of an output)."""
         return y.movedim(self.channel_dim, 0).flatten(1)
 
     def _affine(self, y: torch.Tensor) -> torch.Tensor:

@@ -247,7 +247,7 @@ class Adder2d(Conv2dLike):
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         return adder2d(
-            self._pad(x),
+            self.pad_input(x),
             self.op_weight(),
             self.bias,
             self.stride,  # type: ignore[arg-type]

@@ -52,7 +52,9 @@ class _Thresholded(nn.Module):
         self.threshold = nn.Parameter(torch.zeros(channels))
         self.register_buffer("threshold_set", torch.zeros((), dtype=torch.bool))
 
-    def _binarize_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    def binarize_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """``sign(x - threshold)`` per input channel (the threshold set from the first
+        training batch), with a straight-through gradient."""
         dim = channel_dim % x.dim()
         if self.training and not bool(self.threshold_set):
             with torch.no_grad():
@@ -73,7 +75,7 @@ class BinaryConv2d(Conv2dLike, _Thresholded):
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(
-            self._pad(self._binarize_input(x, 1)),
+            self.pad_input(self.binarize_input(x, 1)),
             binarize_weight(self.op_weight()),
             self.bias,
             self.stride,
@@ -95,4 +97,4 @@ class BinaryLinear(LinearLike, _Thresholded):
         self._init_threshold(self.in_features)
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._binarize_input(x, -1), binarize_weight(self.weight), self.bias)
+        return F.linear(self.binarize_input(x, -1), binarize_weight(self.weight), self.bias)

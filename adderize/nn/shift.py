@@ -60,7 +60,7 @@ class ShiftConv2d(Conv2dLike):
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         w = round_power_of_two(self.op_weight(), self.min_exp, self.max_exp)
-        return F.conv2d(self._pad(x), w, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(self.pad_input(x), w, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", shift_range=[{self.min_exp}, {self.max_exp}]"

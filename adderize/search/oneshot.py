@@ -106,7 +106,7 @@ def fit_output_affine(
                 o = cand.op_forward(args[0])
                 cand.train(was)
                 stats.setdefault((name, op), Moments()).add(
-                    cand._channels_first(out), cand._channels_first(o)
+                    cand.channels_first(out), cand.channels_first(o)
                 )
 
         return fn

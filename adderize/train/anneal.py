@@ -102,7 +102,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
             o = layer.op_forward(args[0])
             layer.train(was)
             moments = stats.setdefault(name, Moments())
-            moments.add(layer._channels_first(out), layer._channels_first(o))
+            moments.add(layer.channels_first(out), layer.channels_first(o))
 
         return fn
 

@@ -97,7 +97,7 @@ class _ExportInt8Adder2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.layer
         y = torch.ops.adderize.int8_adder_conv2d(
-            m.layer._pad(x), m.qweight, m.grid.scale, m.grid.zero_point, m.stride, m.dilation
+            m.layer.pad_input(x), m.qweight, m.grid.scale, m.grid.zero_point, m.stride, m.dilation
         )
         bias = m.layer.bias
         return y if bias is None else y + bias.view(1, -1, 1, 1)
@@ -136,7 +136,7 @@ class _ExportBinaryConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.layer
-        signs = m._pad(m._binarize_input(x, 1))
+        signs = m.pad_input(m.binarize_input(x, 1))
         y = torch.ops.adderize.binary_conv2d(signs, self.wb, self.alpha, self.stride, self.dilation)
         return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
 
@@ -156,7 +156,7 @@ class _ExportAdder2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.layer
         y = torch.ops.adderize.adder_conv2d(
-            m._pad(x), m.op_weight(), m.stride[0], m.dilation[0], m.groups, float(m.p)
+            m.pad_input(x), m.op_weight(), m.stride[0], m.dilation[0], m.groups, float(m.p)
         )
         return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
 

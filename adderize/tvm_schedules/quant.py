@@ -145,7 +145,9 @@ def int8_window_sums(
 
 def int8_adder_conv2d(x: torch.Tensor, layer: Adder2d, grid: SharedGrid) -> torch.Tensor:
     """``layer(x)`` computed in uint8 / int32 on the TVM kernel (NCHW float in and out)."""
-    sums = int8_window_sums(layer._pad(x), _int8_weight(layer, grid), *_int8_geometry(layer), grid)
+    sums = int8_window_sums(
+        layer.pad_input(x), _int8_weight(layer, grid), *_int8_geometry(layer), grid
+    )
     y = sums.float() * -grid.scale
     return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
 
@@ -163,7 +165,7 @@ class Int8Adder2d(torch.nn.Module):
         self.register_buffer("qweight", _int8_weight(layer, grid))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xp, geometry = self.layer._pad(x), (self.stride, self.dilation)
+        xp, geometry = self.layer.pad_input(x), (self.stride, self.dilation)
         with torch.no_grad():
             y = int8_window_sums(xp, self.qweight, *geometry, self.grid).float() * -self.grid.scale
         bias = self.layer.bias
@@ -173,7 +175,7 @@ class Int8Adder2d(torch.nn.Module):
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The same integer computation in plain PyTorch (float64 sums of the uint8 terms)."""
         layer, grid = self.layer, self.grid
-        xq = grid.quantize(layer._pad(x).float()).double()
+        xq = grid.quantize(layer.pad_input(x).float()).double()
         wq = self.qweight[..., : layer.in_channels].permute(0, 3, 1, 2).double()
         cols = F.unfold(xq, wq.shape[-2:], dilation=layer.dilation, stride=layer.stride)
         sums = (cols.unsqueeze(1) - wq.flatten(1).unsqueeze(-1)).abs().sum(2)  # [N, T, L]
@@ -298,6 +300,6 @@ def binary_conv2d(x: torch.Tensor, layer: BinaryConv2d) -> torch.Tensor:
     stride, dil = binary_geometry(layer)
     if layer.training:
         raise AdderizeError("binary_conv2d runs a layer in eval mode: call layer.eval() first")
-    signs = layer._pad(layer._binarize_input(x, 1))  # +-1, padding 0 (as the layer)
+    signs = layer.pad_input(layer.binarize_input(x, 1))  # +-1, padding 0 (as the layer)
     y = packed_binary_conv(signs, *pack_binary_weight(layer), stride, dil)
     return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
