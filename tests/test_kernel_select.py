@@ -29,11 +29,12 @@ KERNELS = [
     ("conv_forward_lp", (1, 16, 9, 9, 16, 3, 3, 1, 1, 1)),
     ("conv_grad_input", (2, 16, 11, 11, 32, 3, 3, 1, 1)),
     ("depthwise_forward", (2, 16, 11, 11, 3, 3, 2, 1)),
-    ("depthwise_forward_nchw", (2, 16, 11, 11, 3, 3, 2, 1)),  # 5-wide rows
-    ("depthwise_forward_nchw", (1, 8, 9, 72, 5, 5, 1, 1)),  # 68-wide rows: divisor tiles
-    ("depthwise_forward_nchw_lp", (1, 8, 9, 9, 3, 3, 1, 1)),
-    ("depthwise_grad_input_nchw", (2, 8, 11, 11, 3, 3, 1)),
-    ("depthwise_grad_input_nchw_lp", (1, 8, 9, 9, 5, 5, 2)),
+    ("depthwise_forward_nchw", (2, 16, 9, 9, 3, 3, 2, 1, 1, 1, 1, 1)),  # padding fused
+    ("depthwise_forward_nchw", (1, 8, 9, 70, 5, 5, 1, 1, 0, 0, 1, 1)),  # 68-wide rows
+    ("depthwise_forward_nchw", (1, 8, 7, 7, 3, 3, 1, 1, 0, 0, 0, 0)),  # no padding
+    ("depthwise_forward_nchw_lp", (1, 8, 9, 9, 3, 3, 1, 1, 1, 2, 0, 1)),  # asymmetric
+    ("depthwise_grad_input_nchw", (2, 8, 9, 9, 3, 3, 1, 1, 1, 1, 1)),
+    ("depthwise_grad_input_nchw_lp", (1, 8, 9, 9, 5, 5, 2, 4, 4, 4, 4)),
     ("depthwise_grad_input", (2, 24, 11, 11, 3, 3, 1)),
 ]
 

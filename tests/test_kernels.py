@@ -183,26 +183,34 @@ def test_direct_conv_kernels_match_the_reference(
     torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("same", [False, True], ids=["symmetric", "tf-same"])
 @pytest.mark.parametrize("p", [1.0, 1.6])
-def test_depthwise_plane_and_channel_kernels_agree(p, monkeypatch):
-    """An NCHW input takes the plane kernels, a channels-last one the channel-vectorised
-    kernels (one per stride phase): same values and input gradients, the reference's."""
+def test_depthwise_plane_and_channel_kernels_agree(p, same, monkeypatch):
+    """An NCHW input takes the plane kernels (padding, asymmetric 'same' included, inside
+    the kernel), a channels-last one the channel-vectorised kernels (one per stride phase):
+    same values and input and weight gradients, the reference's."""
     torch.manual_seed(0)
-    layer = Adder2d(16, 16, 5, 2, 2, groups=16, bias=False, p=p, backend="tvm")
+    pad = 0 if same else 2
+    layer = Adder2d(16, 16, 5, 2, pad, groups=16, bias=False, p=p, backend="tvm", dynamic_same=same)
     kinds = []
     original = tvm_build.kernel
     monkeypatch.setattr(tvm_l1, "kernel", lambda k, *s: kinds.append(k) or original(k, *s))
-    x = torch.randn(2, 16, 13, 13)
+    x = torch.randn(2, 16, 12, 13)
+    pads = layer.input_pads(x)
+    assert (pads[2] != pads[3]) == same  # 'same' pads 1 top, 2 bottom here
     x2 = x.clone().requires_grad_()
-    ref = adder2d_reference(x2, layer.weight.detach(), None, 2, 2, 1, 16, p)
+    w2 = layer.weight.detach().clone().requires_grad_()
+    ref = adder2d_reference(torch.nn.functional.pad(x2, pads), w2, None, 2, 0, 1, 16, p)
     grad = torch.randn_like(ref)
     ref.backward(grad)
     for fmt in (torch.contiguous_format, torch.channels_last):
         xi = torch.empty_like(x, memory_format=fmt).copy_(x).requires_grad_()
+        layer.weight.grad = None
         y = layer(xi)
         y.backward(grad)
         torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
         torch.testing.assert_close(xi.grad, x2.grad, rtol=1e-5, atol=1e-4 if p == 1 else 3e-4)
+        torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
     suffix = "" if p == 1.0 else "_lp"
     assert list(dict.fromkeys(k.removesuffix(suffix) for k in kinds)) == [
         "depthwise_forward_nchw",

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from adderize._errors import AdderizeError
 from adderize.kernels.tvm_build import available, kernel, unavailable_reason, workloads
 from adderize.tvm_schedules.compute import out_size
 from adderize.tvm_schedules.cpu import tile
@@ -29,6 +30,8 @@ from adderize.tvm_schedules.cuda import cuda_executable
 from adderize.tvm_schedules.tuning import tune, tuned, tuning_dir
 
 __all__ = [
+    "NO_PADS",
+    "Pads",
     "available",
     "conv_forward",
     "conv_grad_input",
@@ -37,6 +40,7 @@ __all__ = [
     "forward",
     "forward_weight_layout",
     "grad_a",
+    "pads_fused",
     "supported",
     "tune",
     "tuned",
@@ -174,25 +178,51 @@ def forward_weight_layout(
     return (groups, t // groups, cg, kh, kw), (0, 2, 3, 4, 1)
 
 
+#: zero padding as ``F.pad`` takes it for NCHW: (left, right, top, bottom)
+Pads = tuple[int, int, int, int]
+NO_PADS: Pads = (0, 0, 0, 0)
+
+
+def pads_fused(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+    """Whether :func:`conv_forward` / :func:`conv_grad_input` take this conv's input
+    unpadded, zero padding inside the kernel (the depthwise plane kernels, NCHW input):
+    no padded copy of the input is written, kept for the backward, or cropped after it."""
+    return _depthwise(weight, groups) and x.is_contiguous()
+
+
 def conv_forward(
-    xp: torch.Tensor, weight: torch.Tensor, stride: int, dil: int, groups: int, p: float = 1.0
+    xp: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    dil: int,
+    groups: int,
+    p: float = 1.0,
+    pads: Pads = NO_PADS,
 ) -> torch.Tensor:
-    """``-sum |X - W|^p`` adder conv of a padded NCHW input; the result is contiguous NCHW
-    for a contiguous input, else NCHW in channels-last memory (no copy either way).
-    Depthwise convs use the plane kernel (one channel's output rows vectorised) on an NCHW
-    input, the channel-vectorised kernel on a channels-last one; p != 1 uses the l_p
-    kernels (p passed at run time, no recompilation)."""
-    n, c, hp, wp = xp.shape
+    """``-sum |X - W|^p`` adder conv of an NCHW input, padded already or by ``pads``; the
+    result is contiguous NCHW for a contiguous input, else NCHW in channels-last memory (no
+    copy either way). Depthwise convs use the plane kernel (one channel's output rows
+    vectorised, the padding inside the kernel) on an NCHW input, the channel-vectorised
+    kernel on a channels-last one; p != 1 uses the l_p kernels (p passed at run time, no
+    recompilation)."""
     t, cg, kh, kw = weight.shape
+    suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
+    if pads_fused(xp, weight, groups):  # an NCHW model: each channel's plane on its own
+        n, c, h, w = xp.shape
+        left, right, top, bottom = pads
+        oh = out_size(h + top + bottom, kh, stride, dil)
+        ow = out_size(w + left + right, kw, stride, dil)
+        out = xp.new_empty(n, c, oh, ow)
+        shape = (n, c, h, w, kh, kw, stride, dil, top, bottom, left, right)
+        fn = kernel("depthwise_forward_nchw" + suffix, *shape)
+        fn(xp, weight.detach().reshape(t, kh, kw).contiguous(), out, *extra)
+        return out
+    if any(pads):
+        xp = F.pad(xp, pads)
+    n, c, hp, wp = xp.shape
     tg = t // groups
     oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     dw = _depthwise(weight, groups)
-    suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
-    if dw and xp.is_contiguous():  # an NCHW model: each channel's plane on its own
-        out = xp.new_empty(n, c, oh, ow)
-        fn = kernel("depthwise_forward_nchw" + suffix, n, c, hp, wp, kh, kw, stride, dil)
-        fn(xp, weight.detach().reshape(t, kh, kw).contiguous(), out, *extra)
-        return out
 
     def prepare() -> tuple[torch.Tensor, ...]:
         shape, perm = forward_weight_layout(t, cg, kh, kw, groups)
@@ -222,9 +252,10 @@ def conv_grad_input(
     dil: int,
     groups: int,
     p: float = 1.0,
+    pads: Pads = NO_PADS,
 ) -> torch.Tensor:
-    """Eq. 27 input gradient of :func:`conv_forward` w.r.t. the padded input (NCHW shape,
-    channels-last memory).
+    """Eq. 27 input gradient of :func:`conv_forward` w.r.t. its input (NCHW shape,
+    channels-last memory; the unpadded input where ``pads`` were fused, else the padded).
 
     With stride ``s > 1`` (and no dilation) the gradient is computed per output phase, as
     in a sub-pixel (transposed) convolution: the input positions ``(ry + s u, rx + s v)``
@@ -232,8 +263,10 @@ def conv_grad_input(
     gradient with that slice of the kernel. No work is spent on the zeros a
     stride-dilated gradient would hold (3/4 of the terms at stride 2).
     """
-    if _depthwise(weight, groups) and xp.is_contiguous():
-        return _depthwise_grad_input_nchw(xp, weight, grad_out, stride, dil, p)
+    if pads_fused(xp, weight, groups):
+        return _depthwise_grad_input_nchw(xp, weight, grad_out, stride, dil, p, pads)
+    if any(pads):
+        raise AdderizeError(f"padding {pads} is only fused into the depthwise NCHW kernels")
     if _narrow(weight, groups):
         wpad = _padded_weight(weight)
         t, c = wpad.shape[:2]
@@ -276,17 +309,27 @@ def _stride_dilated(
 
 
 def _depthwise_grad_input_nchw(
-    xp: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, stride: int, dil: int, p: float
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    grad_out: torch.Tensor,
+    stride: int,
+    dil: int,
+    p: float,
+    pads: Pads,
 ) -> torch.Tensor:
-    """The plane kernel's input gradient of a depthwise conv on an NCHW input (contiguous
-    NCHW out). Strides go through the zero-spread gradient (depthwise work is small)."""
-    n, c, hp, wp = xp.shape
+    """The plane kernel's input gradient of a depthwise conv w.r.t. its unpadded NCHW input
+    (contiguous NCHW out). Strides go through the zero-spread gradient (depthwise work is
+    small)."""
+    n, c, h, w = x.shape
     kh, kw = weight.shape[-2:]
+    left, right, top, bottom = pads
+    hp, wp = h + top + bottom, w + left + right
     gd = _stride_dilated(grad_out, hp, wp, dil * (kh - 1), dil * (kw - 1), stride)
-    out = xp.new_empty(n, c, hp, wp)
+    out = x.new_empty(n, c, h, w)
     suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
-    fn = kernel("depthwise_grad_input_nchw" + suffix, n, c, hp, wp, kh, kw, dil)
-    fn(xp, weight.detach().reshape(c, kh, kw).contiguous(), gd, out, *extra)
+    shape = (n, c, h, w, kh, kw, dil, top, bottom, left, right)
+    fn = kernel("depthwise_grad_input_nchw" + suffix, *shape)
+    fn(x, weight.detach().reshape(c, kh, kw).contiguous(), gd, out, *extra)
     return out
 
 

@@ -128,6 +128,16 @@ class Conv2dLike(_ConvNd, Blendable):
 
     def pad_input(self, x: torch.Tensor) -> torch.Tensor:
         """Pad ``x`` explicitly, exactly as ``nn.Conv2d`` would, so kernels see padding 0."""
+        pads = self.input_pads(x)
+        if not any(pads):
+            return x
+        if self.padding_mode == "zeros":
+            return F.pad(x, pads)
+        return F.pad(x, pads, mode=self.padding_mode)
+
+    def input_pads(self, x: torch.Tensor) -> tuple[int, int, int, int]:
+        """The padding ``nn.Conv2d`` would apply to ``x``, as ``F.pad`` takes it (left,
+        right, top, bottom; a 1-D layer's 2-D view has 0 at top and bottom)."""
         if self.dynamic_same:
             pads: list[int] = []
             for size, k, s, d in zip(
@@ -141,11 +151,7 @@ class Conv2dLike(_ConvNd, Blendable):
                 pads += [total // 2, total - total // 2]
         else:
             pads = list(self._reversed_padding_repeated_twice)
-        if not any(pads):
-            return x
-        if self.padding_mode == "zeros":
-            return F.pad(x, pads)
-        return F.pad(x, pads, mode=self.padding_mode)
+        return tuple(pads) + (0,) * (4 - len(pads))  # type: ignore[return-value]
 
     @classmethod
     def from_float(cls: type[_C], mod: _ConvNd, **kwargs: Any) -> _C:

@@ -108,13 +108,14 @@ class _AdderFunction(torch.autograd.Function):
         p: float,
         max_temp_bytes: int,
         backend: str,
+        pads: tvm_l1.Pads = tvm_l1.NO_PADS,
     ) -> torch.Tensor:
         direct = isinstance(layout, _ConvRows) and use_direct_conv(
             x, weight, layout.stride, layout.dilation, layout.groups, backend
         )
         ctx.save_for_backward(x, weight)
         ctx.layout, ctx.p, ctx.max_temp_bytes = layout, p, max_temp_bytes  # type: ignore[attr-defined]
-        ctx.backend, ctx.direct = backend, direct  # type: ignore[attr-defined]
+        ctx.backend, ctx.direct, ctx.pads = backend, direct, pads  # type: ignore[attr-defined]
         # inputs arrive in float32 (see _compute_dtype); helper ops must stay there too
         autocast_off = (
             torch.autocast(device_type=x.device.type, enabled=False)
@@ -124,7 +125,7 @@ class _AdderFunction(torch.autograd.Function):
         with autocast_off:
             if direct:
                 return tvm_l1.conv_forward(
-                    x, weight, layout.stride[0], layout.dilation[0], layout.groups, p
+                    x, weight, layout.stride[0], layout.dilation[0], layout.groups, p, pads
                 )
             out = l1_forward(layout.rows(x), layout.weight_rows(weight), p, max_temp_bytes, backend)
             return layout.rows_to_output(out, x.shape)
@@ -134,7 +135,7 @@ class _AdderFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         layout = ctx.layout
         if ctx.direct:
-            return (*_direct_conv_backward(ctx, x, weight, grad_out), None, None, None, None)
+            return (*_direct_conv_backward(ctx, x, weight, grad_out), None, None, None, None, None)
         a = layout.rows(x)  # recomputed: cheaper than keeping K x M values alive
         b = layout.weight_rows(weight)
         g = layout.output_to_rows(grad_out.contiguous())
@@ -144,7 +145,7 @@ class _AdderFunction(torch.autograd.Function):
             grad_x = layout.rows_to_input(grad_a, x.shape)
         if ctx.needs_input_grad[1]:
             grad_w = l1_grad_b(a, b, g).reshape(weight.shape)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None
 
 
 def _direct_conv_backward(
@@ -156,9 +157,18 @@ def _direct_conv_backward(
     grad_x = grad_w = None
     if ctx.needs_input_grad[0]:
         grad_x = tvm_l1.conv_grad_input(
-            x, weight, grad_out, layout.stride[0], layout.dilation[0], layout.groups, ctx.p
+            x,
+            weight,
+            grad_out,
+            layout.stride[0],
+            layout.dilation[0],
+            layout.groups,
+            ctx.p,
+            ctx.pads,
         )
     if ctx.needs_input_grad[1]:
+        if any(ctx.pads):
+            x = F.pad(x, ctx.pads)
         grad_w = torch.nn.grad.conv2d_weight(
             x, weight.shape, grad_out, layout.stride, 0, layout.dilation, layout.groups
         )
@@ -189,13 +199,21 @@ def adder2d(
     p: float = 1.0,
     max_temp_bytes: int = DEFAULT_MAX_TEMP_BYTES,
     backend: str = "auto",
+    padding: tvm_l1.Pads = tvm_l1.NO_PADS,
 ) -> torch.Tensor:
-    """Adder convolution of an already padded NCHW ``x`` with an OIHW ``weight``."""
+    """Adder convolution of an NCHW ``x`` with an OIHW ``weight``; ``padding``: zeros
+    around ``x`` as ``F.pad`` takes them (left, right, top, bottom), fused into the kernel
+    where it can be (depthwise, NCHW), else padded here."""
     layout = _ConvRows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)  # type: ignore[arg-type]
     dtype = _compute_dtype(x, weight)
-    out = _AdderFunction.apply(
-        x.to(dtype), weight.to(dtype), layout, check_p(p), max_temp_bytes, backend
-    )
+    x, weight = x.to(dtype), weight.to(dtype)
+    pads = tuple(padding)
+    if any(pads) and not (
+        tvm_l1.pads_fused(x, weight, groups)
+        and use_direct_conv(x, weight, layout.stride, layout.dilation, groups, backend)
+    ):
+        x, pads = F.pad(x, pads), tvm_l1.NO_PADS
+    out = _AdderFunction.apply(x, weight, layout, check_p(p), max_temp_bytes, backend, pads)
     if bias is not None:
         out = out + bias.to(dtype).reshape(1, -1, 1, 1)
     return out
@@ -246,8 +264,9 @@ class Adder2d(Conv2dLike):
         self.backend = check_backend(backend)
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
+        zeros = self.padding_mode == "zeros"
         return adder2d(
-            self.pad_input(x),
+            x if zeros else self.pad_input(x),
             self.op_weight(),
             self.bias,
             self.stride,  # type: ignore[arg-type]
@@ -256,6 +275,7 @@ class Adder2d(Conv2dLike):
             self.p,
             self.max_temp_bytes,
             self.backend,
+            self.input_pads(x) if zeros else tvm_l1.NO_PADS,
         )
 
     def extra_repr(self) -> str:

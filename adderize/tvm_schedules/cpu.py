@@ -112,12 +112,12 @@ def _layout(kind: str, shape: tuple[int, ...]) -> _Layout:
         _, c, _, wp, _, kw, stride, dil = shape
         return _Layout(2, 2, out_size(wp, kw, stride, dil), c, False, False)
     if base == "depthwise_forward_nchw":
-        _, _, hp, wp, kh, kw, stride, dil = shape
-        oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
-        return _Layout(2, 2, oh, ow, False, False)
+        _, _, h, w, kh, kw, stride, dil, pt, pb, pl, pr = shape
+        oh = out_size(h + pt + pb, kh, stride, dil)
+        return _Layout(2, 2, oh, out_size(w + pl + pr, kw, stride, dil), False, False)
     if base == "depthwise_grad_input_nchw":
-        _, _, hp, wp, *_ = shape
-        return _Layout(2, 2, hp, wp, False, True)
+        _, _, h, w, *_ = shape
+        return _Layout(2, 2, h, w, False, True)
     if base == "depthwise_grad_input":
         _, c, _, wp, *_ = shape
         return _Layout(2, 2, wp, c, False, True)
@@ -299,7 +299,13 @@ def register_tile(tensors: list[Any], n_reduce: int, row_axis: int, variant: Var
     if ri is not None:
         sch.unroll(ri)
     sch.vectorize(sch.get_loops(out)[-1])
-    sch.parallel(sch.fuse(*parallel) if len(parallel) > 1 else parallel[0])
+    outer = sch.fuse(*parallel) if len(parallel) > 1 else parallel[0]
+    if any(sch.get(b).name_hint == "pad" for b in sch.get_child_blocks(sch.get_sblock("root"))):
+        # padding inside the kernel: one channel plane at a time, while it is in cache
+        pad = sch.get_sblock("pad")
+        sch.compute_at(pad, outer)
+        sch.vectorize(sch.get_loops(pad)[-1])
+    sch.parallel(outer)
     sch.decompose_reduction(blk, red[0])
     sch.vectorize(sch.get_loops(sch.get_sblock("acc_init"))[-1])
     return sch.mod

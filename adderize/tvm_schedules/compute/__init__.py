@@ -30,7 +30,9 @@ from adderize.tvm_schedules.compute.dense import (
 )
 from adderize.tvm_schedules.compute.depthwise import (
     depthwise_forward_compute,
+    depthwise_forward_nchw_compute,
     depthwise_grad_input_compute,
+    depthwise_grad_input_nchw_compute,
 )
 from adderize.tvm_schedules.compute.lowbit import (
     binary_conv_forward_compute,
@@ -44,7 +46,9 @@ __all__ = [
     "conv_forward_compute",
     "conv_grad_input_compute",
     "depthwise_forward_compute",
+    "depthwise_forward_nchw_compute",
     "depthwise_grad_input_compute",
+    "depthwise_grad_input_nchw_compute",
     "int8_conv_forward_compute",
     "l1_forward_compute",
     "l1_grad_a_compute",
@@ -64,9 +68,6 @@ def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
         return conv_forward_compute(*shape, form=form)
     if base == "conv_forward_nchw":
         return conv_forward_compute(*shape, lp=lp, nchw_out=True)
-    if base in ("depthwise_forward_nchw", "depthwise_grad_input_nchw"):
-        fn = depthwise_forward_compute if "forward" in base else depthwise_grad_input_compute
-        return fn(*shape, lp=lp, nchw=True)
     if base in ("forward", "grad_a"):
         return (l1_forward_compute if base == "forward" else l1_grad_a_compute)(*shape)
     if base == "conv_mac_forward":
@@ -79,6 +80,8 @@ def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
         "conv_forward": conv_forward_compute,
         "conv_grad_input": conv_grad_input_compute,
         "depthwise_forward": depthwise_forward_compute,
+        "depthwise_forward_nchw": depthwise_forward_nchw_compute,
         "depthwise_grad_input": depthwise_grad_input_compute,
+        "depthwise_grad_input_nchw": depthwise_grad_input_nchw_compute,
     }[base]
     return fn(*shape, lp=lp)
