@@ -8,13 +8,14 @@ forward+backward. The summary names the worst shapes against the targets (forwar
 forward+backward 3.0x).
 
     python benchmarks/model_layers.py [--models resnet18 resnet50 mobilenetv2_100
-        efficientnet_b0] [--batch 1 32] [--size 224] [--no-backward] [--only ' dw ']
+        efficientnet_b0] [--batch 1 32] [--size 224] [--no-backward] [--only REGEX]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--no-backward", action="store_true", help="forward only")
     parser.add_argument(
-        "--only", default="", help="time only shapes whose label contains this (e.g. ' dw ')"
+        "--only", default="", help="time only shapes whose label matches this regex (' dw ', '@1$')"
     )
     args = parser.parse_args()
     print(describe())
@@ -101,7 +102,7 @@ def main() -> None:
     shapes: dict[Shape, list[str]] = {}
     for name in args.models:
         for s in model_shapes(name, args.size):
-            if args.only in s.label():
+            if re.search(args.only, s.label()):
                 shapes.setdefault(s, []).append(name)
     print(f"{len(shapes)} distinct converted conv shapes in {', '.join(args.models)}")
     header = f"{'layer':30s} {'batch':>5s} {'conv fwd':>9s} {'adder':>7s} {'conv f+b':>9s} {'adder':>7s}  models"  # noqa: E501
@@ -116,6 +117,8 @@ def main() -> None:
                   f"{c_fb * 1e3:7.2f}ms {r_fb:6.2f}x  {','.join(models)}", flush=True)  # fmt: skip
     for batch in args.batch:
         sel = [r for r in rows if r[1] == batch]
+        if not sel:
+            continue
         fwd = sorted(sel, key=lambda r: -r[2])
         print(f"\nbatch {batch}: forward {min(r[2] for r in sel):.2f}-{fwd[0][2]:.2f}x "
               f"({sum(r[2] <= FORWARD_TARGET for r in sel)}/{len(sel)} within "

@@ -96,6 +96,35 @@ class _LinearRows:
         return weight.unsqueeze(0)
 
 
+def _forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    layout: _ConvRows | _LinearRows,
+    p: float,
+    max_temp_bytes: int,
+    backend: str,
+    pads: tvm_l1.Pads,
+) -> tuple[torch.Tensor, bool]:
+    """The adder forward (no autograd record) and whether it ran on the direct conv
+    kernels: what :class:`_AdderFunction` records, and all an inference call needs."""
+    direct = isinstance(layout, _ConvRows) and use_direct_conv(
+        x, weight, layout.stride, layout.dilation, layout.groups, backend
+    )
+    # inputs arrive in float32 (see _compute_dtype); helper ops must stay there too
+    autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+    with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+        if direct:
+            out = tvm_l1.conv_forward(
+                x, weight, layout.stride[0], layout.dilation[0], layout.groups, p, pads
+            )
+        else:
+            rows = l1_forward(
+                layout.rows(x), layout.weight_rows(weight), p, max_temp_bytes, backend
+            )
+            out = layout.rows_to_output(rows, x.shape)
+    return out, direct
+
+
 class _AdderFunction(torch.autograd.Function):
     """Adder forward/backward for any layout. Saves the (small) input, not its unfolding."""
 
@@ -110,25 +139,11 @@ class _AdderFunction(torch.autograd.Function):
         backend: str,
         pads: tvm_l1.Pads = tvm_l1.NO_PADS,
     ) -> torch.Tensor:
-        direct = isinstance(layout, _ConvRows) and use_direct_conv(
-            x, weight, layout.stride, layout.dilation, layout.groups, backend
-        )
+        out, direct = _forward(x, weight, layout, p, max_temp_bytes, backend, pads)
         ctx.save_for_backward(x, weight)
         ctx.layout, ctx.p, ctx.max_temp_bytes = layout, p, max_temp_bytes  # type: ignore[attr-defined]
         ctx.backend, ctx.direct, ctx.pads = backend, direct, pads  # type: ignore[attr-defined]
-        # inputs arrive in float32 (see _compute_dtype); helper ops must stay there too
-        autocast_off = (
-            torch.autocast(device_type=x.device.type, enabled=False)
-            if x.device.type in ("cpu", "cuda")
-            else contextlib.nullcontext()  # e.g. "meta" (shape propagation), no autocast
-        )
-        with autocast_off:
-            if direct:
-                return tvm_l1.conv_forward(
-                    x, weight, layout.stride[0], layout.dilation[0], layout.groups, p, pads
-                )
-            out = l1_forward(layout.rows(x), layout.weight_rows(weight), p, max_temp_bytes, backend)
-            return layout.rows_to_output(out, x.shape)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
@@ -189,6 +204,26 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
 
 
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _apply(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    layout: _ConvRows | _LinearRows,
+    p: float,
+    max_temp_bytes: int,
+    backend: str,
+    pads: tvm_l1.Pads = tvm_l1.NO_PADS,
+) -> torch.Tensor:
+    """:class:`_AdderFunction` where a gradient is wanted; else the forward alone (no
+    autograd record: a few microseconds, as much as the kernel of a small layer)."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _AdderFunction.apply(x, weight, layout, p, max_temp_bytes, backend, pads)
+    return _forward(x, weight, layout, p, max_temp_bytes, backend, pads)[0]
+
+
 def adder2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -206,14 +241,14 @@ def adder2d(
     where it can be (depthwise, NCHW), else padded here."""
     layout = _ConvRows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)  # type: ignore[arg-type]
     dtype = _compute_dtype(x, weight)
-    x, weight = x.to(dtype), weight.to(dtype)
+    x, weight = _cast(x, dtype), _cast(weight, dtype)
     pads = tuple(padding)
     if any(pads) and not (
         tvm_l1.pads_fused(x, weight, groups)
         and use_direct_conv(x, weight, layout.stride, layout.dilation, groups, backend)
     ):
         x, pads = F.pad(x, pads), tvm_l1.NO_PADS
-    out = _AdderFunction.apply(x, weight, layout, check_p(p), max_temp_bytes, backend, pads)
+    out = _apply(x, weight, layout, check_p(p), max_temp_bytes, backend, pads)
     if bias is not None:
         out = out + bias.to(dtype).reshape(1, -1, 1, 1)
     return out
@@ -229,8 +264,8 @@ def adder_linear(
 ) -> torch.Tensor:
     """``out[..., t] = -sum_k |x[..., k] - weight[t, k]|^p (+ bias[t])``."""
     dtype = _compute_dtype(x, weight)
-    out = _AdderFunction.apply(
-        x.to(dtype), weight.to(dtype), _LinearRows(), check_p(p), max_temp_bytes, backend
+    out = _apply(
+        _cast(x, dtype), _cast(weight, dtype), _LinearRows(), check_p(p), max_temp_bytes, backend
     )
     if bias is not None:
         out = out + bias.to(dtype)
