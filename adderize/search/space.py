@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
 
+from adderize._config import from_data
 from adderize._errors import AdderizeError
 from adderize.energy.cost import CostTable
 from adderize.passes.mapping import OpMapping
@@ -18,6 +19,22 @@ from adderize.passes.mapping import OpMapping
 __all__ = ["DEFAULT_OPS", "OpSpace", "energy_budget"]
 
 DEFAULT_OPS = ("conv", "adder", "binary", "shift")
+
+
+@dataclass
+class OpSpaceFile:
+    """The JSON form of an :class:`OpSpace` (what multi-trial search trials read)."""
+
+    VERSION: ClassVar[int] = 1
+
+    layers: list[str]
+    ops: list[str]
+    budget_pj: float
+    fixed: list[str]
+    table_layers: list[str]
+    table_ops: list[str]
+    costs: list[list[float]]
+    fixed_pj: float
 
 
 @dataclass
@@ -104,31 +121,29 @@ class OpSpace:
     # ------------------------------------------------------------------ serialisation
     def to_json(self) -> str:
         c = self.costs
-        return json.dumps(
-            {
-                "layers": self.layers,
-                "ops": self.ops,
-                "budget_pj": self.budget_pj,
-                "fixed": self.fixed,
-                "table_layers": c.layers,
-                "table_ops": c.ops,
-                "costs": c.costs.tolist(),
-                "fixed_pj": c.fixed_pj,
-            }
+        data = OpSpaceFile(
+            list(self.layers),
+            list(self.ops),
+            self.budget_pj,
+            list(self.fixed),
+            list(c.layers),
+            list(c.ops),
+            c.costs.tolist(),
+            c.fixed_pj,
         )
+        return json.dumps({"version": OpSpaceFile.VERSION, **asdict(data)})
 
     @classmethod
-    def from_json(cls, text: str) -> OpSpace:
-        d = json.loads(text)
-        table = CostTable(
-            tuple(d["table_layers"]),
-            tuple(d["table_ops"]),
-            np.asarray(d["costs"], dtype=np.float64),
-            float(d["fixed_pj"]),
-        )
-        return cls(
-            tuple(d["layers"]), tuple(d["ops"]), table, float(d["budget_pj"]), tuple(d["fixed"])
-        )
+    def from_json(cls, text: str, source: str = "space.json") -> OpSpace:
+        d = from_data(OpSpaceFile, json.loads(text), source, version=OpSpaceFile.VERSION)
+        costs = np.asarray(d.costs, dtype=np.float64)
+        if costs.shape != (len(d.table_layers), len(d.table_ops)):
+            raise AdderizeError(
+                f"{source}: costs are {costs.shape}, not table layers x ops "
+                f"({len(d.table_layers)}, {len(d.table_ops)})"
+            )
+        table = CostTable(tuple(d.table_layers), tuple(d.table_ops), costs, d.fixed_pj)
+        return cls(tuple(d.layers), tuple(d.ops), table, d.budget_pj, tuple(d.fixed))
 
     # --------------------------------------------------------------------------- NNI
     def to_nni(self) -> Any:
