@@ -25,7 +25,7 @@ KERNELS = [
     ("conv_forward", (2, 16, 9, 9, 32, 3, 3, 1, 1, 1)),
     ("conv_forward", (2, 32, 10, 10, 64, 3, 3, 2, 1, 2)),  # stride 2, groups
     ("conv_forward", (1, 8, 7, 7, 24, 1, 1, 1, 1, 1)),  # 1x1, 24 channels
-    ("conv_forward_nchw", (2, 16, 10, 10, 32, 3, 3, 2, 1, 1)),  # NCHW output
+    ("conv_forward_nchw", (2, 16, 10, 10, 32, 3, 3, 2, 1, 1)),  # NCHW output (fma form too)
     ("conv_forward_lp", (1, 16, 9, 9, 16, 3, 3, 1, 1, 1)),
     ("conv_grad_input", (2, 16, 11, 11, 32, 3, 3, 1, 1)),
     ("depthwise_forward", (2, 16, 11, 11, 3, 3, 2, 1)),
@@ -39,13 +39,12 @@ KERNELS = [
 ]
 
 
-def _run(mod, args):
-    import tvm
-
-    from adderize.kernels.machine import llvm_target
-
-    fn = tvm.compile(mod, target=llvm_target())["main"]
+def _run(mod, args, option=None):
+    """Run ``mod`` on copies of ``args`` as the kernel cache would (the ``fma`` form with
+    LLVM's contraction and its 1.0 input bound); returns the tensors after the call."""
     copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    option = option or cpu.Variant(1, 1, False)
+    fn = tvm_build._bind(tvm_build._compile(mod, option)["main"], str(option))
     fn(*copies)
     return [a for a in copies if isinstance(a, torch.Tensor)]
 
@@ -63,7 +62,7 @@ def test_every_candidate_tile_computes_what_the_unscheduled_compute_does(kind, s
     args = tvm_build._random_args(plain)
     want = _run(plain, args)
     for option in options:
-        got = _run(cpu.schedule(kind, *shape, variant=option), args)
+        got = _run(cpu.schedule(kind, *shape, variant=option), args, option)
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-3, msg=f"tile {option}")
 
@@ -80,7 +79,8 @@ def test_candidates_fit_the_register_file_after_the_hand_tile():
     # both loop orders are tried for dense convs
     options = cpu.candidates("conv_forward", *shape, lanes=8)
     assert {c.cols_outer for c in options} == {True, False}
-    assert {c.form for c in options} == {"abs", "max"}  # and both inner-loop forms
+    assert {c.form for c in options} == {"abs", "fma", "max"}  # and every inner-loop form
+    assert {c.form for c in cpu.candidates("conv_forward_nchw", *shape, lanes=8)} == {"abs", "fma"}
 
 
 def test_fastest_keeps_the_quickest_function():
@@ -135,3 +135,17 @@ def test_machine_description_names_the_cpu():
     line = describe()
     assert cpu_model() in line and "torch threads" in line
     assert all(flag in line for flag in cpu_isa())
+
+
+@pytest.mark.skipif("fma" not in cpu_isa(), reason="the CPU has no FMA instructions")
+def test_the_fma_form_accumulates_with_fused_multiply_adds():
+    """Built as the kernel cache builds it, the ``fma`` form's inner loop is sub, and, fma:
+    LLVM's contraction fuses ``|x - w| * one + acc`` (the point of the form)."""
+    shape = (1, 16, 9, 9, 32, 3, 3, 1, 1, 1)
+    option = next(c for c in cpu.candidates("conv_forward_nchw", *shape) if c.form == "fma")
+    lib = tvm_build._compile(cpu.schedule("conv_forward_nchw", *shape, variant=option), option)
+    asm = lib.mod.inspect_source("asm")
+    assert "vfmadd" in asm and "vsubps" in asm
+    plain = cpu.Variant(option.rows, option.cols, option.cols_outer)
+    lib = tvm_build._compile(cpu.schedule("conv_forward_nchw", *shape, variant=plain), plain)
+    assert "vfmadd" not in lib.mod.inspect_source("asm")

@@ -77,16 +77,18 @@ def cache_dir(*parts: str) -> Path:
 
 
 @functools.cache
-def llvm_target() -> Any:
+def llvm_target(contract: bool = False) -> Any:
     """TVM's LLVM target for this CPU (``mcpu`` as LLVM detects it, torch's thread count);
-    imports TVM."""
+    ``contract``: let LLVM fuse a multiply and an add into an FMA (the ``fma`` kernel
+    form). Imports TVM."""
     import tvm
     from tvm.target import codegen
 
-    return tvm.target.Target(
-        {
-            "kind": "llvm",
-            "mcpu": codegen.llvm_get_system_cpu(),
-            "num-cores": max(1, torch.get_num_threads()),
-        }
-    )
+    options: dict[str, Any] = {
+        "kind": "llvm",
+        "mcpu": codegen.llvm_get_system_cpu(),
+        "num-cores": max(1, torch.get_num_threads()),
+    }
+    if contract:
+        options["fast-math-contract"] = True
+    return tvm.target.Target(options)

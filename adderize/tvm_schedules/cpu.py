@@ -12,8 +12,11 @@ orders), and the kernel builder
 the winner with the kernel. MetaSchedule tuning (:mod:`adderize.tvm_schedules.tuning`)
 replaces the choice where the tuning database has a record.
 
-Why the inner loop stays ``sub, abs, add``: ``|x - w| = 2 max(x, w) - x - w`` needs one op
-less per MAC but measured 1.4-1.6x slower on AVX-512 Zen 5 (it also needs window sums).
+The p = 1 dense conv forwards also time other inner loops (:data:`~adderize.tvm_schedules
+.compute.FORMS`): ``fma`` (``sub, and, fma``: the accumulation on the FMA ports, 17% faster
+on AVX-512 Zen 5, where adds and FMAs have two ports each) and, NHWC only, ``max``
+(``|x - w| = 2 max(x, w) - x - w``: one op less per MAC, but window sums; 1.4-1.6x slower
+on Zen 5). Which wins is measured, as the tile is.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from adderize._errors import AdderizeError
 from adderize.kernels.machine import cpu_isa
 from adderize.tvm_schedules import int8
-from adderize.tvm_schedules.compute import computes, out_size
+from adderize.tvm_schedules.compute import FORM_KINDS, computes, out_size
 
 __all__ = [
     "SELECTABLE",
@@ -79,7 +82,8 @@ class Variant:
     rows: int
     cols: int
     cols_outer: bool
-    #: the inner loop: conv forward p = 1, see compute.FORMS; int8: "sad" (the byte-SAD
+    #: the inner loop: conv forward p = 1, see compute.FORMS ("fma" kernels take a trailing
+    #: input ``one`` = [1.0] before ``out``: tvm_build binds it); int8: "sad" (the byte-SAD
     #: instruction, see tvm_schedules.int8) or "plain"
     form: str = "abs"
 
@@ -203,8 +207,9 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
     found = [_hand_tile(kind, lay), *fitted[:1]]
     if lay.n_reduce == 3:  # dense convs: both loop orders
         found += [Variant(c.rows, c.cols, not c.cols_outer) for c in found]
-    if kind == "conv_forward":  # the max form's inner loop on the two leading tiles
-        found += [Variant(c.rows, c.cols, c.cols_outer, "max") for c in found[:2]]
+    if kind in FORM_KINDS:  # the other inner loops on the two leading tiles
+        forms = ("fma", "max") if kind == "conv_forward" else ("fma",)
+        found += [Variant(c.rows, c.cols, c.cols_outer, f) for f in forms for c in found[:2]]
     found += fitted[1:]
     return list(dict.fromkeys(found))[:MAX_CANDIDATES]
 

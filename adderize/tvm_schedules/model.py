@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +80,11 @@ class _Converters:
         if tuned is not None:
             return tuned["main"], "tuned"
         try:  # the register tile the training kernels measured fastest on this machine
-            return cpu.schedule(kind, *shape, variant=tvm_build.variant(kind, *shape))[
-                "main"
-            ], "hand"
+            variant = tvm_build.variant(kind, *shape)
+            if variant is not None and variant.form == "fma":
+                # its FMA needs a 1.0 input and LLVM's contraction: the tile in plain form
+                variant = replace(variant, form="abs")
+            return cpu.schedule(kind, *shape, variant=variant)["main"], "hand"
         except Exception:  # a shape the hand schedule cannot tile: TVM's own lowering
             return te.create_prim_func(computes(kind, *shape)), "default"
 

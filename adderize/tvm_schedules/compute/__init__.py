@@ -39,8 +39,12 @@ from adderize.tvm_schedules.compute.lowbit import (
     int8_conv_forward_compute,
 )
 
+#: the kernels with inner-loop forms besides "abs" (the p = 1 dense conv forwards)
+FORM_KINDS = ("conv_forward", "conv_forward_nchw")
+
 __all__ = [
     "FORMS",
+    "FORM_KINDS",
     "binary_conv_forward_compute",
     "computes",
     "conv_forward_compute",
@@ -63,9 +67,9 @@ def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
     lp = kind.endswith("_lp")
     base = kind.removesuffix("_lp")
     if form != "abs":
-        if kind != "conv_forward":
-            raise AdderizeError(f"only conv_forward has the {form!r} form, not {kind!r}")
-        return conv_forward_compute(*shape, form=form)
+        if kind not in FORM_KINDS:
+            raise AdderizeError(f"only {FORM_KINDS} have the {form!r} form, not {kind!r}")
+        return conv_forward_compute(*shape, form=form, nchw_out=kind == "conv_forward_nchw")
     if base == "conv_forward_nchw":
         return conv_forward_compute(*shape, lp=lp, nchw_out=True)
     if base in ("forward", "grad_a"):
