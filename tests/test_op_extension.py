@@ -5,7 +5,7 @@ and compilation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import timm
@@ -110,3 +110,27 @@ def test_a_registered_op_saves_loads_and_compiles(ternary, tmp_path):
 
     compiled, crep = compile_model(model, tuple(x.shape), check=True)
     assert compiled is not None and crep.max_abs_error < 1e-3
+
+
+def test_training_hooks_come_from_the_op_record(ternary):
+    """The adaptive learning rate and the l_p schedule act on the layers of ops that
+    declare them (``OpSpec.adaptive_lr`` / ``lp_schedule``), not on a list of classes."""
+    from adderize.train import adder_weights
+
+    assert adder_weights(adderize.adderize(_model(), "ternary")) == []
+
+    class ScaledTernaryConv2d(TernaryConv2d):
+        pass
+
+    register_op(
+        replace(
+            TERNARY,
+            name="ternary_lr",
+            conv2d=lambda module, source, **p: ScaledTernaryConv2d.from_float(module, **p),
+            layers=(ScaledTernaryConv2d,),
+            adaptive_lr=True,
+        )
+    )
+    ann = adderize.adderize(_model(), "ternary_lr")
+    layers = [m for m in ann.modules() if isinstance(m, ScaledTernaryConv2d)]
+    assert layers and adder_weights(ann) == [m.weight for m in layers]

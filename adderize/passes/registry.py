@@ -45,6 +45,7 @@ __all__ = [
     "Source",
     "classify",
     "get_op",
+    "layers_with",
     "op_names",
     "op_of_layer",
     "priced_op",
@@ -139,6 +140,10 @@ class OpSpec:
         params: the op's per-layer parameters, a dataclass whose fields the builders take
             as keyword arguments (None: the op has none). An
             :class:`OpConfig` carries an instance of it in an ``OpMapping``.
+        adaptive_lr: the op's layers take the papers' adaptive learning rate (eq. 33,
+            :class:`adderize.train.AdaptiveLRScaling`).
+        lp_schedule: the op's layers have a ``p`` that the l_p -> l_1 schedule moves
+            (:class:`adderize.train.LpSchedule`).
     """
 
     name: str
@@ -152,6 +157,8 @@ class OpSpec:
     weight_bits: int | None = None
     channel_bits: int = 0
     params: type | None = None
+    adaptive_lr: bool = False
+    lp_schedule: bool = False
 
     @property
     def keeps_float(self) -> bool:
@@ -309,6 +316,12 @@ def op_of_layer(module: nn.Module) -> str | None:
     return None if best is None else best[1]
 
 
+def layers_with(model: nn.Module, hook: Literal["adaptive_lr", "lp_schedule"]) -> list[nn.Module]:
+    """The layers of ``model`` whose op (:func:`op_of_layer`) declares the training
+    ``hook`` (an ``OpSpec`` flag): how the training scheme finds the layers it acts on."""
+    return [m for m in model.modules() if getattr(_OPS.get(op_of_layer(m) or ""), hook, False)]
+
+
 def _conv_builder(cls: type[Conv2dLike]) -> Builder:
     """Builds ``cls`` from the float conv (2-D, or 1-D for a ``Conv1dLike`` class)."""
 
@@ -348,6 +361,8 @@ register_op(
         # the subtraction, and the accumulation of |.| (a sign-controlled add/subtract)
         counts=lambda macs, outputs: {"add": 2 * macs},
         params=AdderParams,
+        adaptive_lr=True,
+        lp_schedule=True,
     )
 )
 register_op(

@@ -29,7 +29,6 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from adderize._errors import AdderizeError
-from adderize.nn import Adder2d, AdderLinear
 
 __all__ = ["PER", "AdaptiveLRScaling", "adder_weights"]
 
@@ -37,8 +36,11 @@ PER = ("step", "backward")
 
 
 def adder_weights(model: nn.Module) -> list[nn.Parameter]:
-    """The weights of every adder layer in ``model`` (DDP-wrapped models included)."""
-    return [m.weight for m in model.modules() if isinstance(m, (Adder2d, AdderLinear))]
+    """The weights of every layer in ``model`` (DDP-wrapped models included) whose op takes
+    the adaptive learning rate (``OpSpec.adaptive_lr``: the adder layers built in)."""
+    from adderize.passes.registry import layers_with
+
+    return [m.weight for m in layers_with(model, "adaptive_lr")]
 
 
 class AdaptiveLRScaling:

@@ -11,7 +11,6 @@ from typing import Any
 from torch import nn
 
 from adderize._errors import AdderizeError
-from adderize.nn import Adder2d, AdderLinear
 
 __all__ = ["LpSchedule"]
 
@@ -34,7 +33,10 @@ class LpSchedule:
         for label, v in (("start", start), ("end", end)):
             if not 1.0 <= v <= 2.0:
                 raise AdderizeError(f"{label} must be in [1, 2], got {v}")
-        self.layers = [m for m in model.modules() if isinstance(m, (Adder2d, AdderLinear))]
+        from adderize.passes.registry import layers_with
+
+        # the layers whose op declares the schedule (OpSpec.lp_schedule: the adder layers)
+        self.layers = layers_with(model, "lp_schedule")
         if not self.layers:
             raise AdderizeError("the model has no adder layers (Adder2d / AdderLinear)")
         self.decay_steps, self.start, self.end = decay_steps, float(start), float(end)
