@@ -52,6 +52,7 @@ TERNARY = OpSpec(
     description="ternary weights (toy op of the extension test)",
     layers=(TernaryConv2d,),
     counts=lambda macs, outputs: {"add": macs},  # a signed add per non-zero weight at most
+    convention="1 signed add",
     weight_bits=2,
     params=TernaryParams,
 )
@@ -87,6 +88,7 @@ def test_a_registered_op_is_priced_by_its_own_counts_and_searched(ternary):
     report = energy_report(adderize.adderize(model, "ternary"), size)
     priced = [r for r in report.layers if r.op == "ternary"]
     assert priced and all("mult" not in r.counts for r in priced)
+    assert "ternary MAC = 1 signed add" in report.conventions
     space = OpSpace.from_model(model, size, 0.9, ops=("conv", "ternary"))
     assert tuple(space.ops) == ("conv", "ternary")
     everything = dict.fromkeys(space.layers, "ternary")

@@ -21,13 +21,9 @@ from adderize.energy.cost import (
 )
 from adderize.energy.count import OpCount, count_ops
 from adderize.energy.tables import HOROWITZ_45NM, EnergyTable, resolve_precision
+from adderize.passes.registry import conventions
 
 __all__ = ["EnergyReport", "LayerEnergy", "cost_table", "energy_report"]
-
-CONVENTIONS = (
-    "conv MAC = 1 mult + 1 add; adder MAC = 2 adds (subtract, accumulate |.|); binary MAC = "
-    "1 XNOR + 1 popcount (+1 mult per output); shift MAC = 1 shift + 1 add"
-)
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ class EnergyReport:
     input_size: tuple[int, ...]
     table: str
     counting: str
-    conventions: str = CONVENTIONS
+    conventions: str = field(default_factory=conventions)  # the registered ops' (OpSpec)
     notes: list[str] = field(default_factory=list)
 
     def _sum(self, attr: str, parametric_only: bool = False) -> float:

@@ -44,6 +44,7 @@ __all__ = [
     "ShiftParams",
     "Source",
     "classify",
+    "conventions",
     "get_op",
     "layers_with",
     "op_names",
@@ -140,6 +141,8 @@ class OpSpec:
         params: the op's per-layer parameters, a dataclass whose fields the builders take
             as keyword arguments (None: the op has none). An
             :class:`OpConfig` carries an instance of it in an ``OpMapping``.
+        convention: how ``counts`` counts one MAC, in words, for the conventions line of
+            every energy report (e.g. ``"2 adds (subtract, accumulate |.|)"``).
         adaptive_lr: the op's layers take the papers' adaptive learning rate (eq. 33,
             :class:`adderize.train.AdaptiveLRScaling`).
         lp_schedule: the op's layers have a ``p`` that the l_p -> l_1 schedule moves
@@ -157,6 +160,7 @@ class OpSpec:
     weight_bits: int | None = None
     channel_bits: int = 0
     params: type | None = None
+    convention: str = ""
     adaptive_lr: bool = False
     lp_schedule: bool = False
 
@@ -316,6 +320,15 @@ def op_of_layer(module: nn.Module) -> str | None:
     return None if best is None else best[1]
 
 
+def conventions() -> str:
+    """The counting conventions of the priced ops, one clause each (energy reports)."""
+    return "; ".join(
+        f"{name} MAC = {spec.convention}"
+        for name, spec in _OPS.items()
+        if spec.counts is not None and spec.convention
+    )
+
+
 def layers_with(model: nn.Module, hook: Literal["adaptive_lr", "lp_schedule"]) -> list[nn.Module]:
     """The layers of ``model`` whose op (:func:`op_of_layer`) declares the training
     ``hook`` (an ``OpSpec`` flag): how the training scheme finds the layers it acts on."""
@@ -346,7 +359,8 @@ register_op(
         False,
         "keep the original multiply-accumulate layer",
         layers=(nn.modules.conv._ConvNd, nn.Linear),
-        counts=lambda macs, outputs: {"mult": macs, "add": macs},  # MAC: 1 mult + 1 add
+        counts=lambda macs, outputs: {"mult": macs, "add": macs},
+        convention="1 mult + 1 add",
     )
 )
 register_op(
@@ -360,6 +374,7 @@ register_op(
         layers=(Adder2d, AdderLinear),
         # the subtraction, and the accumulation of |.| (a sign-controlled add/subtract)
         counts=lambda macs, outputs: {"add": 2 * macs},
+        convention="2 adds (subtract, accumulate |.|)",
         params=AdderParams,
         adaptive_lr=True,
         lp_schedule=True,
@@ -376,6 +391,7 @@ register_op(
         layers=(BinaryConv2d, BinaryLinear),
         # 1 XNOR + 1 popcount bit per MAC, 1 mult per output for the channel scale
         counts=lambda macs, outputs: {"xnor": macs, "popcount": macs, "mult": outputs},
+        convention="1 XNOR + 1 popcount (+1 mult per output)",
         weight_bits=1,
         channel_bits=32,
     )
@@ -389,7 +405,8 @@ register_op(
         "DeepShift power-of-two weights (ShiftConv2d / ShiftLinear / ShiftConv1d)",
         _conv_builder(ShiftConv1d),
         layers=(ShiftConv2d, ShiftLinear),
-        counts=lambda macs, outputs: {"shift": macs, "add": macs},  # 1 shift + 1 add
+        counts=lambda macs, outputs: {"shift": macs, "add": macs},
+        convention="1 shift + 1 add",
         weight_bits=5,  # sign and a 4-bit exponent in [-14, 0]
         params=ShiftParams,
     )
