@@ -152,6 +152,7 @@ def test_cuda_build_compile_only(kind, arch):
         (2, 16, 9, 32, 1, 2, 1, 1),  # 1x1 stride 2: phases no tap reaches
         (1, 8, 11, 16, 5, 2, 1, 1),  # 5x5 stride 2, odd size: uneven phases
         (2, 16, 11, 16, 3, 2, 1, 16),  # depthwise stride 2, odd size
+        (2, 12, 9, 12, 3, 1, 1, 12),  # depthwise of 12 channels: the plane kernels
         (1, 8, 12, 8, 3, 3, 1, 1),  # stride 3
         (2, 28, 1, 6, 1, 1, 1, 1),  # squeeze-excite 1x1 at 1x1: channels padded to 8s
         (2, 6, 7, 28, 3, 2, 1, 1),  # narrow dense conv, stride 2

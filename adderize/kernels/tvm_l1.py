@@ -120,9 +120,10 @@ def _prepared(
 
 def conv_supported(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether the direct conv kernels apply: float32 CPU, and per-group in/out channels
-    multiples of 8 (the vector tiles), depthwise with channels a multiple of 8, or a dense
-    conv of any width (its channels are zero-padded to multiples of 8: SE and other narrow
-    layers). Narrow grouped convs (e.g. ResNeXt's 4 channels per group) use the fallback."""
+    multiples of 8 (the vector tiles), depthwise on an NCHW input (any width: the plane
+    kernels) or channels-last with channels a multiple of 8, or a dense conv of any width
+    (its channels are zero-padded to multiples of 8: SE and other narrow layers). Narrow
+    grouped convs (e.g. ResNeXt's 4 channels per group) use the fallback."""
     if not (
         x.dtype == weight.dtype == torch.float32
         and x.device.type == "cpu"
@@ -130,7 +131,12 @@ def conv_supported(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     ):
         return False
     cg, tg = weight.shape[1], weight.shape[0] // groups
-    return (cg % 8 == 0 and tg % 8 == 0) or _depthwise(weight, groups) or groups == 1
+    return (
+        (cg % 8 == 0 and tg % 8 == 0)
+        or _depthwise(weight, groups)
+        or pads_fused(x, weight, groups)
+        or groups == 1
+    )
 
 
 def _round8(n: int) -> int:
@@ -185,9 +191,10 @@ NO_PADS: Pads = (0, 0, 0, 0)
 
 def pads_fused(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether :func:`conv_forward` / :func:`conv_grad_input` take this conv's input
-    unpadded, zero padding inside the kernel (the depthwise plane kernels, NCHW input):
-    no padded copy of the input is written, kept for the backward, or cropped after it."""
-    return _depthwise(weight, groups) and x.is_contiguous()
+    unpadded, zero padding inside the kernel (the depthwise plane kernels, NCHW input, any
+    number of channels): no padded copy of the input is written, kept for the backward,
+    or cropped after it."""
+    return weight.shape[1] == 1 and weight.shape[0] == groups and x.is_contiguous()
 
 
 def conv_forward(
