@@ -182,10 +182,14 @@ def _direct_conv_backward(
             ctx.pads,
         )
     if ctx.needs_input_grad[1]:
-        if any(ctx.pads):
+        left, right, top, bottom = ctx.pads
+        padding: tuple[int, int] = (0, 0)
+        if (left, top) == (right, bottom):  # symmetric: the conv pads, no padded copy of x
+            padding = (top, left)
+        else:
             x = F.pad(x, ctx.pads)
         grad_w = torch.nn.grad.conv2d_weight(
-            x, weight.shape, grad_out, layout.stride, 0, layout.dilation, layout.groups
+            x, weight.shape, grad_out, layout.stride, padding, layout.dilation, layout.groups
         )
         grad_w -= weight * grad_out.sum((0, 2, 3)).reshape(-1, 1, 1, 1)
     return grad_x, grad_w
