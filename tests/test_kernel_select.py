@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adderize.kernels import tvm_build, tvm_l1
-from adderize.kernels.machine import cpu_isa, cpu_model, describe
+from adderize.kernels.machine import cpu_arch, cpu_isa, cpu_model, describe
 
 if not tvm_l1.available():
     pytest.skip(f"TVM unavailable: {tvm_l1.unavailable_reason()}", allow_module_level=True)
@@ -135,6 +135,7 @@ def test_machine_description_names_the_cpu():
     line = describe()
     assert cpu_model() in line and "torch threads" in line
     assert all(flag in line for flag in cpu_isa())
+    assert f"({cpu_arch()})" in line and cpu_arch() != "unknown"  # TVM names the core
 
 
 @pytest.mark.skipif("fma" not in cpu_isa(), reason="the CPU has no FMA instructions")

@@ -15,6 +15,7 @@ import torch
 __all__ = [
     "ISA_FLAGS",
     "cache_dir",
+    "cpu_arch",
     "cpu_isa",
     "cpu_model",
     "describe",
@@ -63,10 +64,33 @@ def cpu_isa() -> tuple[str, ...]:
     return tuple(f for f in ISA_FLAGS if f in flags)
 
 
+@functools.cache
+def cpu_arch() -> str:
+    """The core's microarchitecture as LLVM names it (``znver4``, ``sapphirerapids``): a
+    model name such as "AMD EPYC" alone does not tell Zen 3 from Zen 5. Adds the
+    ``/proc/cpuinfo`` family and model where it has them; "unknown" where neither is known.
+    Imports TVM when it is installed."""
+    parts = []
+    try:
+        from tvm.target import codegen
+
+        parts.append(str(codegen.llvm_get_system_cpu()))
+    except ImportError:
+        pass
+    fields: dict[str, str] = {}
+    for line in _cpuinfo():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if fields.get("cpu family") and fields.get("model"):
+        parts.append(f"family {fields['cpu family']} model {fields['model']}")
+    return ", ".join(parts) or "unknown"
+
+
 def describe() -> str:
-    """One line for a benchmark's header: CPU model, ISA flags, torch threads."""
+    """One line for a benchmark's header: CPU model and microarchitecture, ISA flags, torch
+    threads."""
     isa = " ".join(cpu_isa()) or "no SIMD flags found"
-    return f"CPU: {cpu_model()} [{isa}], {torch.get_num_threads()} torch threads"
+    return f"CPU: {cpu_model()} ({cpu_arch()}) [{isa}], {torch.get_num_threads()} torch threads"
 
 
 def cache_dir(*parts: str) -> Path:
