@@ -22,6 +22,10 @@ multiplication-free model), a summary table against the targets, and writes the 
 
 from __future__ import annotations
 
+# isort: off
+import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+
+# isort: on
 import argparse
 import json
 from pathlib import Path

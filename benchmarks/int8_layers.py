@@ -19,6 +19,10 @@ against the targets (int8 adder <= 0.5x fp32 conv, <= 2x int8 conv).
 
 from __future__ import annotations
 
+# isort: off
+import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+
+# isort: on
 import argparse
 import warnings
 from typing import Any

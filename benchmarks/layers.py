@@ -12,6 +12,10 @@ temporary exceeds --max-gib) and torch.cdist(p=1) on the unfolded input.
 
 from __future__ import annotations
 
+# isort: off
+import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+
+# isort: on
 import argparse
 import time
 from collections.abc import Callable

@@ -6,6 +6,10 @@ as ratios to conv2d of the same shape, side by side in one run.
 
 from __future__ import annotations
 
+# isort: off
+import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+
+# isort: on
 import time
 
 import torch

@@ -13,6 +13,10 @@ forward+backward 3.0x).
 
 from __future__ import annotations
 
+# isort: off
+import adderize  # before torch: sets its OpenMP spin (adderize._threads)
+
+# isort: on
 import argparse
 import os
 import re
@@ -25,7 +29,6 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from layers import paired
 
-import adderize
 from adderize.kernels.machine import describe
 from adderize.nn import Adder2d
 

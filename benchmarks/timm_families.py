@@ -16,6 +16,10 @@ reason); exits 1 if any family fails. ``tests/test_timm.py`` runs it in the slow
 
 from __future__ import annotations
 
+# isort: off
+import adderize  # before torch: sets its OpenMP spin (adderize._threads)
+
+# isort: on
 import argparse
 import json
 import re
@@ -29,7 +33,6 @@ from pathlib import Path
 import timm
 import torch
 
-import adderize
 from adderize import log_to_stdout
 
 SMALL = re.compile(

@@ -17,6 +17,10 @@ int8 and binary kernels are compared in ``benchmarks/int8_layers.py``.
 
 from __future__ import annotations
 
+# isort: off
+import adderize  # before torch: sets its OpenMP spin (adderize._threads)
+
+# isort: on
 import argparse
 import copy
 import time
@@ -25,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from layers import paired  # benchmarks/ is on sys.path when run as a script
 
-import adderize
 from adderize.kernels import tvm_build, tvm_l1
 from adderize.kernels.machine import llvm_target
 from adderize.train import recalibrate_bn

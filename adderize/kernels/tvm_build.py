@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from adderize import _threads
 from adderize._errors import AdderizeError
 from adderize.kernels.machine import cache_dir, llvm_target
 from adderize.tvm_schedules import cpu
@@ -62,6 +63,7 @@ def available() -> bool:
     a process that imported TVM earlier keeps its own settings.
     """
     if "ok" not in _STATE:
+        _threads.advise()
         os.environ.setdefault("TVM_NUM_THREADS", str(max(1, torch.get_num_threads())))
         os.environ.setdefault("TVM_BIND_THREADS", "0")
         # idle workers block at once instead of spinning on the cores torch needs next
