@@ -221,6 +221,40 @@ def test_depthwise_plane_and_channel_kernels_agree(p, same, monkeypatch):
     ]
 
 
+@pytest.mark.parametrize("same", [False, True], ids=["symmetric", "tf-same"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dense_conv_keeps_no_padded_copy_for_the_backward(stride, same):
+    """A padded dense conv on the direct kernels saves its input unpadded (the padding is
+    a temporary of the forward and of the input gradient, which is cropped): the
+    reference's values and gradients, NCHW and channels-last, and no saved tensor of the
+    padded shape."""
+    torch.manual_seed(0)
+    layer = Adder2d(16, 24, 3, stride, 0 if same else 1, bias=False, backend="tvm",
+                    dynamic_same=same)  # fmt: skip
+    x = torch.randn(2, 16, 11, 10)
+    pads = layer.input_pads(x)
+    assert any(pads)
+    x2 = x.clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    ref = adder2d_reference(torch.nn.functional.pad(x2, pads), w2, None, stride, 0, 1, 1)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    saved: list[torch.Size] = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xi = torch.empty_like(x, memory_format=fmt).copy_(x).requires_grad_()
+        layer.weight.grad = None
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t.shape) or t, lambda t: t
+        ):
+            y = layer(xi)
+        assert x.shape in saved and all(s[-2:] in (x.shape[-2:], (3, 3)) for s in saved)
+        y.backward(grad)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(xi.grad, x2.grad, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
+
+
 def test_prepared_weights_follow_in_place_updates():
     """The weight re-layout cache must see optimizer steps (in-place updates)."""
     torch.manual_seed(0)

@@ -242,14 +242,16 @@ def adder2d(
 ) -> torch.Tensor:
     """Adder convolution of an NCHW ``x`` with an OIHW ``weight``; ``padding``: zeros
     around ``x`` as ``F.pad`` takes them (left, right, top, bottom), fused into the kernel
-    where it can be (depthwise, NCHW), else padded here."""
+    where it can be (depthwise, NCHW), padded in a temporary by the direct kernels, else
+    padded here."""
     layout = _ConvRows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)  # type: ignore[arg-type]
     dtype = _compute_dtype(x, weight)
     x, weight = _cast(x, dtype), _cast(weight, dtype)
     pads = tuple(padding)
-    if any(pads) and not (
-        tvm_l1.pads_fused(x, weight, groups)
-        and use_direct_conv(x, weight, layout.stride, layout.dilation, groups, backend)
+    # the direct kernels take the input unpadded (padded inside the kernel or in a
+    # temporary), so the autograd record keeps no padded copy of it
+    if any(pads) and not use_direct_conv(
+        x, weight, layout.stride, layout.dilation, groups, backend
     ):
         x, pads = F.pad(x, pads), tvm_l1.NO_PADS
     out = _apply(x, weight, layout, check_p(p), max_temp_bytes, backend, pads)
