@@ -18,8 +18,10 @@ import adderize  # before torch: sets its OpenMP spin (adderize._threads)
 
 # isort: on
 import argparse
+import json
 import os
 import re
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -74,20 +76,46 @@ def model_shapes(name: str, size: int) -> list[Shape]:
     return list(found)
 
 
-def measure(shape: Shape, batch: int, backward: bool) -> tuple[float, float, float, float]:
-    """(conv forward s, adder/conv forward, conv fwd+bwd s, adder/conv fwd+bwd)."""
+def _layers(shape: Shape, batch: int) -> tuple[torch.nn.Conv2d, Adder2d, torch.Tensor]:
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(shape.cin, shape.cout, shape.k, shape.stride, shape.padding,
                            shape.dilation, shape.groups, bias=False)  # fmt: skip
-    adder = Adder2d.from_float(conv)
-    x = torch.randn(batch, shape.cin, shape.h, shape.w)
+    return conv, Adder2d.from_float(conv), torch.randn(batch, shape.cin, shape.h, shape.w)
+
+
+def measure(shape: Shape, batch: int, backward: bool) -> tuple[float, float, float, float]:
+    """(conv forward s, adder forward s, conv fwd+bwd s, adder fwd+bwd s), in alternation."""
+    conv, adder, x = _layers(shape, batch)
     with torch.no_grad():
         c_f, a_f = paired(lambda: conv(x), lambda: adder(x))
     if not backward:
-        return c_f, a_f / c_f, float("nan"), float("nan")
+        return c_f, a_f, float("nan"), float("nan")
     xg = x.clone().requires_grad_()
     c_fb, a_fb = paired(lambda: conv(xg).sum().backward(), lambda: adder(xg).sum().backward())
-    return c_f, a_f / c_f, c_fb, a_fb / c_fb
+    return c_f, a_f, c_fb, a_fb
+
+
+def measure_conv(shape: Shape, batch: int, backward: bool) -> tuple[float, float]:
+    """(conv forward s, conv fwd+bwd s) alone: the plain-PyTorch baseline's process."""
+    conv, _, x = _layers(shape, batch)
+    with torch.no_grad():
+        c_f = min(paired(lambda: conv(x), lambda: conv(x)))
+    if not backward:
+        return c_f, float("nan")
+    xg = x.clone().requires_grad_()
+    return c_f, min(paired(lambda: conv(xg).sum().backward(), lambda: conv(xg).sum().backward()))
+
+
+def plain_pytorch_conv(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Conv times of every shape in a child process with libgomp's default OpenMP spin
+    (plain PyTorch, not the setting importing adderize makes), keyed by label and batch."""
+    cmd = [sys.executable, __file__, "--conv-child", "--size", str(args.size), "--only",
+           args.only, "--models", *args.models, "--batch", *map(str, args.batch)]  # fmt: skip
+    if args.no_backward:
+        cmd.append("--no-backward")
+    env = {**os.environ, "GOMP_SPINCOUNT": "300000"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -99,14 +127,24 @@ def main() -> None:
     parser.add_argument(
         "--only", default="", help="time only shapes whose label matches this regex (' dw ', '@1$')"
     )
+    parser.add_argument("--conv-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(describe())
-    print(f"torch {torch.__version__}; ratios are adder / oneDNN conv of the same shape")
     shapes: dict[Shape, list[str]] = {}
     for name in args.models:
         for s in model_shapes(name, args.size):
             if re.search(args.only, s.label()):
                 shapes.setdefault(s, []).append(name)
+    if args.conv_child:
+        times = {f"{s.label()}/{b}": measure_conv(s, b, not args.no_backward)
+                 for b in args.batch for s in shapes}  # fmt: skip
+        print(json.dumps(times))
+        return
+    print(describe())
+    print(f"torch {torch.__version__}; ratios are adder / oneDNN conv of the same shape, the "
+          "conv's time the faster of\nthis process's (adderize's OpenMP spin, timed in "
+          "alternation with the adder) and a plain-PyTorch\nprocess's (libgomp's default "
+          "spin)")  # fmt: skip
+    plain = plain_pytorch_conv(args)
     print(f"{len(shapes)} distinct converted conv shapes in {', '.join(args.models)}")
     header = f"{'layer':30s} {'batch':>5s} {'conv fwd':>9s} {'adder':>7s} {'conv f+b':>9s} {'adder':>7s}  models"  # noqa: E501
     print(header)
@@ -114,7 +152,10 @@ def main() -> None:
     rows = []
     for batch in args.batch:
         for shape, models in shapes.items():
-            c_f, r_f, c_fb, r_fb = measure(shape, batch, not args.no_backward)
+            c_f, a_f, c_fb, a_fb = measure(shape, batch, not args.no_backward)
+            p_f, p_fb = plain[f"{shape.label()}/{batch}"]
+            c_f, c_fb = min(c_f, p_f), min(c_fb, p_fb)
+            r_f, r_fb = a_f / c_f, a_fb / c_fb
             rows.append((shape, batch, r_f, r_fb))
             print(f"{shape.label():30s} {batch:5d} {c_f * 1e3:7.2f}ms {r_f:6.2f}x "
                   f"{c_fb * 1e3:7.2f}ms {r_fb:6.2f}x  {','.join(models)}", flush=True)  # fmt: skip

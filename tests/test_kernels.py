@@ -255,6 +255,28 @@ def test_dense_conv_keeps_no_padded_copy_for_the_backward(stride, same):
         torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"]
+)
+def test_strided_pointwise_conv_on_its_subsampled_input(fmt):
+    """A 1x1 stride-2 conv at batch >= 8 runs a stride-1 kernel on the positions it reads:
+    the reference's values and gradients (odd sizes: the last row and column dropped)."""
+    torch.manual_seed(0)
+    layer = Adder2d(16, 24, 1, 2, bias=False, backend="tvm")
+    x = torch.randn(8, 16, 9, 7)
+    x2 = x.clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    ref = adder2d_reference(x2, w2, None, 2, 0, 1, 1)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    xi = torch.empty_like(x, memory_format=fmt).copy_(x).requires_grad_()
+    y = layer(xi)
+    y.backward(grad)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(xi.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
+
+
 def test_prepared_weights_follow_in_place_updates():
     """The weight re-layout cache must see optimizer steps (in-place updates)."""
     torch.manual_seed(0)

@@ -230,6 +230,12 @@ def conv_forward(
         return out
     if any(pads):
         xp = F.pad(xp, pads)
+    if kh == kw == 1 and stride > 1 and xp.shape[0] >= 8:
+        # pointwise: the positions it reads, then stride 1 (1024->2048 s2 @14, batch 32:
+        # 2.20x -> 1.74x conv; at batch 1 the strided kernel is faster, 1.64x vs 2.03x;
+        # Zen 4)
+        fmt = torch.contiguous_format if xp.is_contiguous() else torch.channels_last
+        xp, stride = xp[:, :, ::stride, ::stride].contiguous(memory_format=fmt), 1
     n, c, hp, wp = xp.shape
     tg = t // groups
     oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
