@@ -290,6 +290,37 @@ def test_prepared_weights_follow_in_place_updates():
     torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-3)
 
 
+def test_inference_reuses_its_resolved_call_and_training_keeps_none():
+    """Inference keeps one resolved kernel call per weight (reused for the same input
+    shape, remade for another shape or after an in-place update, dropped with the
+    weight); a training step keeps no call and no weight re-layout."""
+    from adderize.nn import adder
+
+    torch.manual_seed(0)
+    layer = Adder2d(16, 24, 3, padding=1, bias=False, backend="tvm")
+    reference = Adder2d(16, 24, 3, padding=1, bias=False, backend="torch")
+    x, x2 = torch.randn(1, 16, 6, 6), torch.randn(2, 16, 5, 5)
+    tvm_l1._PREPARED.clear()
+    adder._PLANS.clear()
+    layer(x.requires_grad_()).sum().backward()  # training: nothing kept
+    assert not adder._PLANS and not tvm_l1._PREPARED
+    with torch.no_grad():
+        layer(x)
+        plan = adder._PLANS[id(layer.weight)]
+        layer(x)
+        assert adder._PLANS[id(layer.weight)] is plan  # reused
+        reference.load_state_dict(layer.state_dict())
+        torch.testing.assert_close(layer(x2), reference(x2), rtol=1e-5, atol=1e-3)
+        assert adder._PLANS[id(layer.weight)] is not plan  # another shape: remade
+        plan = adder._PLANS[id(layer.weight)]
+        layer.weight.add_(0.25)
+        reference.load_state_dict(layer.state_dict())
+        torch.testing.assert_close(layer(x2), reference(x2), rtol=1e-5, atol=1e-3)
+        assert adder._PLANS[id(layer.weight)] is not plan  # an in-place update: remade
+    del layer
+    assert not adder._PLANS and not tvm_l1._PREPARED  # dropped with the weight
+
+
 @pytest.mark.slow
 def test_tuned_schedules_are_used_when_present(tmp_path, monkeypatch):
     """MetaSchedule tuning of one small kernel (builder workers pre-warmed: TVM's

@@ -105,24 +105,24 @@ def _prepared(
     kind: str,
     make: Callable[[], tuple[torch.Tensor, ...]],
     *,
-    backward: bool = False,
+    keep: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """Weight re-layouts, reused while the weight is the same tensor at the same version
     (inference: every call after the first); a weak reference guards against reuse of a
-    freed tensor's id. Made afresh and not kept in a training step (a ``backward``, or a
-    forward recording the weight's gradient): the optimizer changes the weight right
-    after, so a kept copy would never be reused and would hold the converted layers' size
-    of memory (resnet18 training at batch 8, 160 px: 0.45 -> 0.36 GiB)."""
-    if backward or (weight.requires_grad and torch.is_grad_enabled()):
+    freed tensor's id. Made afresh and not kept when not ``keep`` (a training step): the
+    optimizer changes the weight right after, so a kept copy would never be reused and
+    would hold the converted layers' size of memory (resnet18 training at batch 8,
+    160 px: 0.45 -> 0.36 GiB with the backward's re-layouts no longer kept)."""
+    if not keep:
         return make()
     key = (id(weight), kind)
     hit = _PREPARED.get(key)
     if hit is not None and hit[0]() is weight and hit[1] == weight._version:
         return hit[2]
     value = make()
-    if len(_PREPARED) > 512:
-        _PREPARED.clear()
-    _PREPARED[key] = (weakref.ref(weight), weight._version, value)
+    # a weight that dies (a per-call transform of the parameter) drops its re-layouts
+    gone = weakref.ref(weight, lambda _: _PREPARED.pop(key, None))
+    _PREPARED[key] = (gone, weight._version, value)
     return value
 
 
@@ -201,6 +201,58 @@ def pads_fused(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     return weight.shape[1] == 1 and weight.shape[0] == groups and x.is_contiguous()
 
 
+def _forward_weight(weight: torch.Tensor, groups: int, keep: bool) -> torch.Tensor:
+    """The weight in the forward kernels' layout (:func:`forward_weight_layout`)."""
+
+    def prepare() -> tuple[torch.Tensor, ...]:
+        shape, perm = forward_weight_layout(*weight.shape, groups)
+        return (weight.detach().reshape(shape).permute(perm).contiguous(),)
+
+    return _prepared(weight, "forward", prepare, keep=keep)[0]
+
+
+def forward_plan(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    dil: int,
+    groups: int,
+    p: float = 1.0,
+    pads: Pads = NO_PADS,
+    keep: bool = True,
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The call :func:`conv_forward` makes on inputs like ``x`` (same shape, contiguous
+    NCHW) for a dense conv, resolved once: the kernel, the weight's re-layout and the
+    output's shape, so that a caller seeing the same input and weight again (inference)
+    pays a few microseconds, not the checks (a batch-1 squeeze-excite conv takes 7 us).
+    None where the input takes another path (channels-last, depthwise planes, a strided
+    pointwise conv's subsampling). ``keep``: whether the weight's re-layout is cached (see
+    :func:`_prepared`)."""
+    t, _, kh, kw = weight.shape
+    if (
+        not x.is_contiguous()
+        or pads_fused(x, weight, groups)
+        or _depthwise(weight, groups)
+        or (kh == kw == 1 and stride > 1 and x.shape[0] >= 8)
+    ):
+        return None
+    n, c, h, w = x.shape
+    left, right, top, bottom = pads
+    hp, wp = h + top + bottom, w + left + right
+    oh, ow, tg = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil), t // groups
+    suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
+    fn = kernel("conv_forward_nchw" + suffix, n, c, hp, wp, t, kh, kw, stride, dil, groups)
+    wt = _forward_weight(weight, groups, keep)
+    padded = any(pads)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = x.new_empty(n, groups, tg, oh, ow)  # an NCHW model: no layout copy after
+        fn(F.pad(x, pads) if padded else x, wt, out, *extra)
+        return out.view(n, t, oh, ow)
+
+    return run
+
+
 def conv_forward(
     xp: torch.Tensor,
     weight: torch.Tensor,
@@ -209,14 +261,19 @@ def conv_forward(
     groups: int,
     p: float = 1.0,
     pads: Pads = NO_PADS,
+    keep: bool = True,
 ) -> torch.Tensor:
     """``-sum |X - W|^p`` adder conv of an NCHW input, padded already or by ``pads``; the
     result is contiguous NCHW for a contiguous input, else NCHW in channels-last memory (no
     copy either way). Depthwise convs use the plane kernel (one channel's output rows
     vectorised, the padding inside the kernel) on an NCHW input, the channel-vectorised
     kernel on a channels-last one; p != 1 uses the l_p kernels (p passed at run time, no
-    recompilation)."""
-    t, cg, kh, kw = weight.shape
+    recompilation). ``keep``: cache the weight's re-layout (inference; see
+    :func:`_prepared`)."""
+    plan = forward_plan(xp, weight, stride, dil, groups, p, pads, keep)
+    if plan is not None:
+        return plan(xp)
+    t, _, kh, kw = weight.shape
     suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
     if pads_fused(xp, weight, groups):  # an NCHW model: each channel's plane on its own
         n, c, h, w = xp.shape
@@ -240,22 +297,15 @@ def conv_forward(
     tg = t // groups
     oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     dw = _depthwise(weight, groups)
-
-    def prepare() -> tuple[torch.Tensor, ...]:
-        shape, perm = forward_weight_layout(t, cg, kh, kw, groups)
-        return (weight.detach().reshape(shape).permute(perm).contiguous(),)
-
-    (wt,) = _prepared(weight, "forward", prepare)
+    wt = _forward_weight(weight, groups, keep)
     if dw:
         out = xp.new_empty(n, oh, ow, t)
         fn = kernel("depthwise_forward" + suffix, n, c, hp, wp, kh, kw, stride, dil)
         fn(xp.permute(0, 2, 3, 1).contiguous(), wt, out, *extra)
         return out.permute(0, 3, 1, 2)
     shape = (n, c, hp, wp, t, kh, kw, stride, dil, groups)
-    if xp.is_contiguous():  # an NCHW model: NCHW out, no layout copy after the layer
-        out = xp.new_empty(n, groups, tg, oh, ow)
-        kernel("conv_forward_nchw" + suffix, *shape)(xp, wt, out, *extra)
-        return out.view(n, t, oh, ow)
+    if xp.is_contiguous():  # the subsampled input of a strided pointwise conv
+        return forward_plan(xp, weight, stride, dil, groups, p, keep=keep)(xp)  # type: ignore[misc]
     out = xp.new_empty(n, oh, ow, groups, tg)
     kernel("conv_forward" + suffix, *shape)(xp.contiguous(), wt, out, *extra)
     return out.view(n, oh, ow, t).permute(0, 3, 1, 2)
@@ -299,13 +349,13 @@ def conv_grad_input(
     xn = xp.permute(0, 2, 3, 1).contiguous()
     g = grad_out.permute(0, 2, 3, 1)
     if stride == 1 or dil != 1:
-        return _grad_input_nhwc(xn, weight, g, stride, dil, groups, p, "").permute(0, 3, 1, 2)
+        return _grad_input_nhwc(xn, weight, g, stride, dil, groups, p).permute(0, 3, 1, 2)
     out = xn.new_zeros(n, hp, wp, c)  # phases no tap reaches (1x1, stride 2) stay 0
     for ry in range(min(stride, kh)):
         for rx in range(min(stride, kw)):
             x_sub = xn[:, ry::stride, rx::stride].contiguous()
             w_sub = weight[:, :, ry::stride, rx::stride]
-            phase = _grad_input_nhwc(x_sub, w_sub, g, 1, 1, groups, p, f"{ry},{rx}", weight)
+            phase = _grad_input_nhwc(x_sub, w_sub, g, 1, 1, groups, p)
             out[:, ry::stride, rx::stride] = phase
     return out.permute(0, 3, 1, 2)
 
@@ -362,37 +412,40 @@ def _grad_input_nhwc(
     dil: int,
     groups: int,
     p: float,
-    phase: str,
-    owner: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The input-gradient kernel on an NHWC input ``xn`` [N, H, W, C] and an NHWC output
     gradient ``g`` [N, OH, OW, T] (rows beyond the input's reach are ignored); returns
-    [N, H, W, C]. ``owner`` is the full weight ``weight`` is a slice of (``phase`` names the
-    slice), for the re-layout cache."""
+    [N, H, W, C]. The weight's re-layout is made here each time: a backward's weight is
+    updated right after it (see :func:`_prepared`)."""
     n, hp, wp, c = xn.shape
     t, cg, kh, kw = weight.shape
     tg = t // groups
     top, left = dil * (kh - 1), dil * (kw - 1)
     oh = min(g.shape[1], -(-hp // stride))
     ow = min(g.shape[2], -(-wp // stride))
-    gd = g.new_zeros(n, hp + top, wp + left, t)
-    gd[
-        :, top : top + (oh - 1) * stride + 1 : stride, left : left + (ow - 1) * stride + 1 : stride
-    ] = g[:, :oh, :ow]
+    if top == left == 0 and stride == 1 and (oh, ow) == (hp, wp):  # 1x1: g as it is
+        gd = g.contiguous()
+    else:
+        gd = g.new_zeros(n, hp + top, wp + left, t)
+        gd[
+            :,
+            top : top + (oh - 1) * stride + 1 : stride,
+            left : left + (ow - 1) * stride + 1 : stride,
+        ] = g[:, :oh, :ow]
     dw = _depthwise(weight, groups)
-
-    def prepare() -> tuple[torch.Tensor, ...]:
-        w = weight.detach()
-        if dw:
-            return (w.reshape(t, kh, kw).permute(1, 2, 0).contiguous(),)
-        return (w.reshape(groups, tg, cg, kh, kw).permute(0, 3, 4, 1, 2).contiguous(),)
-
-    owner = owner if owner is not None else weight
-    (wt,) = _prepared(owner, f"grad_input{phase}", prepare, backward=True)
+    w = weight.detach()
+    if dw:
+        wt = w.reshape(t, kh, kw).permute(1, 2, 0).contiguous()
+    else:
+        wt = w.reshape(groups, tg, cg, kh, kw).permute(0, 3, 4, 1, 2).contiguous()
     if p == 1.0:  # HardTanh form: needs the window sums of the gradient
-        ones = weight.new_ones(groups, 1, kh, kw)
-        gsum = gd.view(n, hp + top, wp + left, groups, tg).sum(-1).permute(0, 3, 1, 2)
-        gs = F.conv2d(gsum, ones, dilation=dil, groups=groups).permute(0, 2, 3, 1).contiguous()
+        gsum = gd.view(n, hp + top, wp + left, groups, tg).sum(-1)
+        if kh == kw == 1:  # a 1x1 window's sum is the value itself
+            gs = gsum
+        else:
+            ones = weight.new_ones(groups, 1, kh, kw)
+            gs = F.conv2d(gsum.permute(0, 3, 1, 2), ones, dilation=dil, groups=groups)
+            gs = gs.permute(0, 2, 3, 1).contiguous()
         suffix, args = "", (gs,)
     else:
         suffix, args = "_lp", ()

@@ -11,6 +11,9 @@ The per-layer adaptive learning rate (eq. 33) is applied at the optimizer level
 from __future__ import annotations
 
 import contextlib
+import functools
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +79,12 @@ class _ConvRows:
         return weight.reshape(self.groups, weight.shape[0] // self.groups, -1)
 
 
+@functools.lru_cache(maxsize=1024)
+def _conv_rows(kernel: Any, stride: Any, dilation: Any, groups: int) -> _ConvRows:
+    """One :class:`_ConvRows` per geometry: a layer's calls share it (cheap to compare)."""
+    return _ConvRows(kernel, stride, dilation, groups)
+
+
 @dataclass(frozen=True)
 class _LinearRows:
     """Maps ``[..., in_features]`` inputs to ``[1, M, K]`` rows, and back."""
@@ -96,6 +105,10 @@ class _LinearRows:
         return weight.unsqueeze(0)
 
 
+#: id(weight) -> (key, weak reference to the weight, resolved direct-kernel call): see _forward
+_PLANS: dict[int, tuple[tuple[Any, ...], Any, Callable[[torch.Tensor], torch.Tensor]]] = {}
+
+
 def _forward(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -104,18 +117,41 @@ def _forward(
     max_temp_bytes: int,
     backend: str,
     pads: tvm_l1.Pads,
+    keep: bool,
 ) -> tuple[torch.Tensor, bool]:
     """The adder forward (no autograd record) and whether it ran on the direct conv
-    kernels: what :class:`_AdderFunction` records, and all an inference call needs."""
-    direct = isinstance(layout, _ConvRows) and use_direct_conv(
-        x, weight, layout.stride, layout.dilation, layout.groups, backend
-    )
+    kernels: what :class:`_AdderFunction` records, and all an inference call needs.
+
+    With ``keep`` (inference: no gradient is recorded) the direct kernel's resolved call
+    (:func:`~adderize.kernels.tvm_l1.forward_plan`, the weight's re-layout in it) is kept
+    per weight and reused while the input's shape and the weight's version are those it
+    was made for; a training step keeps nothing (the optimizer changes the weight)."""
     # inputs arrive in float32 (see _compute_dtype); helper ops must stay there too
     autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+    conv = isinstance(layout, _ConvRows)
+    key: tuple[Any, ...] | None = None
+    if keep and conv and not autocast:
+        key = (x.shape, x.is_contiguous(), x.dtype, x.device, weight._version, p, pads)
+        key += (backend, layout)
+        hit = _PLANS.get(id(weight))
+        if hit is not None and hit[0] == key and hit[1]() is weight:
+            return hit[2](x), True
+    direct = conv and use_direct_conv(
+        x, weight, layout.stride, layout.dilation, layout.groups, backend
+    )
+    if direct and key is not None:
+        plan = tvm_l1.forward_plan(
+            x, weight, layout.stride[0], layout.dilation[0], layout.groups, p, pads
+        )
+        if plan is not None:
+            ident = id(weight)  # a weight that dies (a per-call transform) drops its plan
+            gone = weakref.ref(weight, lambda _: _PLANS.pop(ident, None))
+            _PLANS[ident] = (key, gone, plan)
+            return plan(x), True
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
         if direct:
             out = tvm_l1.conv_forward(
-                x, weight, layout.stride[0], layout.dilation[0], layout.groups, p, pads
+                x, weight, layout.stride[0], layout.dilation[0], layout.groups, p, pads, keep
             )
         else:
             rows = l1_forward(
@@ -139,7 +175,7 @@ class _AdderFunction(torch.autograd.Function):
         backend: str,
         pads: tvm_l1.Pads = tvm_l1.NO_PADS,
     ) -> torch.Tensor:
-        out, direct = _forward(x, weight, layout, p, max_temp_bytes, backend, pads)
+        out, direct = _forward(x, weight, layout, p, max_temp_bytes, backend, pads, False)
         ctx.save_for_backward(x, weight)
         ctx.layout, ctx.p, ctx.max_temp_bytes = layout, p, max_temp_bytes  # type: ignore[attr-defined]
         ctx.backend, ctx.direct, ctx.pads = backend, direct, pads  # type: ignore[attr-defined]
@@ -225,7 +261,7 @@ def _apply(
     autograd record: a few microseconds, as much as the kernel of a small layer)."""
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _AdderFunction.apply(x, weight, layout, p, max_temp_bytes, backend, pads)
-    return _forward(x, weight, layout, p, max_temp_bytes, backend, pads)[0]
+    return _forward(x, weight, layout, p, max_temp_bytes, backend, pads, True)[0]
 
 
 def adder2d(
@@ -244,7 +280,7 @@ def adder2d(
     around ``x`` as ``F.pad`` takes them (left, right, top, bottom), fused into the kernel
     where it can be (depthwise, NCHW), padded in a temporary by the direct kernels, else
     padded here."""
-    layout = _ConvRows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)  # type: ignore[arg-type]
+    layout = _conv_rows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)
     dtype = _compute_dtype(x, weight)
     x, weight = _cast(x, dtype), _cast(weight, dtype)
     pads = tuple(padding)
