@@ -126,8 +126,9 @@ def test_nni_experiment_end_to_end(tmp_path):
 
 
 def test_supernet_candidates_share_one_weight_and_match_the_float_layer(model, space):
-    """Each layer's candidates read one Parameter; the fitted affine maps every op onto the
-    conv's output scale; freezing a sample keeps the weights, over budget is refused."""
+    """Each layer's candidates read one Parameter, except the adder's own weight, refit to
+    the float layer's outputs; the fitted affine maps every op onto the conv's output
+    scale; freezing a sample keeps the weights, over budget is refused."""
     from nni.mutable import SampleValidationError
 
     from adderize.search.oneshot import OpSupernet, layer_ops
@@ -135,11 +136,15 @@ def test_supernet_candidates_share_one_weight_and_match_the_float_layer(model, s
     torch.manual_seed(0)
     batches = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     everything = OpSpace.from_model(model, SIZE, budget=1.0)  # all-conv within budget
-    net = OpSupernet(model, everything, batches)
+    net = OpSupernet(model, everything, batches, refit_steps=20)
     name = space.layers[3]
     choice = net.model.get_submodule(name)
-    weights = {id(choice[op].weight) for op in space.ops}
+    weights = {id(choice[op].weight) for op in space.ops if op != "adder"}
     assert len(weights) == 1 and choice["conv"].weight is not model.get_submodule(name).weight
+    assert id(choice["adder"].weight) not in weights
+    assert len({id(choice[op].bias) for op in space.ops}) == 1
+    before, after = net.refit_residuals[f"{name}/adder"]
+    assert after < 0.8 * before  # the float weight read as an l1 distance: unrelated
     x = torch.randn(4, 3, 16, 16)
     feats = {}
     hook = choice["conv"].register_forward_hook(lambda m, a, o: feats.setdefault("x", a[0]))

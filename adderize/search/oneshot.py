@@ -14,14 +14,21 @@ takes the float model and the space and works on a deep copy, so a rebuild conve
 untouched float model again; no model code is written out.
 
 Weight sharing: the candidates of a layer hold one weight tensor (and bias), the float
-layer's. Each op reads it through its own transform (the layers' ``op_forward``): as is for
-conv and adder, sign and mean-|w| scale for binary, power-of-two rounding for shift. So
-one supernet training serves every sub-network. Ops whose outputs live on another scale
-than the conv's (an adder's ``-sum |x - w|`` is large and negative) are mapped back onto
-it per output channel by the least-squares affine the function-preserving conversion
-fits (:func:`fit_output_affine`, on a few batches through the float model), so the
-BatchNorm after a layer sees the same statistics whichever op a step samples; BatchNorm
-is re-estimated per sub-network before it is scored (:func:`score_subnet`).
+layer's, except the ops whose layer reads conv weights as something unrelated (``refit``:
+the adder, an l1 distance to weights near zero). Each op reads the shared weight through
+its own transform (the layers' ``op_forward``): as is for conv, sign and mean-|w| scale for
+binary, power-of-two rounding for shift. An adder candidate holds its own weight (and
+shares the bias), fit to the float layer's outputs on the calibration batches as the
+function-preserving conversion fits it (:func:`adderize.train.refit.refit_to_outputs`):
+with the float weight read as is, a sub-network of adders scored at chance (0.10-0.14 on
+digits, with any number of BatchNorm calibration batches, before and after supernet
+training), and most mixed ones at 0.05-0.27 (README, "One-shot vs multi-trial"). So one supernet
+training serves every sub-network. Ops whose outputs live on another scale than the
+conv's (an adder's ``-sum |x - w|`` is large and negative) are mapped back onto it per
+output channel by the least-squares affine the function-preserving conversion fits
+(:func:`fit_output_affine`, on a few batches through the float model), so the BatchNorm
+after a layer sees the same statistics whichever op a step samples; BatchNorm is
+re-estimated per sub-network before it is scored (:func:`score_subnet`).
 
 The energy budget is a hard filter on sampled sub-networks (:func:`energy_filter`, the
 cost-table sum, as the multi-trial search prices them).
@@ -54,6 +61,7 @@ __all__ = [
     "energy_filter",
     "fit_output_affine",
     "layer_ops",
+    "refit_candidates",
     "run_oneshot",
     "score_subnet",
     "shared_candidates",
@@ -64,7 +72,9 @@ log = logging.getLogger(__name__)
 
 def shared_candidates(layer: nn.Module, ops: Iterable[str]) -> dict[str, nn.Module]:
     """``{op: module}`` computing ``layer``'s job with each op, all reading ``layer``'s
-    weight and bias (the same Parameters): ``conv`` is ``layer`` itself."""
+    bias and, except ops whose layer class declares ``refit`` (the adder: it keeps a copy,
+    to be fit by :func:`refit_candidates`), its weight (the same Parameters): ``conv`` is
+    ``layer`` itself."""
     from adderize.passes.registry import classify, get_op
 
     source = classify(layer)
@@ -74,11 +84,36 @@ def shared_candidates(layer: nn.Module, ops: Iterable[str]) -> dict[str, nn.Modu
     for op in ops:
         built = get_op(op).build(layer, source)
         if built is not layer:
-            built.weight = layer.weight
+            if not getattr(built, "refit", False):
+                built.weight = layer.weight
             if getattr(layer, "bias", None) is not None:
                 built.bias = layer.bias
         out[op] = built
     return out
+
+
+def refit_candidates(
+    model: nn.Module,
+    candidates: Mapping[str, Mapping[str, nn.Module]],
+    batches: list[Any],
+    steps: int,
+    lr: float = 0.04,
+) -> dict[str, tuple[float, float]]:
+    """Fit the own weight of every ``refit`` candidate (the adders) to its float layer's
+    outputs in ``model``, for ``steps`` Adam steps cycling over ``batches`` (inputs); see
+    :func:`adderize.train.refit.refit_to_outputs`. Returns ``{"layer/op": (residual
+    before, after)}``."""
+    from adderize.train.refit import refit_to_outputs
+
+    pairs = {
+        f"{name}/{op}": (model.get_submodule(name), cand)
+        for name, cands in candidates.items()
+        for op, cand in cands.items()
+        if getattr(cand, "refit", False) and cand is not model.get_submodule(name)
+    }
+    if not pairs or not batches or steps < 1:
+        return {}
+    return refit_to_outputs(model, pairs, itertools.cycle(batches), steps, lr)
 
 
 @torch.no_grad()
@@ -133,15 +168,27 @@ def energy_filter(space: OpSpace) -> Any:
 
 class OpSupernet(ModelSpace):
     """The NNI model space of ``space`` over a deep copy of the float ``model`` (see the
-    module docstring); ``batches`` (inputs) fit the candidates' output affines
-    (:func:`fit_output_affine`). ``model`` is the network with its ``LayerChoice`` s."""
+    module docstring); ``batches`` (inputs) fit the adder candidates' weights
+    (:func:`refit_candidates`, ``refit_steps`` Adam steps at ``refit_lr`` cycling over them)
+    and then every candidate's output affine (:func:`fit_output_affine`). ``model`` is the
+    network with its ``LayerChoice`` s."""
 
-    def __init__(self, model: nn.Module, space: OpSpace, batches: Iterable[Any] = ()) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        space: OpSpace,
+        batches: Iterable[Any] = (),
+        refit_steps: int = 100,
+        refit_lr: float = 0.04,
+    ) -> None:
         super().__init__()
         model = copy.deepcopy(model)
         candidates = {n: shared_candidates(model.get_submodule(n), space.ops) for n in space.layers}
         batches = list(batches)
         if batches:
+            self.refit_residuals = refit_candidates(
+                model, candidates, batches, refit_steps, refit_lr
+            )
             fit_output_affine(model, candidates, batches)
         choices = {}
         for name, cands in candidates.items():
@@ -210,8 +257,9 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     train, val = ev.loaders
     calibration = [x for x, _ in itertools.islice(train, settings.calibration_batches)]
     tic = time.perf_counter()
-    supernet = OpSupernet(ev.teacher, space, calibration)
     recipe = ev.recipe
+    anneal = recipe.anneal
+    supernet = OpSupernet(ev.teacher, space, calibration, anneal.refit_steps, anneal.refit_lr)
     module = DistillingClassifier(
         ev.teacher,
         recipe.distill.temperature,
