@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.3)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--trial-epochs", type=int, default=2)
-    parser.add_argument("--supernet-epochs", type=int, default=4)
+    parser.add_argument("--supernet-epochs", type=int, default=2)
     parser.add_argument("--noise", type=float, default=0.01)
     parser.add_argument("--out", default="runs/oneshot")
     args = parser.parse_args()

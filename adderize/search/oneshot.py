@@ -178,8 +178,8 @@ class OpSupernet(ModelSpace):
         model: nn.Module,
         space: OpSpace,
         batches: Iterable[Any] = (),
-        refit_steps: int = 100,
-        refit_lr: float = 0.04,
+        refit_steps: int = 30,
+        refit_lr: float = 0.2,
     ) -> None:
         super().__init__()
         model = copy.deepcopy(model)
@@ -257,9 +257,8 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     train, val = ev.loaders
     calibration = [x for x, _ in itertools.islice(train, settings.calibration_batches)]
     tic = time.perf_counter()
+    supernet = OpSupernet(ev.teacher, space, calibration, settings.refit_steps, settings.refit_lr)
     recipe = ev.recipe
-    anneal = recipe.anneal
-    supernet = OpSupernet(ev.teacher, space, calibration, anneal.refit_steps, anneal.refit_lr)
     module = DistillingClassifier(
         ev.teacher,
         recipe.distill.temperature,
