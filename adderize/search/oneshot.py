@@ -65,6 +65,7 @@ __all__ = [
     "run_oneshot",
     "score_subnet",
     "shared_candidates",
+    "train_supernet",
 ]
 
 log = logging.getLogger(__name__)
@@ -247,10 +248,9 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     scored with inherited weights after re-estimating its BatchNorm; one row per scored
     sub-network in ``out / "trials.jsonl"`` (as the multi-trial search writes them)."""
     from nni.nas.evaluator import FunctionalEvaluator
-    from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer
     from nni.nas.experiment import NasExperiment
     from nni.nas.strategy import Random as RandomStrategy
-    from nni.nas.strategy import RandomOneShot, RegularizedEvolution
+    from nni.nas.strategy import RegularizedEvolution
 
     torch.manual_seed(settings.seed)
     space = ev.space
@@ -258,30 +258,7 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     calibration = [x for x, _ in itertools.islice(train, settings.calibration_batches)]
     tic = time.perf_counter()
     supernet = OpSupernet(ev.teacher, space, calibration, settings.refit_steps, settings.refit_lr)
-    recipe = ev.recipe
-    module = DistillingClassifier(
-        ev.teacher,
-        recipe.distill.temperature,
-        recipe.distill.alpha if recipe.distill.kind != "none" else 0.0,
-        num_classes=recipe.model.num_classes,
-        learning_rate=settings.supernet_lr,
-    )
-    trainer = Trainer(
-        max_epochs=settings.supernet_epochs,
-        enable_progress_bar=False,
-        logger=False,
-        enable_checkpointing=False,
-    )
-    evaluator = Lightning(
-        module,
-        trainer,
-        train_dataloaders=DataLoader(train.dataset, batch_size=train.batch_size, shuffle=True),
-        val_dataloaders=DataLoader(val.dataset, batch_size=val.batch_size),
-    )
-    work = str(out / "nni-experiments")
-    pretrain = NasExperiment(supernet, evaluator, RandomOneShot(filter=energy_filter(space)))
-    pretrain.config.experiment_working_directory = work
-    _run(pretrain, "supernet training")
+    train_supernet(supernet, ev, settings, out)
     trained_s = time.perf_counter() - tic
     log.info("supernet trained (%d epochs) in %.0f s", settings.supernet_epochs, trained_s)
     counter = itertools.count()
@@ -312,9 +289,44 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     else:
         strategy = RandomStrategy()
     search = NasExperiment(supernet, FunctionalEvaluator(score), strategy)
-    search.config.experiment_working_directory = work
+    search.config.experiment_working_directory = str(out / "nni-experiments")
     search.config.max_trial_number = settings.trials
     _run(search, "sub-network search")
+
+
+def train_supernet(supernet: OpSupernet, ev: Any, settings: Any, out: Any) -> None:
+    """Train ``supernet`` with NNI's ``RandomOneShot`` (uniform path sampling within the
+    energy budget) for ``settings.supernet_epochs`` on ``ev``'s training data, with
+    logit distillation from ``ev.teacher`` (the recipe's temperature and weight), Adam at
+    ``settings.supernet_lr``; NNI's files under ``out / "nni-experiments"``."""
+    from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer
+    from nni.nas.experiment import NasExperiment
+    from nni.nas.strategy import RandomOneShot
+
+    train, val = ev.loaders
+    recipe = ev.recipe
+    module = DistillingClassifier(
+        ev.teacher,
+        recipe.distill.temperature,
+        recipe.distill.alpha if recipe.distill.kind != "none" else 0.0,
+        num_classes=recipe.model.num_classes,
+        learning_rate=settings.supernet_lr,
+    )
+    trainer = Trainer(
+        max_epochs=settings.supernet_epochs,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+    )
+    evaluator = Lightning(
+        module,
+        trainer,
+        train_dataloaders=DataLoader(train.dataset, batch_size=train.batch_size, shuffle=True),
+        val_dataloaders=DataLoader(val.dataset, batch_size=val.batch_size),
+    )
+    pretrain = NasExperiment(supernet, evaluator, RandomOneShot(filter=energy_filter(ev.space)))
+    pretrain.config.experiment_working_directory = str(out / "nni-experiments")
+    _run(pretrain, "supernet training")
 
 
 def _run(experiment: Any, what: str) -> None:

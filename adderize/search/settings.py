@@ -41,8 +41,8 @@ class SearchSettings:
     supernet_lr: float = 1e-3  # Adam, as NNI's Classification evaluator trains
     calibration_batches: int = 4
     #: oneshot: Adam steps (cycling over the calibration batches) and learning rate of the
-    #: adder candidates' refit to their conv layers' outputs (30 at 0.2 scored sub-networks
-    #: as 100 at 0.04 did, in a quarter of the time: 3.3 s vs 13 s on digits)
+    #: adder candidates' refit to their conv layers' outputs: fewer, larger steps than the
+    #: conversion's refit (100 at 0.04), as the supernet's build counts in the search time
     refit_steps: int = 30
     refit_lr: float = 0.2
 
