@@ -297,6 +297,8 @@ def conv_forward(
     tg = t // groups
     oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     dw = _depthwise(weight, groups)
+    if xp.is_contiguous() and not dw:  # the subsampled input of a strided pointwise conv
+        return forward_plan(xp, weight, stride, dil, groups, p, keep=keep)(xp)  # type: ignore[misc]
     wt = _forward_weight(weight, groups, keep)
     if dw:
         out = xp.new_empty(n, oh, ow, t)
@@ -304,8 +306,6 @@ def conv_forward(
         fn(xp.permute(0, 2, 3, 1).contiguous(), wt, out, *extra)
         return out.permute(0, 3, 1, 2)
     shape = (n, c, hp, wp, t, kh, kw, stride, dil, groups)
-    if xp.is_contiguous():  # the subsampled input of a strided pointwise conv
-        return forward_plan(xp, weight, stride, dil, groups, p, keep=keep)(xp)  # type: ignore[misc]
     out = xp.new_empty(n, oh, ow, groups, tg)
     kernel("conv_forward" + suffix, *shape)(xp.contiguous(), wt, out, *extra)
     return out.view(n, oh, ow, t).permute(0, 3, 1, 2)
