@@ -20,10 +20,10 @@ its own transform (the layers' ``op_forward``): as is for conv, sign and mean-|w
 binary, power-of-two rounding for shift. An adder candidate holds its own weight (and
 shares the bias), fit to the float layer's outputs on the calibration batches as the
 function-preserving conversion fits it (:func:`adderize.train.refit.refit_to_outputs`):
-with the float weight read as is, a sub-network of adders scored at chance (0.10-0.14 on
-digits, with any number of BatchNorm calibration batches, before and after supernet
-training), and most mixed ones at 0.05-0.27 (README, "One-shot vs multi-trial"). So one supernet
-training serves every sub-network. Ops whose outputs live on another scale than the
+with the float weight read as is, an all-adder sub-network scored 0.11-0.12 on digits
+before and after supernet training and mixed ones 0.09-0.29, refit 0.83-0.98
+(``benchmarks/oneshot_inheritance.py``). So one supernet training serves every
+sub-network. Ops whose outputs live on another scale than the
 conv's (an adder's ``-sum |x - w|`` is large and negative) are mapped back onto it per
 output channel by the least-squares affine the function-preserving conversion fits
 (:func:`fit_output_affine`, on a few batches through the float model), so the BatchNorm
@@ -98,7 +98,7 @@ def refit_candidates(
     candidates: Mapping[str, Mapping[str, nn.Module]],
     batches: list[Any],
     steps: int,
-    lr: float = 0.04,
+    lr: float,
 ) -> dict[str, tuple[float, float]]:
     """Fit the own weight of every ``refit`` candidate (the adders) to its float layer's
     outputs in ``model``, for ``steps`` Adam steps cycling over ``batches`` (inputs); see
