@@ -27,12 +27,11 @@ log = logging.getLogger(__name__)
 #: spins of an idle libgomp thread before it sleeps (libgomp's default: 300,000)
 SPIN_COUNT = "1000"
 
-_USER_SET = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
-_TOO_LATE = "torch" in sys.modules and not any(v in os.environ for v in _USER_SET)
-_SET = False
-if "torch" not in sys.modules and not any(v in os.environ for v in _USER_SET):
+_USER_SET = any(v in os.environ for v in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"))
+_TOO_LATE = "torch" in sys.modules and not _USER_SET
+_SET = "torch" not in sys.modules and not _USER_SET
+if _SET:
     os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
-    _SET = True
 _ADVISED: list[bool] = []
 
 

@@ -110,7 +110,7 @@ def refit_candidates(
         f"{name}/{op}": (model.get_submodule(name), cand)
         for name, cands in candidates.items()
         for op, cand in cands.items()
-        if getattr(cand, "refit", False) and cand is not model.get_submodule(name)
+        if getattr(cand, "refit", False)  # the float conv itself has no refit
     }
     if not pairs or not batches or steps < 1:
         return {}
