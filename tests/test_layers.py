@@ -333,3 +333,39 @@ def test_conv1d_layers_are_their_2d_op_over_one_row(cls):
     assert x.grad is not None and layer.weight.grad.shape == conv.weight.shape
     layer.blend = 1.0  # the float path is the Conv1d exactly
     torch.testing.assert_close(layer(x), conv(x))
+
+
+@pytest.mark.parametrize("cls", [BinaryConv2d, ShiftConv2d, BinaryLinear, ShiftLinear])
+def test_quantised_weight_kept_for_inference_until_the_weight_changes(cls, monkeypatch):
+    """Under no_grad the quantised weight is made once per weight version; an in-place
+    update (an optimizer step, ``load_state_dict``), a new exponent range or a new weight
+    tensor make it again, and a training forward never uses the kept one."""
+    import adderize.nn.binary as binary
+    import adderize.nn.shift as shift
+
+    torch.manual_seed(0)
+    conv = cls in (BinaryConv2d, ShiftConv2d)
+    layer = (cls(4, 6, 3, padding=1) if conv else cls(12, 6)).eval()
+    x = torch.randn(2, 4, 5, 5) if conv else torch.randn(2, 12)
+    calls = []
+    for mod, name in ((binary, "binarize_weight"), (shift, "round_power_of_two")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda w, *a, _f=real: calls.append(1) or _f(w, *a))
+    with torch.no_grad():
+        y = layer(x)
+        assert torch.equal(layer(x), y) and len(calls) == 1
+        layer.weight.mul_(-1)  # in place: the version counter moves
+        y_flipped = layer(x)
+        assert len(calls) == 2 and not torch.equal(y_flipped, y)
+        if cls in (ShiftConv2d, ShiftLinear):
+            layer.min_exp = -2
+            layer(x)
+            assert len(calls) == 3
+        layer.weight = nn.Parameter(layer.weight.detach().clone())
+        n = len(calls)
+        kept = layer(x)
+        assert len(calls) == n + 1
+    fresh = layer(x)  # gradients on: made again, and the weight gets its gradient
+    fresh.sum().backward()
+    assert len(calls) == n + 2 and layer.weight.grad is not None
+    torch.testing.assert_close(kept, fresh.detach())

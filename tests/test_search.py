@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from torch import nn
 
 import adderize
 from adderize.energy import energy_report
@@ -161,6 +162,22 @@ def test_supernet_candidates_share_one_weight_and_match_the_float_layer(model, s
             assert 0.3 < out.std() / ref.std() < 3
     low = {n: "binary" for n in space.layers}
     assert layer_ops(net.freeze(low), space.layers) == low
+    # the same sub-network as NNI's own freeze, whose modules outside the choices are
+    # copies (scoring re-estimates BatchNorm in them, the supernet's stay as they were)
+    from nni.mutable import Categorical
+    from nni.nas.nn.pytorch import LayerChoice
+    from nni.nas.nn.pytorch.base import recursive_freeze
+
+    mixed = {n: ("binary", "shift", "adder")[i % 3] for i, n in enumerate(space.layers)}
+    frozen, theirs = net.freeze(mixed), recursive_freeze(net, mixed, include_root=False)[0]
+    assert not any(isinstance(m, (LayerChoice, Categorical)) for m in frozen.model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(frozen.eval()(x), theirs.eval()(x))
+    bn = next(n for n, m in net.model.named_modules() if isinstance(m, nn.BatchNorm2d))
+    frozen.get_submodule(f"model.{bn}").running_mean.add_(1.0)
+    assert not torch.equal(
+        frozen.get_submodule(f"model.{bn}").running_mean, net.model.get_submodule(bn).running_mean
+    )
     with pytest.raises(SampleValidationError, match="over budget"):
         OpSupernet(model, space).freeze({n: "conv" for n in space.layers})
 
@@ -195,3 +212,15 @@ def test_build_experiment_configures_nni_without_starting_it(tmp_path, space):
     assert (c.max_trial_number, c.trial_concurrency) == (7, 2)
     assert c.experiment_working_directory == str((tmp_path / "nni-experiments").resolve())
     assert c.training_service.platform == "local"  # callers may swap in a remote service
+
+
+def test_scoring_batches_kept_in_memory_only_when_small():
+    from adderize.search.oneshot import kept_in_memory
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(10, 3), torch.arange(10)), batch_size=4
+    )
+    kept = kept_in_memory(loader)
+    assert isinstance(kept, list) and len(kept) == 3
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(kept, loader, strict=True))
+    assert kept_in_memory(loader, max_bytes=100) is loader  # 3 batches of 4 x 3 floats + labels

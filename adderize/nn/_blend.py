@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -69,6 +72,24 @@ class Blendable(nn.Module):
     def op_weight(self) -> torch.Tensor:
         """The weight the op computes with (``weight``, standardised where the layer is)."""
         return self.weight
+
+    def transformed_weight(self, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+        """``fn(op_weight(), *args)`` (the op's quantised weight). With gradients off it is
+        kept and reused while the layer's parameters and ``args`` are unchanged (keyed by
+        their storage and version counters, as the adder's kernel plans are), so inference
+        and sub-network scoring do not re-quantise every batch; in-place edits through
+        ``.data``, which bypass the version counter, are not seen."""
+        if torch.is_grad_enabled():
+            return fn(self.op_weight(), *args)
+        key = (
+            args,
+            *((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters(False)),
+        )
+        kept = self.__dict__.get("_transformed")
+        if kept is None or kept[0] != key:
+            kept = (key, fn(self.op_weight(), *args))
+            self.__dict__["_transformed"] = kept
+        return kept[1]
 
     def _float_weight(self) -> torch.Tensor:
         return self.weight if self.float_weight is None else self.float_weight

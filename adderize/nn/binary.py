@@ -76,7 +76,7 @@ class BinaryConv2d(Conv2dLike, _Thresholded):
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(
             self.pad_input(self.binarize_input(x, 1)),
-            binarize_weight(self.op_weight()),
+            self.transformed_weight(binarize_weight),
             self.bias,
             self.stride,
             0,
@@ -97,4 +97,6 @@ class BinaryLinear(LinearLike, _Thresholded):
         self._init_threshold(self.in_features)
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.binarize_input(x, -1), binarize_weight(self.weight), self.bias)
+        return F.linear(
+            self.binarize_input(x, -1), self.transformed_weight(binarize_weight), self.bias
+        )

@@ -59,7 +59,7 @@ class ShiftConv2d(Conv2dLike):
         self.min_exp, self.max_exp = check_exponents(min_exp, max_exp)
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = round_power_of_two(self.op_weight(), self.min_exp, self.max_exp)
+        w = self.transformed_weight(round_power_of_two, self.min_exp, self.max_exp)
         return F.conv2d(self.pad_input(x), w, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
@@ -88,7 +88,7 @@ class ShiftLinear(LinearLike):
         self.min_exp, self.max_exp = check_exponents(min_exp, max_exp)
 
     def op_forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = round_power_of_two(self.weight, self.min_exp, self.max_exp)
+        w = self.transformed_weight(round_power_of_two, self.min_exp, self.max_exp)
         return F.linear(x, w, self.bias)
 
     def extra_repr(self) -> str:

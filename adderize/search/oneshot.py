@@ -48,7 +48,6 @@ import nni
 import torch
 from nni.nas.evaluator.pytorch.lightning import ClassificationModule
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
-from nni.nas.nn.pytorch.base import recursive_freeze
 from torch import nn
 
 from adderize._errors import AdderizeError
@@ -60,6 +59,7 @@ __all__ = [
     "OpSupernet",
     "energy_filter",
     "fit_output_affine",
+    "kept_in_memory",
     "layer_ops",
     "refit_candidates",
     "run_oneshot",
@@ -209,7 +209,14 @@ class OpSupernet(ModelSpace):
         error = self.budget.check_contains(sample)
         if error is not None:
             raise error
-        return recursive_freeze(self, sample, include_root=False)[0]
+        # one deep copy of the network with each LayerChoice swapped for its chosen
+        # candidate (shared, as NNI's own freeze shares it): NNI's ``recursive_freeze``
+        # copies every ancestor of a choice, all candidates included, 10x the time here
+        memo: dict[int, Any] = {}
+        for name in self.space.layers:
+            choice = self.model.get_submodule(name)
+            memo[id(choice)] = choice.freeze(sample)
+        return copy.deepcopy(self, memo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -230,6 +237,20 @@ def score_subnet(
         right += int((subnet(x).argmax(1) == y).sum())
         total += len(y)
     return right / max(total, 1)
+
+
+def kept_in_memory(loader: Iterable[Any], max_bytes: int = 1 << 30) -> Iterable[Any]:
+    """``loader``'s batches as a list when their tensors take at most ``max_bytes`` (every
+    sub-network is scored on them: decoding and transforming them once, not per score),
+    else ``loader`` itself (re-iterable, as a ``DataLoader`` is)."""
+    kept: list[Any] = []
+    size = 0
+    for batch in loader:
+        size += sum(t.numel() * t.element_size() for t in batch if isinstance(t, torch.Tensor))
+        if size > max_bytes:
+            return loader
+        kept.append(batch)
+    return kept
 
 
 def layer_ops(subnet: nn.Module, layers: Iterable[str]) -> dict[str, str]:
@@ -256,6 +277,7 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     space = ev.space
     train, val = ev.loaders
     calibration = [x for x, _ in itertools.islice(train, settings.calibration_batches)]
+    val = kept_in_memory(val)
     tic = time.perf_counter()
     supernet = OpSupernet(ev.teacher, space, calibration, settings.refit_steps, settings.refit_lr)
     train_supernet(supernet, ev, settings, out)
