@@ -193,6 +193,8 @@ def test_oneshot_search_with_nni_strategies(tmp_path):
     assert len(rows) == 4 and all(r["feasible"] and r["energy_ratio"] <= 0.4 for r in rows)
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert summary["best"]["energy_ratio"] <= 0.4
+    front = {p["trial"]: p["assignment"] for p in summary["front"]}  # each with its layers' ops
+    assert front and all(front[r["trial"]] == r["assignment"] for r in rows if r["trial"] in front)
     assert (out / "best_ops.yaml").is_file() and (out / "pareto.png").is_file()
     with pytest.raises(ValueError, match="evolution or random"):
         SearchSettings(mode="oneshot", strategy="tpe")

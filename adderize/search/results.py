@@ -89,7 +89,7 @@ def finish(out: Path, rows: list[dict[str, Any]], space: OpSpace) -> dict[str, A
         "budget_ratio": space.budget_pj / space.conv_pj,
         "best": best,
         "front": [
-            {"energy_ratio": r["energy_ratio"], "accuracy": r["accuracy"], "trial": r["trial"]}
+            {k: r[k] for k in ("energy_ratio", "accuracy", "trial", "assignment")}
             for r in front
         ],
     }
