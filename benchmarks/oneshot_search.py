@@ -58,6 +58,30 @@ def matched(front: list[dict[str, Any]], other: list[dict[str, Any]], noise: flo
     )
 
 
+def gaps(front: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[float]:
+    """For each point of ``front``: the best accuracy ``other`` reaches at equal or lower
+    energy, minus the point's (None where ``other`` has nothing that low)."""
+    out = []
+    for f in front:
+        below = [o["accuracy"] for o in other if o["energy_ratio"] <= f["energy_ratio"]]
+        out.append(max(below) - f["accuracy"] if below else None)
+    return out
+
+
+def gap_line(name: str, per_seed: list[list[float | None]], noise: float) -> str:
+    found = [g for seed in per_seed for g in seed if g is not None]
+    missing = sum(g is None for seed in per_seed for g in seed)
+    if not found:
+        return f"{name}: no multi-trial point has a one-shot point at equal or lower energy"
+    mean = sum(found) / len(found)
+    verdict = "within" if mean >= -noise else "outside"
+    tail = f"; {missing} points with no one-shot point that low" if missing else ""
+    return (f"{name}: one-shot minus multi-trial accuracy at each multi-trial point's energy "
+            f"or lower, over {len(found)} points of {len(per_seed)} seeds: mean "
+            f"{100 * mean:+.1f} pt ({verdict} the {100 * noise:.0f} pt noise), per point "
+            f"{100 * min(found):+.1f} to {100 * max(found):+.1f} pt{tail}")  # fmt: skip
+
+
 def refined(
     points: list[dict[str, Any]], recipe: Recipe, settings: SearchSettings, out: Path, seeds: int
 ) -> list[dict[str, Any]]:
@@ -145,6 +169,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for seed, *_, m_ref, o_ref, covered_ref in table:
         print(f"| {seed} | {fmt(m_ref)} | {fmt(o_ref)} | {covered_ref}/{len(m_ref)} |")
+    print()
+    print(gap_line("as searched", [gaps(t[4]["front"], t[5]["front"]) for t in table], args.noise))
+    print(gap_line("fine-tuned again", [gaps(t[7], t[8]) for t in table], args.noise))
     print(
         f"\nmulti-trial search time: the candidates' fine-tunes (teacher and start-up "
         f"excluded); one-shot: the whole run after the teacher; noise {args.noise}"
