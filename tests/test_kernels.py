@@ -221,15 +221,16 @@ def test_depthwise_plane_and_channel_kernels_agree(p, same, monkeypatch):
     ]
 
 
+@pytest.mark.parametrize("backend", ["tvm", "torch"])
 @pytest.mark.parametrize("same", [False, True], ids=["symmetric", "tf-same"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_dense_conv_keeps_no_padded_copy_for_the_backward(stride, same):
-    """A padded dense conv on the direct kernels saves its input unpadded (the padding is
-    a temporary of the forward and of the input gradient, which is cropped): the
-    reference's values and gradients, NCHW and channels-last, and no saved tensor of the
-    padded shape."""
+def test_dense_conv_keeps_no_padded_copy_for_the_backward(stride, same, backend):
+    """A padded dense conv, on the direct kernels or the row kernels, saves its input
+    unpadded (the padding is a temporary of the forward and of the input gradient, which
+    is cropped): the reference's values and gradients, NCHW and channels-last, and no
+    saved tensor of the padded shape."""
     torch.manual_seed(0)
-    layer = Adder2d(16, 24, 3, stride, 0 if same else 1, bias=False, backend="tvm",
+    layer = Adder2d(16, 24, 3, stride, 0 if same else 1, bias=False, backend=backend,
                     dynamic_same=same)  # fmt: skip
     x = torch.randn(2, 16, 11, 10)
     pads = layer.input_pads(x)

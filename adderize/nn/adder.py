@@ -154,10 +154,11 @@ def _forward(
                 x, weight, layout.stride[0], layout.dilation[0], layout.groups, p, pads, keep
             )
         else:
+            xp = F.pad(x, pads) if any(pads) else x  # a temporary: the backward pads again
             rows = l1_forward(
-                layout.rows(x), layout.weight_rows(weight), p, max_temp_bytes, backend
+                layout.rows(xp), layout.weight_rows(weight), p, max_temp_bytes, backend
             )
-            out = layout.rows_to_output(rows, x.shape)
+            out = layout.rows_to_output(rows, xp.shape)
     return out, direct
 
 
@@ -187,13 +188,18 @@ class _AdderFunction(torch.autograd.Function):
         layout = ctx.layout
         if ctx.direct:
             return (*_direct_conv_backward(ctx, x, weight, grad_out), None, None, None, None, None)
-        a = layout.rows(x)  # recomputed: cheaper than keeping K x M values alive
+        pads = ctx.pads
+        xp = F.pad(x, pads) if any(pads) else x  # the input is saved unpadded
+        a = layout.rows(xp)  # recomputed: cheaper than keeping K x M values alive
         b = layout.weight_rows(weight)
         g = layout.output_to_rows(grad_out.contiguous())
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_a = l1_grad_a(a, b, g, ctx.p, ctx.max_temp_bytes, ctx.backend)
-            grad_x = layout.rows_to_input(grad_a, x.shape)
+            grad_x = layout.rows_to_input(grad_a, xp.shape)
+            if any(pads):
+                left, _, top, _ = pads
+                grad_x = grad_x[..., top : top + x.shape[-2], left : left + x.shape[-1]]
         if ctx.needs_input_grad[1]:
             grad_w = l1_grad_b(a, b, g).reshape(weight.shape)
         return grad_x, grad_w, None, None, None, None, None
@@ -278,19 +284,14 @@ def adder2d(
 ) -> torch.Tensor:
     """Adder convolution of an NCHW ``x`` with an OIHW ``weight``; ``padding``: zeros
     around ``x`` as ``F.pad`` takes them (left, right, top, bottom), fused into the kernel
-    where it can be (depthwise, NCHW), padded in a temporary by the direct kernels, else
-    padded here."""
+    where it can be (depthwise, NCHW), else padded in a temporary of the forward and of the
+    backward."""
     layout = _conv_rows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)
     dtype = _compute_dtype(x, weight)
     x, weight = _cast(x, dtype), _cast(weight, dtype)
-    pads = tuple(padding)
-    # the direct kernels take the input unpadded (padded inside the kernel or in a
-    # temporary), so the autograd record keeps no padded copy of it
-    if any(pads) and not use_direct_conv(
-        x, weight, layout.stride, layout.dilation, groups, backend
-    ):
-        x, pads = F.pad(x, pads), tvm_l1.NO_PADS
-    out = _apply(x, weight, layout, check_p(p), max_temp_bytes, backend, pads)
+    # every kernel takes the input unpadded (padded inside the kernel or in a temporary),
+    # so the autograd record keeps no padded copy of it
+    out = _apply(x, weight, layout, check_p(p), max_temp_bytes, backend, tuple(padding))
     if bias is not None:
         out = out + bias.to(dtype).reshape(1, -1, 1, 1)
     return out

@@ -89,8 +89,7 @@ def finish(out: Path, rows: list[dict[str, Any]], space: OpSpace) -> dict[str, A
         "budget_ratio": space.budget_pj / space.conv_pj,
         "best": best,
         "front": [
-            {k: r[k] for k in ("energy_ratio", "accuracy", "trial", "assignment")}
-            for r in front
+            {k: r[k] for k in ("energy_ratio", "accuracy", "trial", "assignment")} for r in front
         ],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
