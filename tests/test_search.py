@@ -193,6 +193,11 @@ def test_oneshot_search_with_nni_strategies(tmp_path):
     assert len(rows) == 4 and all(r["feasible"] and r["energy_ratio"] <= 0.4 for r in rows)
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert summary["best"]["energy_ratio"] <= 0.4
+    import adderize
+    from adderize.passes.mapping import OpMapping
+
+    best = adderize.load(out / "best_model.safetensors")  # the best, with its weights
+    assert best.adderize_ops == OpMapping.load(out / "best_ops.yaml").to_dict()
     front = {p["trial"]: p["assignment"] for p in summary["front"]}  # each with its layers' ops
     assert front and all(front[r["trial"]] == r["assignment"] for r in rows if r["trial"] in front)
     assert (out / "best_ops.yaml").is_file() and (out / "pareto.png").is_file()
@@ -226,3 +231,36 @@ def test_scoring_batches_kept_in_memory_only_when_small():
     assert isinstance(kept, list) and len(kept) == 3
     assert all(torch.equal(a[0], b[0]) for a, b in zip(kept, loader, strict=True))
     assert kept_in_memory(loader, max_bytes=100) is loader  # 3 batches of 4 x 3 floats + labels
+
+
+def test_exported_subnet_computes_what_was_scored_and_round_trips(model, space, tmp_path):
+    """The scored sub-network as a plain converted model: its weights, its BatchNorm
+    statistics and every op's output affine folded into them; saved and loaded, it gives
+    the sub-network's outputs."""
+    import adderize
+    from adderize.search.oneshot import OpSupernet, export_subnet, layer_ops, score_subnet
+    from adderize.train.anneal import BLEND_ATTR
+
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    everything = OpSpace.from_model(model, SIZE, budget=1.0)
+    net = OpSupernet(model, everything, batches, refit_steps=5)
+    sample = {n: ("binary", "shift", "conv", "adder")[i % 4] for i, n in enumerate(space.layers)}
+    sub = net.freeze(sample).train()
+    val = [(torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long))]
+    score_subnet(sub, batches, val)  # BatchNorm re-estimated, then eval mode
+    exported = export_subnet(model, everything, sub)
+    assert layer_ops(sub, space.layers) == sample
+    assert not hasattr(exported, BLEND_ATTR)
+    blendable = [m for m in exported.modules() if isinstance(m, adderize.nn.Blendable)]
+    assert blendable and not any(m.blending for m in blendable)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        want = sub.eval()(x)
+        torch.testing.assert_close(exported(x), want, rtol=1e-4, atol=1e-4)
+        path = adderize.save(exported, tmp_path / "m.safetensors", model_name="resnet10t",
+                             model_kwargs={"num_classes": 10})  # fmt: skip
+        torch.testing.assert_close(adderize.load(path).eval()(x), want, rtol=1e-4, atol=1e-4)
+    from adderize.io import read_metadata
+
+    assert read_metadata(path)["ops"] == everything.mapping(sample).to_dict()

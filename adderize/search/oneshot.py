@@ -42,6 +42,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import nni
@@ -58,6 +59,7 @@ __all__ = [
     "DistillingClassifier",
     "OpSupernet",
     "energy_filter",
+    "export_subnet",
     "fit_output_affine",
     "kept_in_memory",
     "layer_ops",
@@ -260,6 +262,44 @@ def layer_ops(subnet: nn.Module, layers: Iterable[str]) -> dict[str, str]:
     return {n: op_of_layer(subnet.get_submodule(f"model.{n}")) or "conv" for n in layers}
 
 
+def export_subnet(float_model: nn.Module, space: OpSpace, subnet: nn.Module) -> nn.Module:
+    """A scored sub-network (frozen from an :class:`OpSupernet` over ``float_model``) as
+    the converted model ``adderize`` makes of ``float_model`` with its ops, holding the
+    sub-network's weights and BatchNorm statistics, each op's output affine folded into the
+    BatchNorm after its layer: ``adderize.save`` saves it, ``adderize.load`` rebuilds it,
+    and in eval mode it computes what the sub-network computed when it was scored.
+
+    The conversion runs function-preserving (``preserve=True``), which pairs each converted
+    layer with the BatchNorm it folds into; a searched layer with no BatchNorm after it in
+    ``float_model`` (the conversion would insert one) is refused."""
+    from adderize.passes.convert import META_ATTR, adderize
+    from adderize.train.anneal import Anneal
+
+    ops = layer_ops(subnet, space.layers)
+    mapping = replace(space.mapping(ops), insert_norm=True, preserve=True)
+    model = adderize(copy.deepcopy(float_model), mapping, strict=True)
+    assert isinstance(model, nn.Module)
+    state = subnet.model.state_dict()
+    extra = set(model.state_dict()) ^ set(state)
+    if extra:
+        raise AdderizeError(
+            f"cannot export this sub-network: the converted model and the sub-network hold "
+            f"different tensors (e.g. {sorted(extra)[0]!r}); a searched layer without a "
+            "BatchNorm after it gets one inserted by the conversion"
+        )
+    model.load_state_dict(state)
+    if any(op != "conv" for op in ops.values()):
+        anneal = Anneal(model, 1)
+        for name, (layer, _) in anneal.layers.items():
+            cand = subnet.model.get_submodule(name)
+            if cand.blend_scale is not None:  # fitted when the supernet had batches
+                layer.blend_scale = cand.blend_scale.detach().clone()
+                layer.blend_shift = cand.blend_shift.detach().clone()
+        anneal.finalize()  # blend 0, the affines folded into the BatchNorms
+    setattr(model, META_ATTR, space.mapping(ops).to_dict())  # saved: best_ops.yaml's ops
+    return model.eval()
+
+
 def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     """The one-shot search behind ``adderize search --mode oneshot``: the supernet of
     ``ev.space`` over ``ev.teacher`` trained by NNI's ``RandomOneShot`` (uniform path
@@ -267,7 +307,10 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     ``settings.trials`` sub-networks drawn by NNI's ``RegularizedEvolution``
     (``settings.strategy == "evolution"``) or ``Random`` from the trained supernet, each
     scored with inherited weights after re-estimating its BatchNorm; one row per scored
-    sub-network in ``out / "trials.jsonl"`` (as the multi-trial search writes them)."""
+    sub-network in ``out / "trials.jsonl"`` (as the multi-trial search writes them). The
+    best (the most accurate, then the least energy: the one ``best_ops.yaml`` names) is
+    saved with its weights as ``out / "best_model.safetensors"`` (:func:`export_subnet`;
+    ``adderize.load`` reads it)."""
     from nni.nas.evaluator import FunctionalEvaluator
     from nni.nas.experiment import NasExperiment
     from nni.nas.strategy import Random as RandomStrategy
@@ -284,6 +327,7 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     trained_s = time.perf_counter() - tic
     log.info("supernet trained (%d epochs) in %.0f s", settings.supernet_epochs, trained_s)
     counter = itertools.count()
+    best: dict[str, Any] = {}
 
     def score(model: nn.Module) -> None:
         start = time.perf_counter()
@@ -303,6 +347,8 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
         }
         with open(out / "trials.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        if not best or (acc, -energy) > (best["accuracy"], -best["energy_pj"]):
+            best.update(row, model=model)
         nni.report_final_result(acc)
 
     if settings.strategy == "evolution":
@@ -314,6 +360,19 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     search.config.experiment_working_directory = str(out / "nni-experiments")
     search.config.max_trial_number = settings.trials
     _run(search, "sub-network search")
+    if best:
+        from adderize.io import save
+
+        m = ev.recipe.model
+        kwargs = {"num_classes": m.num_classes, **m.kwargs}
+        model = export_subnet(ev.teacher, space, best["model"])
+        save(model, out / "best_model.safetensors", model_name=m.name, model_kwargs=kwargs)
+        log.info(
+            "best sub-network %s with its weights (top-1 %.4f) -> %s",
+            best["trial"],
+            best["accuracy"],
+            out / "best_model.safetensors",
+        )
 
 
 def train_supernet(supernet: OpSupernet, ev: Any, settings: Any, out: Any) -> None:

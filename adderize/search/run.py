@@ -4,7 +4,9 @@ Layout of ``out``: ``config.yaml`` (the recipe trials fine-tune with), ``search.
 search settings trials read), ``teacher.safetensors``, ``trials.jsonl`` (one line per
 sample: assignment, energy, accuracy, whether it was trained), ``trials.csv``,
 ``pareto.png``, ``best_ops.yaml`` (an OpMapping: ``adderize(model, OpMapping.load(...))``
-rebuilds the chosen model) and, for NNI runs, ``nni-experiments/``.
+rebuilds the chosen model), for one-shot runs ``best_model.safetensors`` (the chosen
+sub-network with the supernet's weights: ``adderize.load``) and, for NNI runs,
+``nni-experiments/``.
 """
 
 from __future__ import annotations
