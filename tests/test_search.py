@@ -264,3 +264,19 @@ def test_exported_subnet_computes_what_was_scored_and_round_trips(model, space, 
     from adderize.io import read_metadata
 
     assert read_metadata(path)["ops"] == everything.mapping(sample).to_dict()
+
+
+def test_energy_levels_spread_the_trials_from_the_cheapest_model_to_the_budget(space):
+    from adderize.search.oneshot import energy_levels
+
+    floor = space.min_energy()
+    cheapest = {n: "binary" for n in space.layers}  # binary: the cheapest op on every layer
+    assert floor == pytest.approx(space.energy(cheapest)) and floor < space.budget_pj
+    levels = energy_levels(space, 10, 3)
+    caps = [c for c, _ in levels]
+    assert [n for _, n in levels] == [3, 3, 4] and caps == sorted(caps)
+    assert caps[-1] == space.budget_pj and caps[0] == pytest.approx(floor + (caps[-1] - floor) / 3)
+    assert energy_levels(space, 2, 3) == [(caps[1], 1), (space.budget_pj, 1)]  # none: left out
+    assert energy_levels(space, 5, 1) == [(space.budget_pj, 5)]
+    with pytest.raises(ValueError, match="energy_levels must be >= 1"):
+        SearchSettings(energy_levels=0)

@@ -51,6 +51,12 @@ def add_parser(sub: Any) -> None:
         "--supernet-epochs", type=POSITIVE_INT, default=6, help="oneshot: supernet training"
     )
     parser.add_argument(
+        "--energy-levels",
+        type=POSITIVE_INT,
+        default=3,
+        help="oneshot: sub-networks drawn under this many energy caps, cheapest to budget",
+    )
+    parser.add_argument(
         "--trial-epochs", type=POSITIVE_INT, default=3, help="fine-tune epochs per candidate"
     )
     parser.add_argument(
@@ -116,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         mode=args.mode,
         supernet_epochs=args.supernet_epochs,
+        energy_levels=args.energy_levels,
         concurrency=args.concurrency,
         seed=args.seed,
         port=args.port,

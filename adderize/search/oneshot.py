@@ -59,6 +59,7 @@ __all__ = [
     "DistillingClassifier",
     "OpSupernet",
     "energy_filter",
+    "energy_levels",
     "export_subnet",
     "fit_output_affine",
     "kept_in_memory",
@@ -201,8 +202,10 @@ class OpSupernet(ModelSpace):
         self.model = model.train()  # a supernet to train (Lightning keeps modules' modes)
         self.space = space
         # the budget as a constraint of the space: NNI's samplers and freeze reject samples
-        # over it (multi-trial strategies redraw them)
-        self.budget = self.add_mutable(energy_budget(space, choices))
+        # over it (multi-trial strategies redraw them); a search may lower ``energy_cap``
+        # below the budget to sample one energy range
+        self.energy_cap = space.budget_pj
+        self.budget = self.add_mutable(energy_budget(space, choices, lambda: self.energy_cap))
 
     def freeze(self, sample: dict[str, Any]) -> nn.Module:
         """The sub-network ``sample`` picks, with the supernet's (trained) weights: a copy
@@ -300,12 +303,31 @@ def export_subnet(float_model: nn.Module, space: OpSpace, subnet: nn.Module) -> 
     return model.eval()
 
 
+def energy_levels(space: OpSpace, trials: int, levels: int) -> list[tuple[float, int]]:
+    """``[(cap pJ, trials)]``: ``levels`` energy caps evenly spaced from the cheapest
+    assignment to the budget, the last the budget itself, ``trials`` split evenly (levels
+    with none left out). Searching under each cap in turn spreads the scored sub-networks
+    over the energy range: an accuracy-maximising evolution under the budget alone drifts
+    towards it and leaves the low-energy end of the Pareto front unexplored."""
+    if levels < 1:
+        raise AdderizeError(f"energy levels must be >= 1, got {levels}")
+    floor, budget = space.min_energy(), space.budget_pj
+    out = []
+    for i in range(levels):
+        n = trials * (i + 1) // levels - trials * i // levels
+        cap = budget if i == levels - 1 else floor + (budget - floor) * (i + 1) / levels
+        if n:
+            out.append((cap, n))
+    return out
+
+
 def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
     """The one-shot search behind ``adderize search --mode oneshot``: the supernet of
     ``ev.space`` over ``ev.teacher`` trained by NNI's ``RandomOneShot`` (uniform path
     sampling within the energy budget) for ``settings.supernet_epochs``, then
     ``settings.trials`` sub-networks drawn by NNI's ``RegularizedEvolution``
-    (``settings.strategy == "evolution"``) or ``Random`` from the trained supernet, each
+    (``settings.strategy == "evolution"``) or ``Random`` from the trained supernet, one
+    search per energy level (:func:`energy_levels`, ``settings.energy_levels``), each
     scored with inherited weights after re-estimating its BatchNorm; one row per scored
     sub-network in ``out / "trials.jsonl"`` (as the multi-trial search writes them). The
     best (the most accurate, then the least energy: the one ``best_ops.yaml`` names) is
@@ -351,15 +373,18 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
             best.update(row, model=model)
         nni.report_final_result(acc)
 
-    if settings.strategy == "evolution":
-        pop = min(settings.population, settings.trials)
-        strategy: Any = RegularizedEvolution(population_size=pop, sample_size=max(2, pop // 2))
-    else:
-        strategy = RandomStrategy()
-    search = NasExperiment(supernet, FunctionalEvaluator(score), strategy)
-    search.config.experiment_working_directory = str(out / "nni-experiments")
-    search.config.max_trial_number = settings.trials
-    _run(search, "sub-network search")
+    for cap, trials in energy_levels(space, settings.trials, settings.energy_levels):
+        supernet.energy_cap = cap
+        if settings.strategy == "evolution":
+            pop = min(settings.population, trials)
+            strategy: Any = RegularizedEvolution(population_size=pop, sample_size=max(1, pop // 2))
+        else:
+            strategy = RandomStrategy()
+        search = NasExperiment(supernet, FunctionalEvaluator(score), strategy)
+        search.config.experiment_working_directory = str(out / "nni-experiments")
+        search.config.max_trial_number = trials
+        _run(search, "sub-network search")
+    supernet.energy_cap = space.budget_pj
     if best:
         from adderize.io import save
 

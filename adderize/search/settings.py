@@ -45,6 +45,9 @@ class SearchSettings:
     #: conversion's refit (100 at 0.04), as the supernet's build counts in the search time
     refit_steps: int = 30
     refit_lr: float = 0.2
+    #: oneshot: the sub-networks are drawn in this many searches, each under an energy cap
+    #: from the cheapest model up to the budget (adderize.search.oneshot.energy_levels)
+    energy_levels: int = 3
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -61,3 +64,5 @@ class SearchSettings:
             raise AdderizeError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.trials < 1 or self.trial_epochs < 1 or self.concurrency < 1:
             raise AdderizeError("trials, trial_epochs and concurrency must be >= 1")
+        if self.energy_levels < 1:
+            raise AdderizeError(f"energy_levels must be >= 1, got {self.energy_levels}")

@@ -4,7 +4,7 @@ budget checked from the precomputed cost table (a sum, no model rebuild)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -96,6 +96,12 @@ class OpSpace:
     def feasible(self, assignment: Mapping[str, str]) -> bool:
         return self.energy(assignment) <= self.budget_pj
 
+    def min_energy(self) -> float:
+        """pJ of the cheapest assignment (each layer's cheapest op: the energy is a sum)."""
+        return self.energy(
+            {n: min(self.ops, key=lambda op: self.energy({n: op})) for n in self.layers}
+        )
+
     @property
     def conv_pj(self) -> float:
         return self.costs.energy({})
@@ -171,9 +177,12 @@ class OpSpace:
         return adderize(model, self.mapping(assignment), strict=True)
 
 
-def energy_budget(space: OpSpace, choices: dict[str, Any]) -> Any:
+def energy_budget(
+    space: OpSpace, choices: dict[str, Any], cap: Callable[[], float] | None = None
+) -> Any:
     """An NNI ``Constraint`` over ``choices`` (``{layer: categorical}``): a sample is valid
-    when its cost-table energy is within ``space``'s budget."""
+    when its cost-table energy is within ``space``'s budget, or within ``cap()`` pJ when
+    given (read at every check: a search may tighten it)."""
     from nni.mutable import Constraint, SampleValidationError
 
     class EnergyBudget(Constraint):
@@ -188,10 +197,9 @@ def energy_budget(space: OpSpace, choices: dict[str, Any]) -> Any:
 
         def check_contains(self, sample: dict[str, Any]) -> Any:
             energy = space.energy({n: sample[n] for n in space.layers})
-            if energy > space.budget_pj:
-                return SampleValidationError(
-                    f"energy {energy:.4g} pJ over budget {space.budget_pj:.4g} pJ"
-                )
+            limit = space.budget_pj if cap is None else cap()
+            if energy > limit:
+                return SampleValidationError(f"energy {energy:.4g} pJ over budget {limit:.4g} pJ")
             return None
 
         def freeze(self, sample: dict[str, Any]) -> float:
