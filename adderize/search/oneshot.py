@@ -52,6 +52,7 @@ from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from torch import nn
 
 from adderize._errors import AdderizeError
+from adderize.search.results import choice_key
 from adderize.search.space import OpSpace, energy_budget
 from adderize.train.distill import logit_kd
 
@@ -369,7 +370,7 @@ def run_oneshot(ev: Any, settings: Any, out: Any) -> None:
         }
         with open(out / "trials.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        if not best or (acc, -energy) > (best["accuracy"], -best["energy_pj"]):
+        if not best or choice_key(row) > choice_key(best):
             best.update(row, model=model)
         nni.report_final_result(acc)
 

@@ -12,9 +12,15 @@ from typing import Any
 from adderize._errors import AdderizeError
 from adderize.search.space import OpSpace
 
-__all__ = ["finish", "pareto_front", "plot_front"]
+__all__ = ["choice_key", "finish", "pareto_front", "plot_front"]
 
 log = logging.getLogger(__name__)
+
+
+def choice_key(row: dict[str, Any]) -> tuple[float, float]:
+    """The search's choice among trained rows is the largest key: the most accurate, then
+    the least energy (``best_ops.yaml``; the one-shot search's ``best_model.safetensors``)."""
+    return row["accuracy"], -row["energy_pj"]
 
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -79,7 +85,7 @@ def finish(out: Path, rows: list[dict[str, Any]], space: OpSpace) -> dict[str, A
     feasible = [r for r in rows if r["trained"]]
     if not feasible:
         raise AdderizeError("no candidate was within budget: raise --budget")
-    best = max(feasible, key=lambda r: (r["accuracy"], -r["energy_pj"]))
+    best = max(feasible, key=choice_key)
     space.mapping(best["assignment"]).save(out / "best_ops.yaml")
     plot_front(rows, front, space, out / "pareto.png")
     summary = {
