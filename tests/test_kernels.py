@@ -420,3 +420,23 @@ def test_kernel_cache_survives_concurrent_builds_and_killed_writes(tmp_path):
     so.write_bytes(so.read_bytes()[: good_size // 3])
     assert run(1) == first[:1]
     assert so.stat().st_size == good_size
+
+
+@pytest.mark.parametrize(("groups", "padding", "batch"), [(1, 0, 1), (2, 0, 3), (1, 1, 2)])
+def test_pointwise_conv_of_a_one_pixel_map_weight_gradient(groups, padding, batch):
+    """A 1x1 conv of a 1x1 map (squeeze-excite) takes its eq. 23 weight gradient as a
+    matrix product on rows: the reference's gradients, grouped and batched; a padded one
+    (a 3x3 output) keeps the conv weight gradient."""
+    torch.manual_seed(0)
+    layer = Adder2d(16, 32, 1, padding=padding, groups=groups, bias=False, backend="tvm")
+    x = torch.randn(batch, 16, 1, 1, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    ref = adder2d_reference(x2, w2, None, 1, padding, 1, groups)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    y = layer(x)
+    y.backward(grad)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)

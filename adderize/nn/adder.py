@@ -223,7 +223,15 @@ def _direct_conv_backward(
             ctx.p,
             ctx.pads,
         )
-    if ctx.needs_input_grad[1]:
+    one_by_one = x.shape[-2:] == (1, 1) and layout.kernel == (1, 1) and not any(ctx.pads)
+    if ctx.needs_input_grad[1] and one_by_one:
+        # a 1x1 conv of a 1x1 map (squeeze-excite) is a matrix product: eq. 23 on rows
+        # (batch 1, 1152 -> 48: 32 us against 48 us for the conv weight gradient; Zen 4)
+        n, c = x.shape[:2]
+        rows = x.reshape(n, layout.groups, c // layout.groups).transpose(0, 1)
+        g = layout.output_to_rows(grad_out)
+        grad_w = l1_grad_b(rows, layout.weight_rows(weight), g).reshape(weight.shape)
+    elif ctx.needs_input_grad[1]:
         left, right, top, bottom = ctx.pads
         padding: tuple[int, int] = (0, 0)
         if (left, top) == (right, bottom):  # symmetric: the conv pads, no padded copy of x
