@@ -184,6 +184,42 @@ def test_direct_conv_kernels_match_the_reference(
     torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("c", "t", "k", "groups"),
+    [(16, 48, 3, 1), (32, 48, 3, 2), (24, 24, 5, 24), (40, 24, 1, 1), (6, 28, 3, 1)],
+    ids=["dense", "grouped", "depthwise-5x5", "pointwise", "narrow"],
+)
+def test_weight_relayouts_by_the_transpose_kernel(c, t, k, groups, monkeypatch):
+    """Every weight re-layout through the blocked transpose kernel (as large weights take
+    it; here forced for small ones): the layouts equal PyTorch's permutes, and a layer's
+    outputs and gradients match the reference."""
+    monkeypatch.setattr(tvm_l1, "TRANSPOSE_MIN", 0)
+    torch.manual_seed(0)
+    w = torch.randn(t, c // groups, k, k)
+    shape, perm = tvm_l1.forward_weight_layout(*w.shape, groups)
+    got = tvm_l1._forward_weight(w, groups, keep=False)
+    assert torch.equal(got, w.reshape(shape).permute(perm))
+    kinds = []
+    original = tvm_l1.kernel
+    monkeypatch.setattr(tvm_l1, "kernel", lambda kind, *a: kinds.append(kind) or original(kind, *a))
+    layer = Adder2d(c, t, k, 1, k // 2, 1, groups, bias=False, backend="tvm")
+    x = torch.randn(2, c, 9, 9)
+    if groups == c:  # the channel-vectorised depthwise kernels (the plane kernels need none)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    y = layer(x)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert kinds.count("transpose") == 2, kinds  # the forward's and the input gradient's
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    ref = adder2d_reference(x2, w2, None, 1, k // 2, 1, groups)
+    ref.backward(grad)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("same", [False, True], ids=["symmetric", "tf-same"])
 @pytest.mark.parametrize("p", [1.0, 1.6])
 def test_depthwise_plane_and_channel_kernels_agree(p, same, monkeypatch):

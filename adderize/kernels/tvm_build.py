@@ -48,6 +48,8 @@ __all__ = [
 KERNEL_VERSION = 9  # 9: the fma form among the dense forward candidates
 #: ``ADDERIZE_KERNEL_SELECT`` values: time the candidate tiles, or take the first
 SELECT_MODES = ("measure", "first")
+#: kernels that are no tuning task (:func:`workloads`): the weight re-layouts
+UNTUNED = ("transpose",)
 _LOCK = threading.Lock()
 _KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _CHOSEN: dict[tuple[Any, ...], str] = {}
@@ -142,7 +144,7 @@ def kernel(kind: str, *shape: int) -> Callable[..., Any]:
     selected) now."""
     key = (kind, *shape)
     recording = _STATE.get("recording")
-    if recording is not None:
+    if recording is not None and kind not in UNTUNED:
         recording.setdefault(key, None)
     fn = _KERNELS.get(key)
     if fn is not None:
@@ -275,7 +277,8 @@ def variant(kind: str, *shape: int) -> cpu.Variant | None:
 
 
 def workloads(run: Callable[[], Any]) -> list[tuple[Any, ...]]:
-    """The kernels (``(kind, *shape)``) that ``run()`` uses, e.g. a forward and backward of
+    """The adder kernels (``(kind, *shape)``; not the :data:`UNTUNED` re-layouts) that
+    ``run()`` uses, e.g. a forward and backward of
     a converted model, in first-use order: the tuning tasks of that model."""
     seen: dict[tuple[Any, ...], None] = {}
     _STATE["recording"] = seen

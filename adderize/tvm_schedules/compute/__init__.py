@@ -34,6 +34,7 @@ from adderize.tvm_schedules.compute.depthwise import (
     depthwise_grad_input_compute,
     depthwise_grad_input_nchw_compute,
 )
+from adderize.tvm_schedules.compute.layout import transpose_compute
 from adderize.tvm_schedules.compute.lowbit import (
     binary_conv_forward_compute,
     int8_conv_forward_compute,
@@ -58,6 +59,7 @@ __all__ = [
     "l1_grad_a_compute",
     "out_size",
     "pow_nonneg",
+    "transpose_compute",
 ]
 
 
@@ -80,6 +82,8 @@ def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
         return int8_conv_forward_compute(*shape)
     if base == "binary_conv_forward":
         return binary_conv_forward_compute(*shape)
+    if base == "transpose":
+        return transpose_compute(*shape)
     fn = {
         "conv_forward": conv_forward_compute,
         "conv_grad_input": conv_grad_input_compute,
