@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from adderize.kernels import l1 as l1_mod
 from adderize.kernels import tvm_build, tvm_l1
@@ -237,7 +238,7 @@ def test_depthwise_plane_and_channel_kernels_agree(p, same, monkeypatch):
     assert (pads[2] != pads[3]) == same  # 'same' pads 1 top, 2 bottom here
     x2 = x.clone().requires_grad_()
     w2 = layer.weight.detach().clone().requires_grad_()
-    ref = adder2d_reference(torch.nn.functional.pad(x2, pads), w2, None, 2, 0, 1, 16, p)
+    ref = adder2d_reference(F.pad(x2, pads), w2, None, 2, 0, 1, 16, p)
     grad = torch.randn_like(ref)
     ref.backward(grad)
     for fmt in (torch.contiguous_format, torch.channels_last):
@@ -273,7 +274,7 @@ def test_dense_conv_keeps_no_padded_copy_for_the_backward(stride, same, backend)
     assert any(pads)
     x2 = x.clone().requires_grad_()
     w2 = layer.weight.detach().clone().requires_grad_()
-    ref = adder2d_reference(torch.nn.functional.pad(x2, pads), w2, None, stride, 0, 1, 1)
+    ref = adder2d_reference(F.pad(x2, pads), w2, None, stride, 0, 1, 1)
     grad = torch.randn_like(ref)
     ref.backward(grad)
     saved: list[torch.Size] = []
@@ -362,8 +363,6 @@ def test_inference_reuses_its_resolved_call_and_training_keeps_none():
 def test_tuned_schedules_are_used_when_present(tmp_path, monkeypatch):
     """MetaSchedule tuning of one small kernel (builder workers pre-warmed: TVM's
     tensor-intrinsic import takes over a minute here), then a build that uses the record."""
-    import torch.nn.functional as F
-
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(tvm_build, "_KERNELS", {})
     shape = (1, 16, 10, 10, 32, 3, 3, 1, 1, 1)
@@ -458,21 +457,41 @@ def test_kernel_cache_survives_concurrent_builds_and_killed_writes(tmp_path):
     assert so.stat().st_size == good_size
 
 
-@pytest.mark.parametrize(("groups", "padding", "batch"), [(1, 0, 1), (2, 0, 3), (1, 1, 2)])
-def test_pointwise_conv_of_a_one_pixel_map_weight_gradient(groups, padding, batch):
-    """A 1x1 conv of a 1x1 map (squeeze-excite) takes its eq. 23 weight gradient as a
-    matrix product on rows: the reference's gradients, grouped and batched; a padded one
-    (a 3x3 output) keeps the conv weight gradient."""
+@pytest.mark.parametrize("route", ["rows", "conv"])
+@pytest.mark.parametrize(
+    ("c", "t", "k", "stride", "same", "groups", "batch", "h"),
+    [
+        (16, 32, 1, 1, False, 1, 1, 1),  # squeeze-excite: a 1x1 conv of a 1x1 map
+        (16, 32, 1, 1, False, 2, 3, 1),  # grouped, batched
+        (16, 24, 3, 2, True, 1, 1, 8),  # asymmetric ('same') padding, stride 2
+        (16, 32, 3, 1, False, 2, 2, 5),  # grouped 3x3, symmetric padding
+    ],
+)
+def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch, h, route):
+    """A direct conv's eq. 23 weight gradient, as one matrix product on the rows (few
+    output positions) or as a conv weight gradient minus ``W sum G``: both routes give the
+    reference's gradients, and each is taken where the position limit sends it."""
+    import adderize.nn.adder as adder_mod
+
     torch.manual_seed(0)
-    layer = Adder2d(16, 32, 1, padding=padding, groups=groups, bias=False, backend="tvm")
-    x = torch.randn(batch, 16, 1, 1, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_()
-    w2 = layer.weight.detach().clone().requires_grad_()
-    ref = adder2d_reference(x2, w2, None, 1, padding, 1, groups)
-    grad = torch.randn_like(ref)
-    ref.backward(grad)
-    y = layer(x)
-    y.backward(grad)
+    limit = 10**9 if route == "rows" else 0
+    used = []
+    original = adder_mod.l1_grad_b
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(adder_mod, "WEIGHT_GRAD_ROWS_MAX", limit)
+        mp.setattr(adder_mod, "l1_grad_b", lambda *a: used.append(1) or original(*a))
+        layer = Adder2d(c, t, k, stride, 0 if same else k // 2, groups=groups, bias=False,
+                        backend="tvm", dynamic_same=same)  # fmt: skip
+        x = torch.randn(batch, c, h, h, requires_grad=True)
+        pads = layer.input_pads(x)
+        x2 = x.detach().clone().requires_grad_()
+        w2 = layer.weight.detach().clone().requires_grad_()
+        ref = adder2d_reference(F.pad(x2, pads), w2, None, stride, 0, 1, groups)
+        grad = torch.randn_like(ref)
+        ref.backward(grad)
+        y = layer(x)
+        y.backward(grad)
+    assert bool(used) == (route == "rows")
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)
