@@ -457,29 +457,37 @@ def test_kernel_cache_survives_concurrent_builds_and_killed_writes(tmp_path):
     assert so.stat().st_size == good_size
 
 
-@pytest.mark.parametrize("route", ["rows", "conv"])
+@pytest.mark.parametrize("route", ["matmul", "rows", "conv"])
 @pytest.mark.parametrize(
     ("c", "t", "k", "stride", "same", "groups", "batch", "h"),
     [
         (16, 32, 1, 1, False, 1, 1, 1),  # squeeze-excite: a 1x1 conv of a 1x1 map
         (16, 32, 1, 1, False, 2, 3, 1),  # grouped, batched
+        (16, 24, 1, 1, False, 1, 2, 8),  # pointwise, batched, 64 positions
         (16, 24, 3, 2, True, 1, 1, 8),  # asymmetric ('same') padding, stride 2
         (16, 32, 3, 1, False, 2, 2, 5),  # grouped 3x3, symmetric padding
     ],
 )
 def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch, h, route):
-    """A direct conv's eq. 23 weight gradient, as one matrix product on the rows (few
-    output positions) or as a conv weight gradient minus ``W sum G``: both routes give the
-    reference's gradients, and each is taken where the position limit sends it."""
+    """A direct conv's eq. 23 weight gradient: a (batched) matrix product on NCHW memory
+    (pointwise convs), one matrix product on the rows (few output positions), or a conv
+    weight gradient minus ``W sum G``. Each route gives the reference's gradients and is
+    taken where its limits send it."""
     import adderize.nn.adder as adder_mod
 
+    if route == "matmul" and (k, stride, groups) != (1, 1, 1):
+        pytest.skip("the matrix-product route is for ungrouped pointwise convs")
     torch.manual_seed(0)
-    limit = 10**9 if route == "rows" else 0
     used = []
-    original = adder_mod.l1_grad_b
+    rows, conv = adder_mod.l1_grad_b, torch.nn.grad.conv2d_weight
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(adder_mod, "WEIGHT_GRAD_ROWS_MAX", limit)
-        mp.setattr(adder_mod, "l1_grad_b", lambda *a: used.append(1) or original(*a))
+        mp.setattr(adder_mod, "POINTWISE_MM_MIN_HW", 0 if route == "matmul" else 10**9)
+        mp.setattr(adder_mod, "WEIGHT_GRAD_ROWS_MAX", 10**9 if route == "rows" else 0)
+        if batch == 1 and route != "matmul":  # batch 1 always takes the matrix product
+            mp.setattr(adder_mod, "POINTWISE_MM_MIN_HW", 10**9)
+            batch = 2
+        mp.setattr(adder_mod, "l1_grad_b", lambda *a: used.append("rows") or rows(*a))
+        mp.setattr(torch.nn.grad, "conv2d_weight", lambda *a: used.append("conv") or conv(*a))
         layer = Adder2d(c, t, k, stride, 0 if same else k // 2, groups=groups, bias=False,
                         backend="tvm", dynamic_same=same)  # fmt: skip
         x = torch.randn(batch, c, h, h, requires_grad=True)
@@ -490,8 +498,9 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
         grad = torch.randn_like(ref)
         ref.backward(grad)
         y = layer(x)
+        used.clear()
         y.backward(grad)
-    assert bool(used) == (route == "rows")
+    assert used == ([] if route == "matmul" else [route])
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)
