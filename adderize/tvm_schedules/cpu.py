@@ -52,6 +52,7 @@ SELECTABLE = (
     "depthwise_grad_input",
     "depthwise_grad_input_nchw",
     "int8_conv_forward",
+    "pointwise_grad_input_nchw",
 )
 #: the dense conv forwards: NHWC and NCHW output, adder and (compiled models) MAC
 DENSE_FORWARDS = ("conv_forward", "conv_forward_nchw", "conv_mac_forward")
@@ -125,6 +126,9 @@ def _layout(kind: str, shape: tuple[int, ...]) -> _Layout:
     if base == "depthwise_grad_input":
         _, c, _, wp, *_ = shape
         return _Layout(2, 2, wp, c, False, True)
+    if base == "pointwise_grad_input_nchw":  # column tiles outermost: batch 1 in parallel
+        _, c, m, _ = shape
+        return _Layout(1, 1, c, m, True, True)
     if base == "conv_grad_input":
         _, c, _, wp, *_, g = shape
         return _Layout(3, 2, wp, c // g, True, True)
@@ -158,7 +162,7 @@ def _hand_tile(kind: str, lay: _Layout) -> Variant:
     wide = cols == 32
     if base == "forward":
         return Variant(6 if wide else 12, cols, lay.cols_outer)
-    if base == "grad_a":
+    if base in ("grad_a", "pointwise_grad_input_nchw"):
         return Variant(4 if wide else 8, cols, lay.cols_outer)
     if base in DENSE_FORWARDS:
         choices = (7, 8, 6, 5, 4) if wide else (14, 12, 8, 7, 6)

@@ -27,6 +27,7 @@ from adderize.tvm_schedules.compute.dense import (
     conv_grad_input_compute,
     l1_forward_compute,
     l1_grad_a_compute,
+    pointwise_grad_input_nchw_compute,
 )
 from adderize.tvm_schedules.compute.depthwise import (
     depthwise_forward_compute,
@@ -58,6 +59,7 @@ __all__ = [
     "l1_forward_compute",
     "l1_grad_a_compute",
     "out_size",
+    "pointwise_grad_input_nchw_compute",
     "pow_nonneg",
     "transpose_compute",
 ]
@@ -82,6 +84,8 @@ def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
         return int8_conv_forward_compute(*shape)
     if base == "binary_conv_forward":
         return binary_conv_forward_compute(*shape)
+    if base == "pointwise_grad_input_nchw":
+        return pointwise_grad_input_nchw_compute(*shape)
     if base == "transpose":
         return transpose_compute(*shape)
     fn = {

@@ -17,6 +17,7 @@ __all__ = [
     "conv_grad_input_compute",
     "l1_forward_compute",
     "l1_grad_a_compute",
+    "pointwise_grad_input_nchw_compute",
 ]
 
 
@@ -56,6 +57,36 @@ def l1_grad_a_compute(m: int, t: int, k: int) -> list[Any]:
         (m, k), lambda i, j: acc[i, j] - a[i, j] * gs[i], name="out", tag="adder_l1_grad_a"
     )
     return [a, b, g, gs, out]
+
+
+def pointwise_grad_input_nchw_compute(n: int, c: int, m: int, t: int) -> list[Any]:
+    """Input gradient (eq. 27, p = 1) of a 1x1 stride-1 adder conv on NCHW memory, the
+    positions vectorised: ``out[b, c, m] = sum_t g[b, t, m] clamp(w[t, c], x - 1, x + 1)
+    - x gs[b, m]`` with ``x = x[b, c, m]`` and ``gs`` the channel sums of ``g``. No layout
+    copy of the input, the output gradient or the result (an NHWC kernel needs all three).
+    Shapes: x [N, C, M], w [T, C] (the conv weight as it is), g [N, T, M], gs [N, M] ->
+    out [N, C, M]."""
+    from tvm import te
+
+    x = te.placeholder((n, c, m), name="x")
+    w = te.placeholder((t, c), name="w")
+    g = te.placeholder((n, t, m), name="g")
+    gs = te.placeholder((n, m), name="gs")
+    r = te.reduce_axis((0, t), name="t")
+    acc = te.compute(
+        (n, c, m),
+        lambda b, i, j: te.sum(
+            g[b, r, j] * te.min(te.max(w[r, i], x[b, i, j] - 1.0), x[b, i, j] + 1.0), axis=r
+        ),
+        name="acc",
+    )
+    out = te.compute(
+        (n, c, m),
+        lambda b, i, j: acc[b, i, j] - x[b, i, j] * gs[b, j],
+        name="out",
+        tag="adder_pointwise_grad_input_nchw",
+    )
+    return [x, w, g, gs, out]
 
 
 def conv_forward_compute(
