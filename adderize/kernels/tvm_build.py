@@ -45,7 +45,7 @@ __all__ = [
     "workloads",
 ]
 
-KERNEL_VERSION = 9  # 9: the fma form among the dense forward candidates
+KERNEL_VERSION = 10  # 10: small weight transposes on one thread
 #: ``ADDERIZE_KERNEL_SELECT`` values: time the candidate tiles, or take the first
 SELECT_MODES = ("measure", "first")
 #: kernels that are no tuning task (:func:`workloads`): the weight re-layouts

@@ -258,6 +258,10 @@ def schedule(kind: str, *shape: int, variant: Variant | None = None) -> Any:
     return register_tile(tensors, lay.n_reduce, lay.row_axis, variant)
 
 
+#: transposes of at most this many values run on one thread
+TRANSPOSE_SERIAL_MAX = 1 << 18
+
+
 def _block(n: int) -> int:
     """A block edge for ``n``: 16 where it divides, else the largest power of two that does
     (``n`` itself up to 16: a 3x3 kernel's 9 taps)."""
@@ -269,17 +273,20 @@ def _block(n: int) -> int:
 def _transpose_schedule(tensors: list[Any]) -> Any:
     """The batched transpose (:func:`~adderize.tvm_schedules.compute.transpose_compute`) in
     blocks of up to 16 x 16 that stay in L1, rows unrolled and columns vectorised, blocks in
-    parallel (a 512 x 4608 weight: 0.62 ms against 2.7 ms for PyTorch's permute-copy; Zen 4)."""
+    parallel (a 512 x 4608 weight: 0.62 ms against 2.7 ms for PyTorch's permute-copy; Zen 4)
+    above :data:`TRANSPOSE_SERIAL_MAX` values, on the calling thread below (waking the pool
+    costs more there: 128 x 1152, 37 us serial against 55 us in parallel)."""
     from tvm import s_tir, te
 
     sch = s_tir.Schedule(te.create_prim_func(tensors))
     blk = sch.get_sblock("out")
-    g, i, j = sch.get_loops(blk)
-    _, r, t = (int(d) for d in tensors[1].shape)
+    lg, i, j = sch.get_loops(blk)
+    g, r, t = (int(d) for d in tensors[1].shape)
     io, ii = sch.split(i, [None, _block(r)])
     jo, ji = sch.split(j, [None, _block(t)])
-    sch.reorder(g, io, jo, ii, ji)
-    sch.parallel(sch.fuse(g, io, jo))
+    sch.reorder(lg, io, jo, ii, ji)
+    if g * r * t > TRANSPOSE_SERIAL_MAX:
+        sch.parallel(sch.fuse(lg, io, jo))
     sch.unroll(ii)
     sch.vectorize(ji)
     return sch.mod
