@@ -33,6 +33,10 @@ KERNELS = [
     ("depthwise_forward_nchw", (1, 8, 9, 70, 5, 5, 1, 1, 0, 0, 1, 1)),  # 68-wide rows
     ("depthwise_forward_nchw", (1, 8, 7, 7, 3, 3, 1, 1, 0, 0, 0, 0)),  # no padding
     ("depthwise_forward_nchw_lp", (1, 8, 9, 9, 3, 3, 1, 1, 1, 2, 0, 1)),  # asymmetric
+    # 16-channel blocks: the channel-vectorised form among the candidates
+    ("depthwise_forward_nchw", (2, 32, 9, 9, 3, 3, 2, 1, 0, 1, 0, 1)),
+    ("depthwise_forward_nchw_lp", (1, 16, 8, 8, 5, 5, 1, 2, 4, 4, 4, 4)),
+    ("pointwise_grad_input_nchw", (2, 16, 64, 24)),
     ("depthwise_grad_input_nchw", (2, 8, 9, 9, 3, 3, 1, 1, 1, 1, 1)),
     ("depthwise_grad_input_nchw_lp", (1, 8, 9, 9, 5, 5, 2, 4, 4, 4, 4)),
     ("depthwise_grad_input", (2, 24, 11, 11, 3, 3, 1)),

@@ -16,7 +16,9 @@ The p = 1 dense conv forwards also time other inner loops (:data:`~adderize.tvm_
 .compute.FORMS`): ``fma`` (``sub, and, fma``: the accumulation on the FMA ports, 17% faster
 on AVX-512 Zen 5, where adds and FMAs have two ports each) and, NHWC only, ``max``
 (``|x - w| = 2 max(x, w) - x - w``: one op less per MAC, but window sums; 1.4-1.6x slower
-on Zen 5). Which wins is measured, as the tile is.
+on Zen 5). Which wins is measured, as the tile is. The NCHW depthwise forward also times
+its ``channels`` form (16-channel blocks vectorised, :func:`_channel_tile`) against the
+plane tiles where the channels come in blocks of 16.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from adderize._errors import AdderizeError
 from adderize.kernels.machine import cpu_isa
 from adderize.tvm_schedules import int8
-from adderize.tvm_schedules.compute import FORM_KINDS, computes, out_size
+from adderize.tvm_schedules.compute import CHANNEL_BLOCK, FORM_KINDS, computes, out_size
 
 __all__ = [
     "SELECTABLE",
@@ -195,7 +197,15 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
         return [Variant(r, c, False, form) for r, c in int8.candidates(ow, t, group)]
     lanes = lanes or vector_lanes()
     lay = _layout(kind, tuple(shape))
-    if kind.removesuffix("_lp") in ("depthwise_forward_nchw", "depthwise_grad_input_nchw"):
+    if kind.removesuffix("_lp") == "depthwise_forward_nchw":
+        planes = _plane_tiles(lay, lanes)
+        if shape[1] % CHANNEL_BLOCK:
+            return planes
+        # channel blocks: a whole output row per tile where it fits the registers
+        rows = _rows(lay.col_extent, 8)
+        blocks = [Variant(r, CHANNEL_BLOCK, False, "channels") for r in rows]
+        return planes[: MAX_CANDIDATES - len(blocks)] + blocks
+    if kind.removesuffix("_lp") == "depthwise_grad_input_nchw":
         return _plane_tiles(lay, lanes)
     regs = 32 if lanes >= 16 else 16
     reserve = 5 if lay.grad else 3
@@ -252,10 +262,44 @@ def schedule(kind: str, *shape: int, variant: Variant | None = None) -> Any:
     variant = variant or candidates(kind, *shape)[0]
     if base == "int8_conv_forward":
         return int8.schedule(tensors, variant.rows, variant.cols, shape[-1], variant.form == "sad")
+    if variant.form == "channels":
+        return _channel_tile(computes(kind, *shape, form="channels"), variant.rows)
     lay = _layout(kind, tuple(shape))
     if variant.form != "abs":
         tensors = computes(kind, *shape, form=variant.form)
     return register_tile(tensors, lay.n_reduce, lay.row_axis, variant)
+
+
+def _channel_tile(tensors: list[Any], rows: int) -> Any:
+    """Schedule of the channel-vectorised depthwise forward
+    (:func:`~adderize.tvm_schedules.compute.depthwise_forward_nchw_compute`, ``channels``):
+    per image and channel block (in parallel), the padded input and the weights staged, then
+    tiles of ``rows`` output positions x 16 channels of accumulators, the taps outside the
+    tile (columns unrolled, so the staged vectors are loaded once per row), and the block
+    written back along the output rows. 1152 channels 5x5 @7, batch 32: 1.6 ms against
+    2.4 ms for the plane kernel (Zen 4)."""
+    from tvm import s_tir, te
+
+    sch = s_tir.Schedule(te.create_prim_func(tensors))
+    out, acc = sch.get_sblock("out"), sch.get_sblock("acc")
+    b, c, y, z = sch.get_loops(out)
+    co, ci = sch.split(c, [None, CHANNEL_BLOCK])
+    sch.reorder(b, co, ci, y, z)
+    block = sch.fuse(b, co)
+    sch.parallel(block)
+    sch.vectorize(z)
+    for stage in ("acc", "pad", "wv"):
+        sch.compute_at(sch.get_sblock(stage), block)
+    _, ay, az, lane, ri, rj = sch.get_loops(acc)
+    zo, zi = sch.split(az, [None, rows])
+    sch.reorder(ay, zo, ri, rj, zi, lane)
+    sch.unroll(rj)
+    sch.unroll(zi)
+    sch.vectorize(lane)
+    sch.decompose_reduction(acc, ri)
+    sch.vectorize(sch.get_loops(sch.get_sblock("acc_init"))[-1])
+    sch.vectorize(sch.get_loops(sch.get_sblock("pad"))[-1])
+    return sch.mod
 
 
 #: transposes of at most this many values run on one thread

@@ -30,6 +30,7 @@ from adderize.tvm_schedules.compute.dense import (
     pointwise_grad_input_nchw_compute,
 )
 from adderize.tvm_schedules.compute.depthwise import (
+    CHANNEL_BLOCK,
     depthwise_forward_compute,
     depthwise_forward_nchw_compute,
     depthwise_grad_input_compute,
@@ -45,6 +46,7 @@ from adderize.tvm_schedules.compute.lowbit import (
 FORM_KINDS = ("conv_forward", "conv_forward_nchw")
 
 __all__ = [
+    "CHANNEL_BLOCK",
     "FORMS",
     "FORM_KINDS",
     "binary_conv_forward_compute",
@@ -67,9 +69,12 @@ __all__ = [
 
 def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
     """The compute definition (tensors) behind kernel ``kind`` (``form``: the p = 1 dense
-    conv forward's inner loop, see :func:`conv_forward_compute`)."""
+    conv forward's inner loop, see :func:`conv_forward_compute`; the NCHW depthwise
+    forward's vectorised axis, see :func:`depthwise_forward_nchw_compute`)."""
     lp = kind.endswith("_lp")
     base = kind.removesuffix("_lp")
+    if base == "depthwise_forward_nchw":
+        return depthwise_forward_nchw_compute(*shape, lp=lp, form=form)
     if form != "abs":
         if kind not in FORM_KINDS:
             raise AdderizeError(f"only {FORM_KINDS} have the {form!r} form, not {kind!r}")
@@ -92,7 +97,6 @@ def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
         "conv_forward": conv_forward_compute,
         "conv_grad_input": conv_grad_input_compute,
         "depthwise_forward": depthwise_forward_compute,
-        "depthwise_forward_nchw": depthwise_forward_nchw_compute,
         "depthwise_grad_input": depthwise_grad_input_compute,
         "depthwise_grad_input_nchw": depthwise_grad_input_nchw_compute,
     }[base]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from adderize._errors import AdderizeError
 from adderize.tvm_schedules.compute.common import lp_terms, out_size
 
 __all__ = [
+    "CHANNEL_BLOCK",
     "depthwise_forward_compute",
     "depthwise_forward_nchw_compute",
     "depthwise_grad_input_compute",
@@ -76,6 +78,58 @@ def _plane_reader(
     return read
 
 
+#: channels per block of the channel-vectorised depthwise forward
+CHANNEL_BLOCK = 16
+
+
+def _channel_blocks(
+    x: Any,
+    wt: Any,
+    out_hw: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    stride: int,
+    dil: int,
+    dist: Callable[[Any], Any],
+) -> Any:
+    """The depthwise forward on blocks of :data:`CHANNEL_BLOCK` channels of an NCHW input:
+    per block, the input is zero-padded into a ``[Hp, Wp, 16]`` stage ("pad") and the
+    weights into ``[kh, kw, 16]`` ("wv"), both placed per block by the schedule; the taps
+    are then whole vectors at any stride, and the output is written back to NCHW planes.
+    ``C`` must be a multiple of the block."""
+    from tvm import te, tirx
+
+    n, c, h, w = (int(d) for d in x.shape)
+    _, kh, kw = (int(d) for d in wt.shape)
+    pt, pb, pl, pr = pads
+    blk = CHANNEL_BLOCK
+    if c % blk:
+        raise AdderizeError(f"the channels form needs channels in blocks of {blk}, got {c}")
+
+    def value(b: Any, cb: Any, y: Any, u: Any, lane: Any) -> Any:
+        inside = tirx.all(y >= pt, y < pt + h, u >= pl, u < pl + w)
+        read = x[b, cb * blk + lane, y - pt, u - pl]
+        return tirx.if_then_else(inside, read, tirx.const(0.0, "float32"))
+
+    pad = te.compute((n, c // blk, h + pt + pb, w + pl + pr, blk), value, name="pad")
+    wv = te.compute((c // blk, kh, kw, blk), lambda cb, i, j, q: wt[cb * blk + q, i, j], name="wv")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+    acc = te.compute(
+        (n, c // blk, *out_hw, blk),
+        lambda b, cb, y, z, q: te.sum(
+            dist(pad[b, cb, y * stride + ri * dil, z * stride + rj * dil, q] - wv[cb, ri, rj, q]),
+            axis=[ri, rj],
+        ),
+        name="acc",
+    )
+    return te.compute(
+        (n, c, *out_hw),
+        lambda b, ch, y, z: -acc[b, ch // blk, y, z, ch % blk],
+        name="out",
+        tag="adder_depthwise_conv2d_nchw",
+    )
+
+
 def depthwise_forward_nchw_compute(
     n: int,
     c: int,
@@ -90,17 +144,27 @@ def depthwise_forward_nchw_compute(
     pl: int,
     pr: int,
     lp: bool = False,
+    form: str = "abs",
 ) -> list[Any]:
     """Depthwise adder conv on channel planes (output rows vectorised; no layout copy for
     an NCHW model), the zero padding (top, bottom, left, right) and the split of strided
     columns into phases done inside the kernel (:func:`_plane_reader`):
-    x [N, C, H, W], w [C, kh, kw] -> out [N, C, OH, OW]."""
+    x [N, C, H, W], w [C, kh, kw] -> out [N, C, OH, OW].
+
+    ``form="channels"`` computes the same with channels vectorised instead
+    (:func:`_channel_blocks`): small maps fill no vector along a row (a 7-wide row uses 7
+    of 16 lanes)."""
     from tvm import te
 
     oh, ow = out_size(h + pt + pb, kh, stride, dil), out_size(w + pl + pr, kw, stride, dil)
     p, dist, _ = lp_terms(lp)
     x = te.placeholder((n, c, h, w), name="x")
     wt = te.placeholder((c, kh, kw), name="w")
+    if form == "channels":
+        out = _channel_blocks(x, wt, (oh, ow), (pt, pb, pl, pr), stride, dil, dist)
+        return [x, wt, out] + ([p] if lp else [])
+    if form != "abs":
+        raise AdderizeError(f"depthwise forms are 'abs' and 'channels', not {form!r}")
     read = _plane_reader(x, (pt, pb, pl, pr), stride, dil)
     ri = te.reduce_axis((0, kh), name="ri")
     rj = te.reduce_axis((0, kw), name="rj")
