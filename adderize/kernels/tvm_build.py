@@ -45,7 +45,7 @@ __all__ = [
     "workloads",
 ]
 
-KERNEL_VERSION = 10  # 10: small weight transposes on one thread
+KERNEL_VERSION = 11  # 11: the fma form in both loop orders
 #: ``ADDERIZE_KERNEL_SELECT`` values: time the candidate tiles, or take the first
 SELECT_MODES = ("measure", "first")
 #: kernels that are no tuning task (:func:`workloads`): the weight re-layouts

@@ -187,8 +187,9 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
     ``v`` weight vectors and a few temporaries (more for input gradients, which keep
     ``x - 1``, ``x + 1`` and the gradient per row). Convolutions also get the other loop
     order of the two leading tiles (column tiles outermost or not: 2x apart on 1x1 convs on
-    AVX2 Zen 3, either way round on other shapes), and the p = 1 forward the ``max`` form
-    of its inner loop (``max, add`` instead of ``sub, abs, add``).
+    AVX2 Zen 3, either way round on other shapes), and the p = 1 forward the other forms of
+    its inner loop: ``fma`` in both loop orders (256 -> 256 3x3 @14, batch 32: 10% faster
+    with the column tiles inside; Zen 4) and, NHWC, ``max``.
     """
     if kind == "int8_conv_forward":
         _, _, wp, _, t, _, kw, stride, dil, group = shape
@@ -221,9 +222,11 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
     found = [_hand_tile(kind, lay), *fitted[:1]]
     if lay.n_reduce == 3:  # dense convs: both loop orders
         found += [Variant(c.rows, c.cols, not c.cols_outer) for c in found]
-    if kind in FORM_KINDS:  # the other inner loops on the two leading tiles
-        forms = ("fma", "max") if kind == "conv_forward" else ("fma",)
-        found += [Variant(c.rows, c.cols, c.cols_outer, f) for f in forms for c in found[:2]]
+    if kind in FORM_KINDS:  # the other inner loops: fma in both loop orders, max (NHWC)
+        lead = found  # the two leading tiles, in both loop orders where they have two
+        found = [*lead, *(Variant(c.rows, c.cols, c.cols_outer, "fma") for c in lead)]
+        if kind == "conv_forward":
+            found += [Variant(c.rows, c.cols, c.cols_outer, "max") for c in lead[:2]]
     found += fitted[1:]
     return list(dict.fromkeys(found))[:MAX_CANDIDATES]
 
