@@ -506,3 +506,23 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("p", [1.0, 1.6])
+def test_one_position_pointwise_backward_is_plain_arithmetic(p):
+    """A batch-1 squeeze-excite conv (1x1 on a 1x1 map) takes eqs. 23 and 27 as a few torch
+    ops, no kernel call (p = 1); l_p keeps the kernels. Gradients match the reference."""
+    torch.manual_seed(0)
+    layer = Adder2d(24, 40, 1, bias=False, p=p, backend="tvm")
+    x = torch.randn(1, 24, 1, 1, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    ref = adder2d_reference(x2, w2, None, 1, 0, 1, 1, p)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    y = layer(x)
+    kernels = tvm_build.workloads(lambda: y.backward(grad))
+    assert (kernels == []) == (p == 1.0)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)
