@@ -98,8 +98,9 @@ def test_fastest_keeps_the_quickest_function():
         calls.append("quick")
 
     assert tvm_build.fastest([slow, quick, slow], []) == 1
-    # the clearly slower ones are not timed again after the first round
-    assert calls.count("slow") == 4 and calls.count("quick") == 4
+    # the clearly slower ones are not timed again after the first round; a contender much
+    # shorter than a round is called 20 times in each of the 2 further rounds
+    assert calls.count("slow") == 4 and calls.count("quick") == 2 + 2 * 20
 
 
 def test_measured_choice_is_built_labelled_and_cached(tmp_path, monkeypatch):
