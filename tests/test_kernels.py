@@ -457,17 +457,25 @@ def test_kernel_cache_survives_concurrent_builds_and_killed_writes(tmp_path):
     assert so.stat().st_size == good_size
 
 
-@pytest.mark.parametrize("route", ["matmul", "rows", "conv"])
-@pytest.mark.parametrize(
-    ("c", "t", "k", "stride", "same", "groups", "batch", "h"),
-    [
-        (16, 32, 1, 1, False, 1, 1, 1),  # squeeze-excite: a 1x1 conv of a 1x1 map
-        (16, 32, 1, 1, False, 2, 3, 1),  # grouped, batched
-        (16, 24, 1, 1, False, 1, 2, 8),  # pointwise, batched, 64 positions
-        (16, 24, 3, 2, True, 1, 1, 8),  # asymmetric ('same') padding, stride 2
-        (16, 32, 3, 1, False, 2, 2, 5),  # grouped 3x3, symmetric padding
-    ],
-)
+_GRAD_CASES = [  # c, t, k, stride, same, groups, batch, h
+    (16, 32, 1, 1, False, 1, 1, 1),  # squeeze-excite: a 1x1 conv of a 1x1 map
+    (16, 32, 1, 1, False, 2, 3, 1),  # grouped, batched
+    (16, 24, 1, 1, False, 1, 2, 8),  # pointwise, batched, 64 positions
+    (16, 24, 3, 2, True, 1, 1, 8),  # asymmetric ('same') padding, stride 2
+    (16, 32, 3, 1, False, 2, 2, 5),  # grouped 3x3, symmetric padding
+]
+# the matrix-product route is for ungrouped pointwise convs of more than one position (one
+# position: test_one_position_pointwise_backward_is_plain_arithmetic)
+_GRAD_ROUTES = [
+    (*case, route)
+    for case in _GRAD_CASES
+    for route in ("matmul", "rows", "conv")
+    if route != "matmul" or (case[2:4], case[5], case[6] * case[7] ** 2 > 1) == ((1, 1), 1, True)
+]
+
+
+@pytest.mark.parametrize(("c", "t", "k", "stride", "same", "groups", "batch", "h", "route"),
+                         _GRAD_ROUTES)  # fmt: skip
 def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch, h, route):
     """A direct conv's eq. 23 weight gradient: a (batched) matrix product on NCHW memory
     (pointwise convs), one matrix product on the rows (few output positions), or a conv
@@ -475,8 +483,6 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
     taken where its limits send it."""
     import adderize.nn.adder as adder_mod
 
-    if route == "matmul" and (k, stride, groups) != (1, 1, 1):
-        pytest.skip("the matrix-product route is for ungrouped pointwise convs")
     torch.manual_seed(0)
     used = []
     rows, conv = adder_mod.l1_grad_b, torch.nn.grad.conv2d_weight
