@@ -114,13 +114,13 @@ class _LinearRows:
         return weight.unsqueeze(0)
 
 
-#: id(weight) -> (key, weak reference to the weight, resolved direct-kernel call): see _forward
 #: a direct conv's weight gradient is one matrix product on its rows (unfolded input) up
 #: to this many output positions (batch x OH x OW), a conv weight gradient (oneDNN) above
 WEIGHT_GRAD_ROWS_MAX = 128
 #: a pointwise conv's weight gradient is a (batched) matrix product on NCHW memory at batch
 #: 1 or from this many positions per map, a conv weight gradient (oneDNN) below
 POINTWISE_MM_MIN_HW = 28 * 28
+#: id(weight) -> (key, weak reference to the weight, resolved direct-kernel call): see _forward
 _PLANS: dict[int, tuple[tuple[Any, ...], Any, Callable[[torch.Tensor], torch.Tensor]]] = {}
 
 
@@ -224,10 +224,12 @@ def _direct_conv_backward(
     ctx: Any, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Eq. 27 input gradient on the direct TVM kernel; eq. 23 weight gradient
-    ``sum G (X - W)``: one matrix product on the rows where the output has at most
-    :data:`WEIGHT_GRAD_ROWS_MAX` positions, else a conv weight gradient (oneDNN) minus
-    ``W sum G``. A pointwise conv with one output position (batch-1 squeeze-excite) takes
-    both in a few torch ops (:func:`_one_position_backward`)."""
+    ``sum G (X - W)`` by the cheapest of three routes, each minus ``W sum G``: a (batched)
+    matrix product on the NCHW memory of a pointwise conv (:data:`POINTWISE_MM_MIN_HW`),
+    one matrix product on the rows where the output has at most
+    :data:`WEIGHT_GRAD_ROWS_MAX` positions, else a conv weight gradient (oneDNN). A
+    pointwise conv with one output position (batch-1 squeeze-excite) takes both gradients
+    in a few torch ops (:func:`_one_position_backward`)."""
     layout = ctx.layout
     n, t, oh, ow = grad_out.shape
     if n * oh * ow == 1 and layout.pointwise and layout.groups == 1 and ctx.p == 1.0:
