@@ -225,8 +225,8 @@ def _forward_weight(weight: torch.Tensor, groups: int, keep: bool) -> torch.Tens
 
     def prepare() -> tuple[torch.Tensor, ...]:
         shape, perm = forward_weight_layout(*weight.shape, groups)
-        g, r = (1, shape[1] * shape[2]) if len(shape) == 3 else (groups, weight[0].numel())
-        return (_transposed(weight, g, r).reshape([shape[i] for i in perm]),)
+        g = 1 if len(shape) == 3 else groups  # depthwise: all channels in one transpose
+        return (_transposed(weight, g, weight[0].numel()).reshape([shape[i] for i in perm]),)
 
     return _prepared(weight, "forward", prepare, keep=keep)[0]
 
@@ -372,7 +372,6 @@ def conv_grad_input(
         return out.view(n, c, h, w)
     if any(pads):  # w.r.t. a padded temporary, cropped: the caller keeps no padded copy
         left, _, top, _ = pads
-        h, w = xp.shape[-2:]
         grad = conv_grad_input(F.pad(xp, pads), weight, grad_out, stride, dil, groups, p)
         return grad[..., top : top + h, left : left + w]
     if _narrow(weight, groups):
