@@ -35,14 +35,14 @@ def optimizer_for(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def main(out: str) -> None:
-    ctx = init_context()
-    model, x, y = model_and_batch()
-    net = nn.parallel.DistributedDataParallel(model)
-    opt = optimizer_for(model)
-    shard = slice(ctx.rank, None, ctx.world)
-    train_step(net, opt, lambda n, a, b: F.cross_entropy(n(a), b), x[shard], y[shard])
-    if ctx.main:
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+    with init_context() as ctx:
+        model, x, y = model_and_batch()
+        net = nn.parallel.DistributedDataParallel(model)
+        opt = optimizer_for(model)
+        shard = slice(ctx.rank, None, ctx.world)
+        train_step(net, opt, lambda n, a, b: F.cross_entropy(n(a), b), x[shard], y[shard])
+        if ctx.main:
+            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
 
 
 if __name__ == "__main__":

@@ -126,12 +126,16 @@ def prepare_teacher(
 
 def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> FinetuneResult:
     """Train (or load) the conv teacher, convert it, fine-tune the student; see module doc."""
+    with init_context() as ctx:
+        return _finetune(recipe, ctx, resume=resume, progress=progress)
+
+
+def _finetune(recipe: Recipe, ctx: Context, *, resume: bool, progress: bool) -> FinetuneResult:
     from adderize.energy import energy_report
     from adderize.io import save
     from adderize.passes.convert import adderize
     from adderize.train.data import build_loaders
 
-    ctx = init_context()
     run_dir = _prepare_run_dir(recipe, resume, ctx)
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
@@ -192,5 +196,4 @@ def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> 
         (run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=1))
         plot_curves(history, run_dir / "curves.png", teacher_acc=teacher_acc)
         log.info("%s", result.summary())
-    ctx.barrier()
     return result
