@@ -384,12 +384,13 @@ def test_workloads_lists_forward_and_backward_kernels_once():
     import adderize
 
     model = adderize.create_model("resnet18", num_classes=4)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 64, 64)  # 16x16 maps, then layers of few positions (rows kernels)
     tasks = tvm_l1.workloads(lambda: model(x).sum().backward())
     kinds = {t[0] for t in tasks}
-    assert {"conv_forward_nchw", "conv_grad_input"} <= kinds
+    assert {"conv_forward_nchw", "conv_grad_input", "grad_a"} <= kinds
     assert len(tasks) == len(set(tasks))
-    assert all(t[1] == 2 for t in tasks)  # batch size is part of the shape
+    # batch size is part of a conv kernel's shape (the rows kernels' is batch x positions)
+    assert all(t[1] == 2 for t in tasks if t[0] != "grad_a")
 
 
 def test_tune_command_tunes_each_new_kernel_and_respects_budgets(monkeypatch, capsys):
@@ -411,8 +412,8 @@ def test_tune_command_tunes_each_new_kernel_and_respects_budgets(monkeypatch, ca
     assert first[0] not in [task for task, _ in calls] and len(calls) == n_forward - 1
     assert "1 already tuned" in capsys.readouterr().out
     calls.clear()
-    assert main(["tune", "resnet18", "--input-size", "2,3,32,32", "--train"]) == 0
-    assert {task[0] for task, _ in calls} >= {"conv_forward_nchw", "conv_grad_input"}
+    assert main(["tune", "resnet18", "--input-size", "2,3,64,64", "--train"]) == 0
+    assert {task[0] for task, _ in calls} >= {"conv_forward_nchw", "conv_grad_input", "grad_a"}
     calls.clear()
     assert main(["tune", "resnet18", "--input-size", "32", "--minutes", "0"]) == 0
     assert not calls and "time budget of 0.0 min reached" in capsys.readouterr().out
@@ -478,9 +479,10 @@ _GRAD_ROUTES = [
                          _GRAD_ROUTES)  # fmt: skip
 def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch, h, route):
     """A direct conv's eq. 23 weight gradient: a (batched) matrix product on NCHW memory
-    (pointwise convs), one matrix product on the rows (few output positions), or a conv
-    weight gradient minus ``W sum G``. Each route gives the reference's gradients and is
-    taken where its limits send it."""
+    (pointwise convs), one matrix product on the rows (few output positions; an ungrouped
+    conv's input gradient then comes from the rows kernel too), or a conv weight gradient
+    minus ``W sum G``. Each route gives the reference's gradients and is taken where its
+    limits send it."""
     import adderize.nn.adder as adder_mod
 
     torch.manual_seed(0)
@@ -488,7 +490,7 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
     rows, conv = adder_mod.l1_grad_b, torch.nn.grad.conv2d_weight
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(adder_mod, "POINTWISE_MM_MIN_HW", 0 if route == "matmul" else 10**9)
-        mp.setattr(adder_mod, "WEIGHT_GRAD_ROWS_MAX", 10**9 if route == "rows" else 0)
+        mp.setattr(adder_mod, "ROWS_BACKWARD_MAX", 10**9 if route == "rows" else 0)
         if batch == 1 and route != "matmul":  # batch 1 always takes the matrix product
             mp.setattr(adder_mod, "POINTWISE_MM_MIN_HW", 10**9)
             batch = 2
@@ -507,8 +509,11 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
         used.clear()
         kinds = {task[0] for task in tvm_build.workloads(lambda: y.backward(grad))}
     assert used == ([] if route == "matmul" else [route])
+    rows_input = route == "rows" and groups == 1
+    assert ("grad_a" in kinds) == rows_input
     # an NCHW pointwise conv's input gradient: positions vectorised, no layout copies
-    assert ("pointwise_grad_input_nchw" in kinds) == (k == 1 and h * h % 16 == 0)
+    nchw = k == 1 and stride == 1 and h * h % 16 == 0 and not rows_input
+    assert ("pointwise_grad_input_nchw" in kinds) == nchw
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)

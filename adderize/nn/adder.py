@@ -114,9 +114,14 @@ class _LinearRows:
         return weight.unsqueeze(0)
 
 
-#: a direct conv's weight gradient is one matrix product on its rows (unfolded input) up
-#: to this many output positions (batch x OH x OW), a conv weight gradient (oneDNN) above
-WEIGHT_GRAD_ROWS_MAX = 128
+#: up to this many output positions (batch x OH x OW) a direct conv's backward works on its
+#: rows (the unfolded input, made once): the weight gradient is one matrix product, the
+#: input gradient (ungrouped, p = 1) the rows kernel folded back. Not depthwise: its
+#: per-channel products are tiny (0.6x the conv weight gradient). Zen 4, batch 1: weight
+#: gradient of 256 -> 512 3x3 s2 @14, layer fwd+bwd 12.5 -> 7.7 ms; input gradient of
+#: 512 -> 512 3x3 @7, 8.3 -> 4.2 ms, 256 -> 512 3x3 s2 @14, 6.6 -> 2.1 ms (the direct
+#: kernels' 7-wide rows tile poorly); 256 -> 256 3x3 @14 (196 positions), 3.1 -> 5.2 ms
+ROWS_BACKWARD_MAX = 128
 #: a pointwise conv's weight gradient is a (batched) matrix product on NCHW memory at batch
 #: 1 or from this many positions per map, a conv weight gradient (oneDNN) below
 POINTWISE_MM_MIN_HW = 28 * 28
@@ -227,7 +232,8 @@ def _direct_conv_backward(
     ``sum G (X - W)`` by the cheapest of three routes, each minus ``W sum G``: a (batched)
     matrix product on the NCHW memory of a pointwise conv (:data:`POINTWISE_MM_MIN_HW`),
     one matrix product on the rows where the output has at most
-    :data:`WEIGHT_GRAD_ROWS_MAX` positions, else a conv weight gradient (oneDNN). A
+    :data:`ROWS_BACKWARD_MAX` positions (the input gradient then comes from the same
+    rows), else a conv weight gradient (oneDNN). A
     pointwise conv with one output position (batch-1 squeeze-excite) takes both gradients
     in a few torch ops (:func:`_one_position_backward`)."""
     layout = ctx.layout
@@ -235,20 +241,32 @@ def _direct_conv_backward(
     if n * oh * ow == 1 and layout.pointwise and layout.groups == 1 and ctx.p == 1.0:
         return _one_position_backward(ctx, x, weight, grad_out)
     grad_x = grad_w = None
+    few = n * oh * ow <= ROWS_BACKWARD_MAX and weight.shape[1] > 1
+    if few:  # both gradients from one unfold of the input (see ROWS_BACKWARD_MAX)
+        xp = F.pad(x, ctx.pads) if any(ctx.pads) else x
+        a, b = layout.rows(xp), layout.weight_rows(weight)
+        g = layout.output_to_rows(grad_out)
     if ctx.needs_input_grad[0]:
-        grad_x = tvm_l1.conv_grad_input(
-            x,
-            weight,
-            grad_out,
-            layout.stride[0],
-            layout.dilation[0],
-            layout.groups,
-            ctx.p,
-            ctx.pads,
-        )
+        if few and layout.groups == 1 and ctx.p == 1.0 and tvm_l1.supported(a, b):
+            grad_x = layout.rows_to_input(tvm_l1.grad_a(a, b, g), xp.shape)
+            if any(ctx.pads):
+                left, _, top, _ = ctx.pads
+                grad_x = grad_x[..., top : top + x.shape[-2], left : left + x.shape[-1]]
+        else:
+            grad_x = tvm_l1.conv_grad_input(
+                x,
+                weight,
+                grad_out,
+                layout.stride[0],
+                layout.dilation[0],
+                layout.groups,
+                ctx.p,
+                ctx.pads,
+            )
     plain = layout.pointwise and layout.groups == 1 and not any(ctx.pads)
-    few = n * oh * ow <= WEIGHT_GRAD_ROWS_MAX
-    if ctx.needs_input_grad[1] and plain and (n == 1 or oh * ow >= POINTWISE_MM_MIN_HW):
+    if ctx.needs_input_grad[1] and few:
+        grad_w = l1_grad_b(a, b, g).reshape(weight.shape)
+    elif ctx.needs_input_grad[1] and plain and (n == 1 or oh * ow >= POINTWISE_MM_MIN_HW):
         # a pointwise conv on NCHW memory, no copy: G [N, T, HW] times X [N, C, HW]^T,
         # summed over the batch. Weight gradient, Zen 4: 16 -> 96 @112, batch 32, 59 ->
         # 15 ms; batch 1, 0.38 -> 0.27 ms (at batch 32 and 14x14 or less, oneDNN's is
@@ -257,14 +275,6 @@ def _direct_conv_backward(
         gw = torch.mm(g3[0], x3[0].t()) if n == 1 else torch.bmm(g3, x3.transpose(1, 2)).sum(0)
         gw -= weight.reshape(gw.shape) * g3.sum((0, 2)).unsqueeze(1)
         grad_w = gw.reshape(weight.shape)
-    elif ctx.needs_input_grad[1] and few and weight.shape[1] > 1:
-        # few output positions (batch 1 at 7x7, squeeze-excite's 1x1): eq. 23 on the rows,
-        # one matrix product. Layer fwd+bwd, Zen 4: 256 -> 512 3x3 s2 @14, batch 1, 12.5 ->
-        # 7.7 ms; 1152 -> 48 @1, batch 32, 0.69 -> 0.47 ms; equal at 196 positions. Not
-        # depthwise: its per-channel products are tiny (0.6x the conv weight gradient)
-        xp = F.pad(x, ctx.pads) if any(ctx.pads) else x
-        a, b = layout.rows(xp), layout.weight_rows(weight)
-        grad_w = l1_grad_b(a, b, layout.output_to_rows(grad_out)).reshape(weight.shape)
     elif ctx.needs_input_grad[1]:
         left, right, top, bottom = ctx.pads
         padding: tuple[int, int] = (0, 0)
