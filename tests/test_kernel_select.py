@@ -83,8 +83,10 @@ def test_candidates_fit_the_register_file_after_the_hand_tile():
     # both loop orders are tried for dense convs
     options = cpu.candidates("conv_forward", *shape, lanes=8)
     assert {c.cols_outer for c in options} == {True, False}
-    assert {c.form for c in options} == {"abs", "fma", "max"}  # and every inner-loop form
-    assert {c.form for c in cpu.candidates("conv_forward_nchw", *shape, lanes=8)} == {"abs", "fma"}
+    # and every inner-loop form: the max form accumulated by FMAs where the CPU has them
+    maxes = "maxfma" if "fma" in cpu_isa() else "max"
+    for kind in ("conv_forward", "conv_forward_nchw"):
+        assert {c.form for c in cpu.candidates(kind, *shape, lanes=8)} == {"abs", "fma", maxes}
 
 
 def test_fastest_keeps_the_quickest_function():
@@ -144,14 +146,18 @@ def test_machine_description_names_the_cpu():
 
 
 @pytest.mark.skipif("fma" not in cpu_isa(), reason="the CPU has no FMA instructions")
-def test_the_fma_form_accumulates_with_fused_multiply_adds():
-    """Built as the kernel cache builds it, the ``fma`` form's inner loop is sub, and, fma:
-    LLVM's contraction fuses ``|x - w| * one + acc`` (the point of the form)."""
+@pytest.mark.parametrize(
+    ("form", "op", "plain"), [("fma", "vsubps", "abs"), ("maxfma", "vmaxps", "max")]
+)
+def test_the_fma_forms_accumulate_with_fused_multiply_adds(form, op, plain):
+    """Built as the kernel cache builds it, the ``fma`` form's inner loop is sub, and, fma
+    and the ``maxfma`` form's max, fma: LLVM's contraction fuses ``term * one + acc`` (the
+    point of the forms); their plain counterparts accumulate by adds."""
     shape = (1, 16, 9, 9, 32, 3, 3, 1, 1, 1)
-    option = next(c for c in cpu.candidates("conv_forward_nchw", *shape) if c.form == "fma")
+    option = next(c for c in cpu.candidates("conv_forward_nchw", *shape) if c.form == form)
     lib = tvm_build._compile(cpu.schedule("conv_forward_nchw", *shape, variant=option), option)
     asm = lib.mod.inspect_source("asm")
-    assert "vfmadd" in asm and "vsubps" in asm
-    plain = cpu.Variant(option.rows, option.cols, option.cols_outer)
+    assert "vfmadd" in asm and op in asm
+    plain = cpu.Variant(option.rows, option.cols, option.cols_outer, plain)
     lib = tvm_build._compile(cpu.schedule("conv_forward_nchw", *shape, variant=plain), plain)
     assert "vfmadd" not in lib.mod.inspect_source("asm")

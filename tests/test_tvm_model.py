@@ -69,6 +69,46 @@ def test_depthwise_and_adder_linear_layers_compile():
     assert (compiled(x) - exact).abs().max() <= 2 * eager_error + 1e-6
 
 
+@pytest.mark.parametrize("form", ["fma", "maxfma"])
+def test_compiled_model_takes_the_chosen_inner_loop_accumulated_by_adds(form, monkeypatch):
+    """Where the training kernels chose an FMA form, the compiled model builds its tile with
+    the same inner loop accumulated by adds (``abs`` / ``max``: no 1.0 input, no
+    contraction), and matches PyTorch."""
+    from torch import nn
+
+    from adderize.kernels import tvm_build
+    from adderize.tvm_schedules import compile_model, cpu
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 5 * 5, 10),
+    )  # fmt: skip
+    model = _calibrated(adderize.adderize(net), 14)
+    x = torch.randn(1, 3, 14, 14)
+    with torch.no_grad():
+        want = model(x)  # the eager kernels are built now, before schedules are counted
+    chosen, built = [], []
+
+    def variant(kind, *shape):
+        if kind != "conv_forward_nchw":
+            return None
+        lead = cpu.candidates(kind, *shape)[0]
+        chosen.append(cpu.Variant(lead.rows, lead.cols, lead.cols_outer, form))
+        return chosen[-1]
+
+    monkeypatch.setattr(tvm_build, "variant", variant)
+    schedule = cpu.schedule
+    monkeypatch.setattr(
+        cpu, "schedule", lambda *a, **k: built.append(k.get("variant")) or schedule(*a, **k)
+    )
+    compiled, _ = compile_model(model, (1, 3, 14, 14))
+    plain = {"fma": "abs", "maxfma": "max"}[form]
+    assert len(chosen) == 2 and [v.form for v in built if v is not None] == [plain, plain]
+    torch.testing.assert_close(compiled(x), want, rtol=1e-4, atol=1e-4)
+
+
 def test_cuda_build_compiles_without_a_gpu():
     from adderize.tvm_schedules import compile_model
 

@@ -29,6 +29,7 @@ from adderize import _threads
 from adderize._errors import AdderizeError
 from adderize.kernels.machine import cache_dir, llvm_target
 from adderize.tvm_schedules import cpu
+from adderize.tvm_schedules.compute import FMA_FORMS
 from adderize.tvm_schedules.tuning import tuned_module, tuning_stamp
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
     "workloads",
 ]
 
-KERNEL_VERSION = 11  # 11: the fma form in both loop orders
+KERNEL_VERSION = 12  # 12: the maxfma form among the dense forward candidates
 #: ``ADDERIZE_KERNEL_SELECT`` values: time the candidate tiles, or take the first
 SELECT_MODES = ("measure", "first")
 #: kernels that are no tuning task (:func:`workloads`): the weight re-layouts
@@ -174,9 +175,9 @@ def kernel(kind: str, *shape: int) -> Callable[..., Any]:
 
 
 def _bind(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
-    """``fn`` with the callers' signature: an ``fma``-form kernel takes the input ``one``
+    """``fn`` with the callers' signature: an FMA-form kernel takes the input ``one``
     (a tensor holding 1.0) before its output, bound here."""
-    if not label.endswith("/fma"):
+    if label.rsplit("/", 1)[-1] not in FMA_FORMS:
         return fn
     one = torch.ones(1)
     return lambda x, w, *rest: fn(x, w, one, *rest)
@@ -274,7 +275,7 @@ def build(kind: str, *shape: int) -> tuple[Any, str]:
 def _compile(mod: Any, option: cpu.Variant) -> Any:
     import tvm
 
-    return tvm.compile(mod, target=llvm_target(contract=option.form == "fma"))
+    return tvm.compile(mod, target=llvm_target(contract=option.form in FMA_FORMS))
 
 
 def variant(kind: str, *shape: int) -> cpu.Variant | None:

@@ -14,11 +14,13 @@ replaces the choice where the tuning database has a record.
 
 The p = 1 dense conv forwards also time other inner loops (:data:`~adderize.tvm_schedules
 .compute.FORMS`): ``fma`` (``sub, and, fma``: the accumulation on the FMA ports, 17% faster
-on AVX-512 Zen 5, where adds and FMAs have two ports each) and, NHWC only, ``max``
-(``|x - w| = 2 max(x, w) - x - w``: one op less per MAC, but window sums; 1.4-1.6x slower
-on Zen 5). Which wins is measured, as the tile is. The NCHW depthwise forward also times
-its ``channels`` form (16-channel blocks vectorised, :func:`_channel_tile`) against the
-plane tiles where the channels come in blocks of 16.
+on AVX-512 Zen 5, where adds and FMAs have two ports each) and ``maxfma`` (``|x - w| =
+2 max(x, w) - x - w``, accumulated by FMAs: ``max, fma`` per term, on Zen 4 one 512-bit
+term per cycle against 1.6 for ``sub, and, fma``; the window and filter sums are passes of
+their own; 512 -> 512 3x3 @7, batch 32: 56 -> 42 ms). ``max`` (``max, add``) stands in
+for it on CPUs without FMA. Which wins is measured, as the tile is. The NCHW depthwise
+forward also times its ``channels`` form (16-channel blocks vectorised,
+:func:`_channel_tile`) against the plane tiles where the channels come in blocks of 16.
 """
 
 from __future__ import annotations
@@ -188,8 +190,8 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
     ``x - 1``, ``x + 1`` and the gradient per row). Convolutions also get the other loop
     order of the two leading tiles (column tiles outermost or not: 2x apart on 1x1 convs on
     AVX2 Zen 3, either way round on other shapes), and the p = 1 forward the other forms of
-    its inner loop: ``fma`` in both loop orders (256 -> 256 3x3 @14, batch 32: 10% faster
-    with the column tiles inside; Zen 4) and, NHWC, ``max``.
+    its inner loop, ``maxfma`` and ``fma``, on the leading tiles in both loop orders
+    (256 -> 256 3x3 @14, batch 32: fma 10% faster with the column tiles inside; Zen 4).
     """
     if kind == "int8_conv_forward":
         _, _, wp, _, t, _, kw, stride, dil, group = shape
@@ -222,11 +224,11 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
     found = [_hand_tile(kind, lay), *fitted[:1]]
     if lay.n_reduce == 3:  # dense convs: both loop orders
         found += [Variant(c.rows, c.cols, not c.cols_outer) for c in found]
-    if kind in FORM_KINDS:  # the other inner loops: fma in both loop orders, max (NHWC)
-        lead = found  # the two leading tiles, in both loop orders where they have two
-        found = [*lead, *(Variant(c.rows, c.cols, c.cols_outer, "fma") for c in lead)]
-        if kind == "conv_forward":
-            found += [Variant(c.rows, c.cols, c.cols_outer, "max") for c in lead[:2]]
+    if kind in FORM_KINDS:  # the other inner loops, on the leading tiles in both orders
+        lead = found
+        maxes = "maxfma" if "fma" in cpu_isa() else "max"
+        forms = [Variant(c.rows, c.cols, c.cols_outer, f) for f in (maxes, "fma") for c in lead]
+        found = [*lead, *forms]
     found += fitted[1:]
     return list(dict.fromkeys(found))[:MAX_CANDIDATES]
 
@@ -339,6 +341,26 @@ def _transpose_schedule(tensors: list[Any]) -> Any:
     return sch.mod
 
 
+def _sums(sch: Any) -> None:
+    """The max forms' side terms, each a stage before the main loop with its reduction
+    outside a vectorised last axis: channel sums of the input (images x groups in
+    parallel), their window sums, and the filter sums of the weight; and the pass after
+    the tiles that adds them to the output."""
+    for stage, n_spatial, parallel in (("xc", 4, True), ("xs", 4, True), ("ws", 2, False)):
+        blk = sch.get_sblock(stage)
+        loops = sch.get_loops(blk)
+        spatial, red = loops[:n_spatial], loops[n_spatial:]
+        sch.reorder(*spatial[:-1], *red, spatial[-1])
+        if parallel:
+            sch.parallel(sch.fuse(spatial[0], spatial[1]))
+        sch.vectorize(spatial[-1])
+        sch.decompose_reduction(blk, red[0])
+        sch.vectorize(sch.get_loops(sch.get_sblock(f"{stage}_init"))[-1])
+    loops = sch.get_loops(sch.get_sblock("out"))
+    sch.parallel(sch.fuse(*loops[:2]))
+    sch.vectorize(loops[-1])
+
+
 def register_tile(tensors: list[Any], n_reduce: int, row_axis: int, variant: Variant) -> Any:
     """Register-blocked schedule of the ``acc`` block (its last ``n_reduce`` loops reduce): a
     tile of ``rows`` (spatial axis ``row_axis``, unrolled) x ``cols`` (last spatial axis,
@@ -354,13 +376,7 @@ def register_tile(tensors: list[Any], n_reduce: int, row_axis: int, variant: Var
     rows, cols, cols_outer = variant.rows, variant.cols, variant.cols_outer
     sch = s_tir.Schedule(te.create_prim_func(tensors))
     blk = sch.get_sblock("acc")
-    # the max form's epilogue also reads the window sums (blocks of their own): the tile is
-    # then laid over the output and the accumulators computed inside it
-    tiled = blk
-    if variant.form == "max":
-        sch.compute_inline(sch.get_sblock("base"))
-        tiled, n_reduce = sch.get_sblock("out"), 0
-    loops = sch.get_loops(tiled)
+    loops = sch.get_loops(blk)
     spatial, red = loops[: len(loops) - n_reduce], loops[len(loops) - n_reduce :]
     ro, ri = sch.split(spatial[row_axis], [None, rows])
     co, ci = sch.split(spatial[-1], [None, cols])
@@ -372,21 +388,11 @@ def register_tile(tensors: list[Any], n_reduce: int, row_axis: int, variant: Var
     else:
         sch.reorder(*before, ro, *middle, co, *red, ri, ci)
         anchor, parallel = co, ([ro, co] if not before and not middle else before)
-    out = sch.get_sblock("out")
-    if variant.form == "max":
-        here = sch.get(anchor)  # depth: loops from the root down to the anchor
-        depth = 1 + next(i for i, lp in enumerate(sch.get_loops(out)) if sch.get(lp).same_as(here))
-        sch.compute_at(blk, anchor)
-        new = sch.get_loops(blk)[depth:]  # the tile's spatial loops, then the reduction's
-        # (loops of extent 1 are not generated)
-        n_red = sum(int(v.dom.extent) > 1 for v in sch.get(blk).iter_vars if v.iter_type == 2)
-        tile, red = new[: len(new) - n_red], new[len(new) - n_red :]
-        sch.reorder(*red, *tile)
-        ri, ci = (tile[0] if len(tile) > 1 else None), tile[-1]
-        b, y, *_ = sch.get_loops(sch.get_sblock("xs"))  # window sums: positions in parallel
-        sch.parallel(sch.fuse(b, y))
-    else:
-        sch.reverse_compute_at(out, anchor)
+    max_form = variant.form in ("max", "maxfma")
+    out = sch.get_sblock("tiles" if max_form else "out")
+    sch.reverse_compute_at(out, anchor)
+    if max_form:
+        _sums(sch)
     sch.set_scope(blk, 0, "local")
     sch.vectorize(ci)
     if ri is not None:

@@ -15,7 +15,7 @@ from adderize._errors import AdderizeError
 from adderize.kernels import tvm_build, tvm_l1
 from adderize.kernels.machine import llvm_target
 from adderize.tvm_schedules import cpu, int8
-from adderize.tvm_schedules.compute import computes, out_size
+from adderize.tvm_schedules.compute import FMA_FORMS, computes, out_size
 from adderize.tvm_schedules.cpu import tile
 from adderize.tvm_schedules.export import exportable
 from adderize.tvm_schedules.tuning import tuned_module
@@ -81,9 +81,10 @@ class _Converters:
             return tuned["main"], "tuned"
         try:  # the register tile the training kernels measured fastest on this machine
             variant = tvm_build.variant(kind, *shape)
-            if variant is not None and variant.form == "fma":
-                # its FMA needs a 1.0 input and LLVM's contraction: the tile in plain form
-                variant = replace(variant, form="abs")
+            if variant is not None and variant.form in FMA_FORMS:
+                # its FMA needs a 1.0 input and LLVM's contraction: the tile and inner loop
+                # accumulated by adds
+                variant = replace(variant, form={"fma": "abs", "maxfma": "max"}[variant.form])
             return cpu.schedule(kind, *shape, variant=variant)["main"], "hand"
         except Exception:  # a shape the hand schedule cannot tile: TVM's own lowering
             return te.create_prim_func(computes(kind, *shape)), "default"

@@ -22,6 +22,7 @@ from typing import Any
 from adderize._errors import AdderizeError
 from adderize.tvm_schedules.compute.common import out_size, pow_nonneg
 from adderize.tvm_schedules.compute.dense import (
+    FMA_FORMS,
     FORMS,
     conv_forward_compute,
     conv_grad_input_compute,
@@ -47,6 +48,7 @@ FORM_KINDS = ("conv_forward", "conv_forward_nchw")
 
 __all__ = [
     "CHANNEL_BLOCK",
+    "FMA_FORMS",
     "FORMS",
     "FORM_KINDS",
     "binary_conv_forward_compute",

@@ -9,9 +9,13 @@ from adderize._errors import AdderizeError
 from adderize.tvm_schedules.compute.common import lp_terms, out_size
 
 #: inner-loop forms of the p = 1 dense conv forward (see :func:`conv_forward_compute`)
-FORMS = ("abs", "max", "fma")
+FORMS = ("abs", "max", "fma", "maxfma")
+#: the forms that accumulate with a multiply by the input ``one`` (built with LLVM's FP
+#: contraction, so that it is an FMA)
+FMA_FORMS = ("fma", "maxfma")
 
 __all__ = [
+    "FMA_FORMS",
     "FORMS",
     "conv_forward_compute",
     "conv_grad_input_compute",
@@ -114,15 +118,18 @@ def conv_forward_compute(
 
     ``form="max"`` (p = 1) computes the same with ``|x - w| = 2 max(x, w) - x - w``: the
     inner loop is ``max, add`` (one op less than ``sub, abs, add``), plus the window sums of
-    ``x`` (``xs``, once per position and group) and the filter sums of ``wt`` (``ws``):
-    ``out = xs + ws - 2 sum max(x, w)``. Which form is faster depends on the CPU's ports.
+    ``x`` (``xs``: channel sums ``xc`` once per input position, then summed over each
+    window) and the filter sums of ``wt`` (``ws``): ``out = xs + ws - 2 sum max(x, w)``.
+    Which form is faster depends on the CPU's ports.
 
     ``form="fma"`` (p = 1) accumulates ``|x - w| * one`` with ``one`` a 1-element input
     holding 1.0 (a trailing input before ``out``; its value is unknown to the compiler, so
     the product is not folded away): built with LLVM's FP contraction the inner loop is
     ``sub, and, fma``, so the accumulation runs on the FMA ports instead of competing with
     the subtraction for the FP-add ports (17% faster on AMD Zen 5, where adds and FMAs
-    have two ports each; measured per machine like the tiles).
+    have two ports each; measured per machine like the tiles). ``form="maxfma"`` is the
+    max form accumulated the same way: ``max, fma``, which on AMD Zen 4 issue on different
+    ports, one 512-bit term per cycle like a conv's FMA (``sub, and, fma``: 1.6 cycles).
 
     ``nchw_out=True`` writes the output NCHW, ``out [N, G, Tg, OH, OW]``, from the same
     accumulators (the store of a tile runs along the output row): an NCHW model then needs
@@ -145,6 +152,8 @@ def conv_forward_compute(
         term = te.max
     elif form == "fma":
         term = lambda a, b: te.abs(a - b) * one[0]  # noqa: E731
+    elif form == "maxfma":
+        term = lambda a, b: te.max(a, b) * one[0]  # noqa: E731
 
     def window() -> tuple[Any, Any, Any]:
         return (
@@ -153,24 +162,25 @@ def conv_forward_compute(
             te.reduce_axis((0, kw), name="rj"),
         )
 
-    xs = base = None
-    if form == "max":  # window sums of x and filter sums of w, before the main loop
-        xc, xi, xj = window()
+    xs = ws = None
+    if form in ("max", "maxfma"):  # window sums of x and filter sums of w, before the main loop
+        xr = te.reduce_axis((0, cg), name="xr")
+        xc = te.compute(
+            (n, g, hp, wp),
+            lambda b, gg, h, w: te.sum(x[b, gg * cg + xr, h, w], axis=xr),
+            name="xc",
+        )
+        xi, xj = te.reduce_axis((0, kh), name="xi"), te.reduce_axis((0, kw), name="xj")
         xs = te.compute(
-            (n, oh, ow, g),
-            lambda b, y, z, gg: te.sum(
-                x[b, gg * cg + xc, y * stride + xi * dil, z * stride + xj * dil],
-                axis=[xc, xi, xj],
+            (n, g, oh, ow),
+            lambda b, gg, y, z: te.sum(
+                xc[b, gg, y * stride + xi * dil, z * stride + xj * dil], axis=[xi, xj]
             ),
             name="xs",
         )
         wc, wi, wj = window()
         ws = te.compute(
             (g, tg), lambda gg, o: te.sum(wt[gg, wc, wi, wj, o], axis=[wc, wi, wj]), name="ws"
-        )
-        # xs + ws per output, computed per tile by the schedule: out = base - 2 acc
-        base = te.compute(
-            (n, oh, ow, g, tg), lambda b, y, z, gg, o: xs[b, y, z, gg] + ws[gg, o], name="base"
         )
     rc, ri, rj = window()
 
@@ -189,21 +199,33 @@ def conv_forward_compute(
     def epilogue(b: Any, y: Any, z: Any, gg: Any, o: Any) -> Any:
         if mac:
             return acc[b, y, z, gg, o]
-        if xs is None:
-            return -acc[b, y, z, gg, o]
-        return base[b, y, z, gg, o] - 2.0 * acc[b, y, z, gg, o]  # -sum |x - w|
+        return (-1.0 if xs is None else -2.0) * acc[b, y, z, gg, o]
 
     tag = "conv2d_nchw_nhwc" if mac else "adder_conv2d_nchw_nhwc"
+    # an output index from (b, y, z, gg, o), and back
     if nchw_out:
-        out = te.compute(
-            (n, g, tg, oh, ow),
-            lambda b, gg, o, y, z: epilogue(b, y, z, gg, o),
-            name="out",
-            tag=tag.replace("_nhwc", "_nchw"),
-        )
+        shape, tag = (n, g, tg, oh, ow), tag.replace("_nhwc", "_nchw")
+
+        def pos(b: Any, gg: Any, o: Any, y: Any, z: Any) -> tuple[Any, ...]:
+            return b, y, z, gg, o
+
+        def idx(b: Any, y: Any, z: Any, gg: Any, o: Any) -> tuple[Any, ...]:
+            return b, gg, o, y, z
     else:
-        out = te.compute((n, oh, ow, g, tg), epilogue, name="out", tag=tag)
-    inputs = [x, wt, one] if form == "fma" else [x, wt]
+        shape = (n, oh, ow, g, tg)
+        pos = idx = lambda *i: i
+    # the max forms add the side terms in a pass of their own after the tiles ("tiles"):
+    # a tile's epilogue may read only what is computed inside the tile
+    name = "out" if xs is None else "tiles"
+    out = te.compute(shape, lambda *i: epilogue(*pos(*i)), name=name, tag=tag)
+    if xs is not None:
+        tiles = out
+
+        def total(b: Any, y: Any, z: Any, gg: Any, o: Any) -> Any:
+            return tiles[idx(b, y, z, gg, o)] + xs[b, gg, y, z] + ws[gg, o]
+
+        out = te.compute(shape, lambda *i: total(*pos(*i)), name="out", tag=tag)
+    inputs = [x, wt, one] if form in FMA_FORMS else [x, wt]
     return [*inputs, out] + ([p] if lp else [])
 
 
