@@ -15,7 +15,7 @@ if not tvm_l1.available():
     pytest.skip(f"TVM unavailable: {tvm_l1.unavailable_reason()}", allow_module_level=True)
 
 from adderize.tvm_schedules import cpu
-from adderize.tvm_schedules.compute import computes
+from adderize.tvm_schedules.compute import FMA_FORMS, computes
 
 pytestmark = pytest.mark.tvm
 
@@ -145,19 +145,25 @@ def test_machine_description_names_the_cpu():
     assert f"({cpu_arch()})" in line and cpu_arch() != "unknown"  # TVM names the core
 
 
+_DENSE = ("conv_forward_nchw", (1, 16, 9, 9, 32, 3, 3, 1, 1, 1))
+_DW = ("depthwise_forward_nchw", (1, 32, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1))
+
+
 @pytest.mark.skipif("fma" not in cpu_isa(), reason="the CPU has no FMA instructions")
 @pytest.mark.parametrize(
-    ("form", "op", "plain"), [("fma", "vsubps", "abs"), ("maxfma", "vmaxps", "max")]
+    ("kernel", "form", "op"),
+    [(_DENSE, "fma", "vsubps"), (_DENSE, "maxfma", "vmaxps"), (_DW, "channels_fma", "vsubps")],
 )
-def test_the_fma_forms_accumulate_with_fused_multiply_adds(form, op, plain):
-    """Built as the kernel cache builds it, the ``fma`` form's inner loop is sub, and, fma
-    and the ``maxfma`` form's max, fma: LLVM's contraction fuses ``term * one + acc`` (the
-    point of the forms); their plain counterparts accumulate by adds."""
-    shape = (1, 16, 9, 9, 32, 3, 3, 1, 1, 1)
-    option = next(c for c in cpu.candidates("conv_forward_nchw", *shape) if c.form == form)
-    lib = tvm_build._compile(cpu.schedule("conv_forward_nchw", *shape, variant=option), option)
+def test_the_fma_forms_accumulate_with_fused_multiply_adds(kernel, form, op):
+    """Built as the kernel cache builds it, the ``fma`` forms' inner loops are sub, and, fma
+    (``channels_fma``: the depthwise one) and max, fma (``maxfma``): LLVM's contraction
+    fuses ``term * one + acc`` (the point of the forms); their counterparts
+    (:data:`~adderize.tvm_schedules.compute.FMA_FORMS`) accumulate by adds."""
+    kind, shape = kernel
+    option = next(c for c in cpu.candidates(kind, *shape) if c.form == form)
+    lib = tvm_build._compile(cpu.schedule(kind, *shape, variant=option), option)
     asm = lib.mod.inspect_source("asm")
     assert "vfmadd" in asm and op in asm
-    plain = cpu.Variant(option.rows, option.cols, option.cols_outer, plain)
-    lib = tvm_build._compile(cpu.schedule("conv_forward_nchw", *shape, variant=plain), plain)
+    plain = cpu.Variant(option.rows, option.cols, option.cols_outer, FMA_FORMS[form])
+    lib = tvm_build._compile(cpu.schedule(kind, *shape, variant=plain), plain)
     assert "vfmadd" not in lib.mod.inspect_source("asm")

@@ -46,7 +46,7 @@ __all__ = [
     "workloads",
 ]
 
-KERNEL_VERSION = 12  # 12: the maxfma form among the dense forward candidates
+KERNEL_VERSION = 13  # 12: the maxfma form of the dense forwards; 13: channels_fma (depthwise)
 #: ``ADDERIZE_KERNEL_SELECT`` values: time the candidate tiles, or take the first
 SELECT_MODES = ("measure", "first")
 #: kernels that are no tuning task (:func:`workloads`): the weight re-layouts

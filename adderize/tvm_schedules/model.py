@@ -84,7 +84,7 @@ class _Converters:
             if variant is not None and variant.form in FMA_FORMS:
                 # its FMA needs a 1.0 input and LLVM's contraction: the tile and inner loop
                 # accumulated by adds
-                variant = replace(variant, form={"fma": "abs", "maxfma": "max"}[variant.form])
+                variant = replace(variant, form=FMA_FORMS[variant.form])
             return cpu.schedule(kind, *shape, variant=variant)["main"], "hand"
         except Exception:  # a shape the hand schedule cannot tile: TVM's own lowering
             return te.create_prim_func(computes(kind, *shape)), "default"

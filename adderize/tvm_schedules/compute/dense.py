@@ -11,8 +11,9 @@ from adderize.tvm_schedules.compute.common import lp_terms, out_size
 #: inner-loop forms of the p = 1 dense conv forward (see :func:`conv_forward_compute`)
 FORMS = ("abs", "max", "fma", "maxfma")
 #: the forms that accumulate with a multiply by the input ``one`` (built with LLVM's FP
-#: contraction, so that it is an FMA)
-FMA_FORMS = ("fma", "maxfma")
+#: contraction, so that it is an FMA; the depthwise forward has ``channels_fma``), each
+#: with its counterpart accumulated by adds
+FMA_FORMS = {"fma": "abs", "maxfma": "max", "channels_fma": "channels"}
 
 __all__ = [
     "FMA_FORMS",

@@ -160,11 +160,18 @@ def depthwise_forward_nchw_compute(
     p, dist, _ = lp_terms(lp)
     x = te.placeholder((n, c, h, w), name="x")
     wt = te.placeholder((c, kh, kw), name="w")
+    if form == "channels_fma" and not lp:  # |d| * one accumulated by FMAs (as dense "fma")
+        one = te.placeholder((1,), name="one")
+        term = lambda d: te.abs(d) * one[0]  # noqa: E731
+        out = _channel_blocks(x, wt, (oh, ow), (pt, pb, pl, pr), stride, dil, term)
+        return [x, wt, one, out]
     if form == "channels":
         out = _channel_blocks(x, wt, (oh, ow), (pt, pb, pl, pr), stride, dil, dist)
         return [x, wt, out] + ([p] if lp else [])
     if form != "abs":
-        raise AdderizeError(f"depthwise forms are 'abs' and 'channels', not {form!r}")
+        raise AdderizeError(
+            f"depthwise forms are 'abs', 'channels' and 'channels_fma' (p = 1), not {form!r}"
+        )
     read = _plane_reader(x, (pt, pb, pl, pr), stride, dil)
     ri = te.reduce_axis((0, kh), name="ri")
     rj = te.reduce_axis((0, kw), name="rj")
