@@ -521,8 +521,9 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
 
 @pytest.mark.parametrize("p", [1.0, 1.6])
 def test_one_position_pointwise_backward_is_plain_arithmetic(p):
-    """A batch-1 squeeze-excite conv (1x1 on a 1x1 map) takes eqs. 23 and 27 as a few torch
-    ops, no kernel call (p = 1); l_p keeps the kernels. Gradients match the reference."""
+    """A batch-1 squeeze-excite conv (1x1 on a 1x1 map) takes its training forward and
+    eqs. 23 and 27 as a few torch ops, no kernel call (p = 1); l_p keeps the kernels.
+    Output and gradients match the reference."""
     torch.manual_seed(0)
     layer = Adder2d(24, 40, 1, bias=False, p=p, backend="tvm")
     x = torch.randn(1, 24, 1, 1, requires_grad=True)
@@ -531,9 +532,46 @@ def test_one_position_pointwise_backward_is_plain_arithmetic(p):
     ref = adder2d_reference(x2, w2, None, 1, 0, 1, 1, p)
     grad = torch.randn_like(ref)
     ref.backward(grad)
-    y = layer(x)
-    kernels = tvm_build.workloads(lambda: y.backward(grad))
+    outs: list[torch.Tensor] = []
+    kernels = tvm_build.workloads(lambda: outs.append(layer(x)) or outs[0].backward(grad))
+    y = outs[0]
     assert (kernels == []) == (p == 1.0)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(("k", "stride", "dilation", "same", "batch"), [
+    (3, 1, 1, False, 2),  # 3x3: oneDNN's weight gradient
+    (5, 1, 1, False, 1),
+    (5, 2, 1, True, 3),  # asymmetric ('same') padding, stride 2, batched
+    (5, 1, 2, False, 2),  # dilated
+    (7, 2, 1, False, 1),
+])  # fmt: skip
+def test_depthwise_weight_gradient_routes(k, stride, dilation, same, batch):
+    """A depthwise conv's eq. 23 weight gradient: oneDNN's conv weight gradient for 3x3,
+    a grouped conv forward with the output gradient as its kernels above
+    (:data:`DEPTHWISE_CONV_WEIGHT_GRAD_MAX_TAPS`), each minus ``W sum G``."""
+    import adderize.nn.adder as adder_mod
+
+    torch.manual_seed(0)
+    used = []
+    conv = torch.nn.grad.conv2d_weight
+    layer = Adder2d(12, 12, k, stride, 0 if same else dilation * (k // 2), dilation, groups=12,
+                    bias=False, backend="tvm", dynamic_same=same)  # fmt: skip
+    x = torch.randn(batch, 12, 11, 11, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    pads = layer.input_pads(x)
+    ref = adder2d_reference(F.pad(x2, pads), w2, None, stride, 0, dilation, 12)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.grad, "conv2d_weight", lambda *a: used.append("onednn") or conv(*a))
+        y = layer(x)
+        y.backward(grad)
+    big = k * k > adder_mod.DEPTHWISE_CONV_WEIGHT_GRAD_MAX_TAPS
+    assert used == ([] if big else ["onednn"])
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)
