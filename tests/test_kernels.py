@@ -22,6 +22,14 @@ if not tvm_l1.available():
     pytest.skip(f"TVM unavailable: {tvm_l1.unavailable_reason()}", allow_module_level=True)
 
 
+def _assert_matches(y, ref, x, x_ref, w, w_ref, atol=1e-3, x_atol=1e-4):
+    """A layer's output and its input and weight gradients (``x.grad``, ``w.grad``) against
+    the reference's (``x_ref``, ``w_ref`` are the reference's leaves)."""
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=atol)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=x_atol)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-4, atol=atol)
+
+
 @pytest.mark.parametrize(
     ("groups", "m", "t", "k"),
     [
@@ -179,10 +187,8 @@ def test_direct_conv_kernels_match_the_reference(
     w2 = layer.weight.detach().clone().requires_grad_()
     ref = adder2d_reference(x2, w2, layer.bias.detach(), stride, pad, dil, groups, p)
     ref.backward(grad)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
     # l_p: |d|^(p-1) by a polynomial with about 3e-6 relative error per term
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4 if p == 1.0 else 3e-4)
-    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
+    _assert_matches(y, ref, x, x2, layer.weight, w2, x_atol=1e-4 if p == 1.0 else 3e-4)
 
 
 @pytest.mark.parametrize(
@@ -216,9 +222,7 @@ def test_weight_relayouts_by_the_transpose_kernel(c, t, k, groups, monkeypatch):
     w2 = layer.weight.detach().clone().requires_grad_()
     ref = adder2d_reference(x2, w2, None, 1, k // 2, 1, groups)
     ref.backward(grad)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
+    _assert_matches(y, ref, x, x2, layer.weight, w2)
 
 
 @pytest.mark.parametrize("same", [False, True], ids=["symmetric", "tf-same"])
@@ -246,9 +250,7 @@ def test_depthwise_plane_and_channel_kernels_agree(p, same, monkeypatch):
         layer.weight.grad = None
         y = layer(xi)
         y.backward(grad)
-        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
-        torch.testing.assert_close(xi.grad, x2.grad, rtol=1e-5, atol=1e-4 if p == 1 else 3e-4)
-        torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
+        _assert_matches(y, ref, xi, x2, layer.weight, w2, x_atol=1e-4 if p == 1 else 3e-4)
     suffix = "" if p == 1.0 else "_lp"
     assert list(dict.fromkeys(k.removesuffix(suffix) for k in kinds)) == [
         "depthwise_forward_nchw",
@@ -288,9 +290,7 @@ def test_dense_conv_keeps_no_padded_copy_for_the_backward(stride, same, backend)
             y = layer(xi)
         assert x.shape in saved and all(s[-2:] in (x.shape[-2:], (3, 3)) for s in saved)
         y.backward(grad)
-        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
-        torch.testing.assert_close(xi.grad, x2.grad, rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
+        _assert_matches(y, ref, xi, x2, layer.weight, w2)
 
 
 @pytest.mark.parametrize(
@@ -310,9 +310,7 @@ def test_strided_pointwise_conv_on_its_subsampled_input(fmt):
     xi = torch.empty_like(x, memory_format=fmt).copy_(x).requires_grad_()
     y = layer(xi)
     y.backward(grad)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(xi.grad, x2.grad, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-4, atol=1e-3)
+    _assert_matches(y, ref, xi, x2, layer.weight, w2)
 
 
 def test_prepared_weights_follow_in_place_updates():
@@ -514,9 +512,7 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
     # an NCHW pointwise conv's input gradient: positions vectorised, no layout copies
     nchw = k == 1 and stride == 1 and h * h % 16 == 0 and not rows_input
     assert ("pointwise_grad_input_nchw" in kinds) == nchw
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)
+    _assert_matches(y, ref, x, x2, layer.weight, w2, atol=1e-4)
 
 
 @pytest.mark.parametrize("p", [1.0, 1.6])
@@ -536,9 +532,7 @@ def test_one_position_pointwise_backward_is_plain_arithmetic(p):
     kernels = tvm_build.workloads(lambda: outs.append(layer(x)) or outs[0].backward(grad))
     y = outs[0]
     assert (kernels == []) == (p == 1.0)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)
+    _assert_matches(y, ref, x, x2, layer.weight, w2, atol=1e-4)
 
 
 @pytest.mark.parametrize(("k", "stride", "dilation", "same", "batch"), [
@@ -572,6 +566,4 @@ def test_depthwise_weight_gradient_routes(k, stride, dilation, same, batch):
         y.backward(grad)
     big = k * k > adder_mod.DEPTHWISE_CONV_WEIGHT_GRAD_MAX_TAPS
     assert used == ([] if big else ["onednn"])
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-4)
+    _assert_matches(y, ref, x, x2, layer.weight, w2, atol=1e-4)
