@@ -370,30 +370,46 @@ def conv_grad_input(
         fn = kernel("pointwise_grad_input_nchw", n, c, h * w, t)
         fn(xp.view(n, c, h * w), weight.detach().view(t, c), g, g.sum(1), out)
         return out.view(n, c, h, w)
-    if any(pads):  # w.r.t. a padded temporary, cropped: the caller keeps no padded copy
-        left, _, top, _ = pads
-        grad = conv_grad_input(F.pad(xp, pads), weight, grad_out, stride, dil, groups, p)
-        return grad[..., top : top + h, left : left + w]
     if _narrow(weight, groups):
         wpad = _padded_weight(weight)
         t, c = wpad.shape[:2]
         gpad = _pad_channels(grad_out, t)
-        grad = conv_grad_input(_pad_channels(xp, c), wpad, gpad, stride, dil, 1, p)
+        grad = conv_grad_input(_pad_channels(xp, c), wpad, gpad, stride, dil, 1, p, pads)
         return grad[:, : weight.shape[1]]
-    n, c, hp, wp = xp.shape
+    # w.r.t. a padded NHWC temporary, cropped: the caller keeps no padded copy
+    left, right, top, bottom = pads
+    hp, wp = h + top + bottom, w + left + right
     kh, kw = weight.shape[-2:]
-    xn = xp.permute(0, 2, 3, 1).contiguous()
+    xn = _framed(xp.permute(0, 2, 3, 1), (n, hp, wp, c), top, left)
     g = grad_out.permute(0, 2, 3, 1)
     if stride == 1 or dil != 1:
-        return _grad_input_nhwc(xn, weight, g, stride, dil, groups, p).permute(0, 3, 1, 2)
-    out = xn.new_zeros(n, hp, wp, c)  # phases no tap reaches (1x1, stride 2) stay 0
-    for ry in range(min(stride, kh)):
-        for rx in range(min(stride, kw)):
-            x_sub = xn[:, ry::stride, rx::stride].contiguous()
-            w_sub = weight[:, :, ry::stride, rx::stride]
-            phase = _grad_input_nhwc(x_sub, w_sub, g, 1, 1, groups, p)
-            out[:, ry::stride, rx::stride] = phase
-    return out.permute(0, 3, 1, 2)
+        out = _grad_input_nhwc(xn, weight, g, stride, dil, groups, p)
+    else:
+        out = xn.new_zeros(n, hp, wp, c)  # phases no tap reaches (1x1, stride 2) stay 0
+        for ry in range(min(stride, kh)):
+            for rx in range(min(stride, kw)):
+                x_sub = xn[:, ry::stride, rx::stride].contiguous()
+                w_sub = weight[:, :, ry::stride, rx::stride]
+                phase = _grad_input_nhwc(x_sub, w_sub, g, 1, 1, groups, p)
+                out[:, ry::stride, rx::stride] = phase
+    return out[:, top : top + h, left : left + w].permute(0, 3, 1, 2)
+
+
+def _framed(
+    inner: torch.Tensor, shape: tuple[int, int, int, int], top: int, left: int
+) -> torch.Tensor:
+    """A new NHWC tensor of ``shape`` holding ``inner`` [N, H, W, C] at (top, left) and
+    zeros around it; only the frame is zeroed (a padded copy in one pass, not a padded
+    NCHW copy and then its NHWC copy: 16 -> 16 3x3 @32, batch 64, input gradient)."""
+    n, hp, wp, c = shape
+    h, w = inner.shape[1:3]
+    out = inner.new_empty(n, hp, wp, c)
+    frame = (out[:, :top], out[:, top + h :], out[:, top : top + h, :left])
+    for side in (*frame, out[:, top : top + h, left + w :]):
+        if side.numel():
+            side.zero_()
+    out[:, top : top + h, left : left + w] = inner
+    return out
 
 
 def _stride_dilated(
@@ -461,6 +477,8 @@ def _grad_input_nhwc(
     ow = min(g.shape[2], -(-wp // stride))
     if top == left == 0 and stride == 1 and (oh, ow) == (hp, wp):  # 1x1: g as it is
         gd = g.contiguous()
+    elif stride == 1:
+        gd = _framed(g[:, :oh, :ow], (n, hp + top, wp + left, t), top, left)
     else:
         gd = g.new_zeros(n, hp + top, wp + left, t)
         gd[
