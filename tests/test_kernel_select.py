@@ -87,6 +87,9 @@ def test_candidates_fit_the_register_file_after_the_hand_tile():
     maxes = "maxfma" if "fma" in cpu_isa() else "max"
     for kind in ("conv_forward", "conv_forward_nchw"):
         assert {c.form for c in cpu.candidates(kind, *shape, lanes=8)} == {"abs", "fma", maxes}
+    # below MAX_FORM_MIN_TERMS terms per output (64 -> 256 1x1) no max forms
+    narrow = (1, 64, 56, 56, 256, 1, 1, 1, 1, 1)
+    assert {c.form for c in cpu.candidates("conv_forward_nchw", *narrow)} == {"abs", "fma"}
 
 
 def test_fastest_keeps_the_quickest_function():

@@ -567,3 +567,26 @@ def test_depthwise_weight_gradient_routes(k, stride, dilation, same, batch):
     big = k * k > adder_mod.DEPTHWISE_CONV_WEIGHT_GRAD_MAX_TAPS
     assert used == ([] if big else ["onednn"])
     _assert_matches(y, ref, x, x2, layer.weight, w2, atol=1e-4)
+
+
+def test_a_cached_choice_no_longer_a_candidate_is_selected_again(tmp_path, monkeypatch):
+    """A kernel in the disk cache whose recorded tile the candidate rules no longer offer
+    (e.g. a max form below ``MAX_FORM_MIN_TERMS``) is built and selected again; one still
+    offered is loaded."""
+    from adderize.tvm_schedules import cpu
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(tvm_build, "_KERNELS", {})
+    shape = (1, 16, 8, 8, 16, 1, 1, 1, 1, 1)  # 16 terms per output: no max forms
+    assert all(c.form not in ("max", "maxfma") for c in cpu.candidates("conv_forward_nchw", *shape))
+    tvm_build.kernel("conv_forward_nchw", *shape)
+    (label,) = (tmp_path / "adderize" / "kernels").glob("conv_forward_nchw-*.so.variant")
+    built = []
+    build = tvm_build.build
+    monkeypatch.setattr(tvm_build, "build", lambda *a: built.append(a) or build(*a))
+    for recorded, rebuilt in (("7x32/maxfma", True), (label.read_text(), False)):
+        label.write_text(recorded)
+        monkeypatch.setattr(tvm_build, "_KERNELS", {})
+        built.clear()
+        tvm_build.kernel("conv_forward_nchw", *shape)
+        assert bool(built) == rebuilt

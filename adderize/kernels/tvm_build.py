@@ -166,12 +166,22 @@ def kernel(kind: str, *shape: int) -> Callable[..., Any]:
                 _CHOSEN[key] = label.read_text() if label.is_file() else "cached"
             except Exception:  # an incompatible cache entry: rebuild it
                 lib = None
+            if lib is not None and _stale(kind, shape, _CHOSEN[key]):
+                lib = None
         if lib is None:
             lib, _CHOSEN[key] = build(kind, *shape)
             _cache_write(lib, path, _CHOSEN[key])
         fn = _bind(lib["main"], _CHOSEN[key])
         _KERNELS[key] = fn
         return fn
+
+
+def _stale(kind: str, shape: tuple[int, ...], label: str) -> bool:
+    """Whether a cached kernel's recorded tile is no longer among its candidates (the
+    candidate rules changed since it was selected): it is then selected again."""
+    if kind.removesuffix("_lp") not in cpu.SELECTABLE or label in ("tuned", "cached"):
+        return False
+    return label not in {str(c) for c in cpu.candidates(kind, *shape)}
 
 
 def _bind(fn: Callable[..., Any], label: str) -> Callable[..., Any]:

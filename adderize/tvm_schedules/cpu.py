@@ -63,6 +63,13 @@ SELECTABLE = (
 DENSE_FORWARDS = ("conv_forward", "conv_forward_nchw", "conv_mac_forward")
 #: at most this many candidates are timed per kernel (a few ms to compile each)
 MAX_CANDIDATES = 10
+#: the max forms (``max``/``maxfma``) are candidates from this many terms per output on:
+#: they save one op per term but pass over the output once more (adding the side terms),
+#: which below costs about what it saves, and far more once the output leaves the cache.
+#: Zen 4, batch 1, 64 -> 256 1x1 @56 (64 terms, 3.2 MB out): maxfma 862-1470 us against
+#: 964-986 us for the abs form, depending on the machine's load when timed; the pick at
+#: first use holds for good. 128 -> 128 3x3 @28 (1152 terms): 1321 against 2033 us
+MAX_FORM_MIN_TERMS = 128
 
 
 def vector_lanes() -> int:
@@ -197,8 +204,9 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
     ``x - 1``, ``x + 1`` and the gradient per row). Convolutions also get the other loop
     order of the two leading tiles (column tiles outermost or not: 2x apart on 1x1 convs on
     AVX2 Zen 3, either way round on other shapes), and the p = 1 forward the other forms of
-    its inner loop, ``maxfma`` and ``fma``, on the leading tiles in both loop orders
-    (256 -> 256 3x3 @14, batch 32: fma 10% faster with the column tiles inside; Zen 4).
+    its inner loop, ``fma`` and (from :data:`MAX_FORM_MIN_TERMS` terms per output)
+    ``maxfma``, on the leading tiles in both loop orders (256 -> 256 3x3 @14, batch 32: fma
+    10% faster with the column tiles inside; Zen 4).
     """
     if kind == "int8_conv_forward":
         _, _, wp, _, t, _, kw, stride, dil, group = shape
@@ -234,9 +242,10 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
         found += [Variant(c.rows, c.cols, not c.cols_outer) for c in found]
     if kind in FORM_KINDS:  # the other inner loops, on the leading tiles in both orders
         lead = found
-        maxes = "maxfma" if _fma_form(kind) else "max"
-        forms = [Variant(c.rows, c.cols, c.cols_outer, f) for f in (maxes, "fma") for c in lead]
-        found = [*lead, *forms]
+        _, c, _, _, _, kh, kw, *_, groups = shape
+        maxes = ["maxfma" if _fma_form(kind) else "max"]
+        forms = [*maxes, "fma"] if c // groups * kh * kw >= MAX_FORM_MIN_TERMS else ["fma"]
+        found = [*lead, *(Variant(v.rows, v.cols, v.cols_outer, f) for f in forms for v in lead)]
     found += fitted[1:]
     return list(dict.fromkeys(found))[:MAX_CANDIDATES]
 
