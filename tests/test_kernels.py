@@ -515,11 +515,15 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
     _assert_matches(y, ref, x, x2, layer.weight, w2, atol=1e-4)
 
 
-@pytest.mark.parametrize("p", [1.0, 1.6])
-def test_one_position_pointwise_backward_is_plain_arithmetic(p):
+@pytest.mark.parametrize(("p", "serial"), [(1.0, 32768), (1.0, 170), (1.6, 32768)])
+def test_one_position_pointwise_backward_is_plain_arithmetic(p, serial, monkeypatch):
     """A batch-1 squeeze-excite conv (1x1 on a 1x1 map) takes its training forward and
-    eqs. 23 and 27 as a few torch ops, no kernel call (p = 1); l_p keeps the kernels.
-    Output and gradients match the reference."""
+    eqs. 23 and 27 as a few torch ops, no kernel call (p = 1), on chunks of rows below
+    torch's parallel size (``serial`` 170: chunks of 7 of the 40 rows); l_p keeps the
+    kernels. Output and gradients match the reference."""
+    import adderize.nn.adder as adder_mod
+
+    monkeypatch.setattr(adder_mod, "SERIAL_ELEMENTS", serial)
     torch.manual_seed(0)
     layer = Adder2d(24, 40, 1, bias=False, p=p, backend="tvm")
     x = torch.randn(1, 24, 1, 1, requires_grad=True)

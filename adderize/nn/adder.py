@@ -175,10 +175,9 @@ def _forward(
             return plan(x), True
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
         if direct and _one_position(x, weight, layout, p, pads):
-            # eq. 1 in two torch ops: the direct kernel's call and weight re-layout cost
-            # 0.1 ms here, 8x the conv (1152 -> 48 squeeze-excite at batch 1)
-            d = weight.reshape(weight.shape[0], -1) - x.reshape(1, -1)
-            out = d.abs_().sum(1).neg_().reshape(1, -1, 1, 1)
+            # the direct kernel's call and weight re-layout cost 0.1 ms here, 8x the conv
+            # (1152 -> 48 squeeze-excite at batch 1)
+            out = _one_position_forward(x, weight)
         elif direct:
             out = tvm_l1.conv_forward(
                 x, weight, layout.stride[0], layout.dilation[0], layout.groups, p, pads, keep
@@ -337,6 +336,28 @@ def _one_position(
     return one and layout.pointwise and layout.groups == 1 and p == 1.0
 
 
+#: torch runs an elementwise op on more elements than this on its thread pool, whose idle
+#: threads sleep at once (adderize._threads): waking them cost 35 us here, 7x the op (a
+#: clamp of 55K values: 40 us, of half as many 6 us; Zen 4), so the one-position ops run
+#: on chunks of rows below it
+SERIAL_ELEMENTS = 32768
+
+
+def _row_chunks(t: int, c: int) -> list[slice]:
+    rows = max(1, SERIAL_ELEMENTS // c)
+    return [slice(r, min(r + rows, t)) for r in range(0, t, rows)]
+
+
+def _one_position_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 of a pointwise conv with a single output position: ``-sum_c |W - x|``."""
+    t = weight.shape[0]
+    w, xr = weight.reshape(t, -1), x.reshape(1, -1)
+    out = x.new_empty(t)
+    for rows in _row_chunks(*w.shape):
+        torch.sum((w[rows] - xr).abs_(), 1, out=out[rows])
+    return out.neg_().reshape(1, t, 1, 1)
+
+
 def _one_position_backward(
     ctx: Any, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -345,14 +366,20 @@ def _one_position_backward(
     layout changes and window sums cost more than this arithmetic (a batch-1 squeeze-excite
     layer: 0.05 ms of ops)."""
     t, c = weight.shape[:2]
+    w, xr = weight.detach().reshape(t, c), x.reshape(1, c)
     g = grad_out.reshape(t, 1)
-    d = weight.detach().reshape(t, c) - x.reshape(1, c)
-    grad_x = grad_w = None
-    if ctx.needs_input_grad[0]:
-        grad_x = torch.mm(g.t(), d.clamp(-1.0, 1.0)).reshape(x.shape)
-    if ctx.needs_input_grad[1]:
-        grad_w = d.mul_(g).neg_().reshape(weight.shape)
-    return grad_x, grad_w
+    grad_x = x.new_zeros(1, c) if ctx.needs_input_grad[0] else None
+    grad_w = torch.empty_like(w) if ctx.needs_input_grad[1] else None
+    for rows in _row_chunks(t, c):
+        d = w[rows] - xr
+        if grad_x is not None:
+            grad_x.addmm_(g[rows].t(), d.clamp(-1.0, 1.0))
+        if grad_w is not None:
+            torch.mul(d, g[rows].neg(), out=grad_w[rows])
+    return (
+        None if grad_x is None else grad_x.reshape(x.shape),
+        None if grad_w is None else grad_w.reshape(weight.shape),
+    )
 
 
 def check_p(p: float) -> float:
