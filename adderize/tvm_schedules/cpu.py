@@ -243,8 +243,8 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
     if kind in FORM_KINDS:  # the other inner loops, on the leading tiles in both orders
         lead = found
         _, c, _, _, _, kh, kw, *_, groups = shape
-        maxes = ["maxfma" if _fma_form(kind) else "max"]
-        forms = [*maxes, "fma"] if c // groups * kh * kw >= MAX_FORM_MIN_TERMS else ["fma"]
+        maxes = "maxfma" if _fma_form(kind) else "max"
+        forms = [maxes, "fma"] if c // groups * kh * kw >= MAX_FORM_MIN_TERMS else ["fma"]
         found = [*lead, *(Variant(v.rows, v.cols, v.cols_outer, f) for f in forms for v in lead)]
     found += fitted[1:]
     return list(dict.fromkeys(found))[:MAX_CANDIDATES]
