@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -355,6 +356,67 @@ def test_inference_reuses_its_resolved_call_and_training_keeps_none():
         assert adder._PLANS[id(layer.weight)] is not plan  # an in-place update: remade
     del layer
     assert not adder._PLANS and not tvm_l1._PREPARED  # dropped with the weight
+
+
+@pytest.mark.parametrize("out, groups", [(24, 1), (16, 16)], ids=["dense", "depthwise"])
+def test_repeated_inference_skips_to_the_kept_call_until_anything_changes(out, groups, monkeypatch):
+    """A layer's inference call like its last one runs the kept kernel call without the
+    op's checks (op_forward is not reached), with the bias read live; a training call, a
+    new shape, an in-place or ``.data`` weight update, an attribute set (p, blend) and
+    autocast each take the full path, and every result matches the PyTorch reference."""
+    torch.manual_seed(0)
+    layer = Adder2d(16, out, 3, padding=1, groups=groups, backend="tvm")
+    reference = Adder2d(16, out, 3, padding=1, groups=groups, backend="torch")
+    x = torch.randn(1, 16, 6, 6)
+    full = Adder2d.op_forward
+    calls: list[int] = []
+
+    def counted(self, x):
+        calls.append(1)
+        return full(self, x)
+
+    monkeypatch.setattr(Adder2d, "op_forward", counted)
+
+    def check(x, full_path):
+        calls.clear()
+        reference.load_state_dict(layer.state_dict())
+        reference.p = layer.p
+        with torch.no_grad():
+            y = layer(x)
+        assert len(calls) == full_path
+        torch.testing.assert_close(y, reference(x), rtol=1e-5, atol=1e-3)
+
+    layer(x.requires_grad_()).sum().backward()
+    x = x.detach()
+    check(x, 1)  # the first inference call
+    check(x, 0)  # kept
+    with torch.no_grad():
+        layer.bias.add_(1.0)
+    check(x, 0)  # the bias is read live
+    check(torch.randn(2, 16, 5, 5), 1)  # another shape
+    check(x, 1)
+    with torch.no_grad():
+        layer.weight.mul_(0.5)  # the version counter
+    check(x, 1)
+    layer.weight.data = torch.randn_like(layer.weight)  # new storage
+    check(x, 1)
+    layer.p = 1.5
+    check(x, 1)
+    check(x, 0)
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        layer(x)
+    assert calls == [1]
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)  # the kept call is left out (not picklable)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), layer(x))
+    layer.blend = 1.0  # the float layer: not the op
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.float_forward(x))
+        torch.testing.assert_close(layer(x), layer.float_forward(x))
 
 
 @pytest.mark.slow

@@ -97,7 +97,7 @@ def grad_a(a: torch.Tensor, b: torch.Tensor, grad_out: torch.Tensor) -> torch.Te
     return out if kp == k else out[..., :k].contiguous()
 
 
-_PREPARED: dict[tuple[int, str], tuple[Any, int, tuple[torch.Tensor, ...]]] = {}
+_PREPARED: dict[tuple[int, str], tuple[Any, tuple[int, int], tuple[torch.Tensor, ...]]] = {}
 
 
 def _prepared(
@@ -107,8 +107,9 @@ def _prepared(
     *,
     keep: bool = True,
 ) -> tuple[torch.Tensor, ...]:
-    """Weight re-layouts, reused while the weight is the same tensor at the same version
-    (inference: every call after the first); a weak reference guards against reuse of a
+    """Weight re-layouts, reused while the weight is the same tensor with the same storage
+    and version (inference: every call after the first; in-place edits through ``.data``
+    bypass the version counter and are not seen); a weak reference guards against reuse of a
     freed tensor's id. Made afresh and not kept when not ``keep`` (a training step): the
     optimizer changes the weight right after, so a kept copy would never be reused and
     would hold the converted layers' size of memory (resnet18 training at batch 8,
@@ -117,12 +118,13 @@ def _prepared(
         return make()
     key = (id(weight), kind)
     hit = _PREPARED.get(key)
-    if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+    state = (weight.data_ptr(), weight._version)
+    if hit is not None and hit[0]() is weight and hit[1] == state:
         return hit[2]
     value = make()
     # a weight that dies (a per-call transform of the parameter) drops its re-layouts
     gone = weakref.ref(weight, lambda _: _PREPARED.pop(key, None))
-    _PREPARED[key] = (gone, weight._version, value)
+    _PREPARED[key] = (gone, state, value)
     return value
 
 
@@ -242,25 +244,33 @@ def forward_plan(
     keep: bool = True,
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The call :func:`conv_forward` makes on inputs like ``x`` (same shape, contiguous
-    NCHW) for a dense conv, resolved once: the kernel, the weight's re-layout and the
-    output's shape, so that a caller seeing the same input and weight again (inference)
-    pays a few microseconds, not the checks (a batch-1 squeeze-excite conv takes 7 us).
-    None where the input takes another path (channels-last, depthwise planes, a strided
-    pointwise conv's subsampling). ``keep``: whether the weight's re-layout is cached (see
-    :func:`_prepared`)."""
-    t, _, kh, kw = weight.shape
-    if (
-        not x.is_contiguous()
-        or pads_fused(x, weight, groups)
-        or _depthwise(weight, groups)
-        or (kh == kw == 1 and stride > 1 and x.shape[0] >= 8)
-    ):
+    NCHW), resolved once: the kernel, the weight's re-layout and the output's shape, so
+    that a caller seeing the same input and weight again (inference) pays a few
+    microseconds, not the checks (a batch-1 squeeze-excite conv takes 7 us). Dense convs
+    and the depthwise plane kernel; None where the input takes another path
+    (channels-last, a strided pointwise conv's subsampling). ``keep``: whether the
+    weight's re-layout is cached (see :func:`_prepared`)."""
+    if not x.is_contiguous():
         return None
+    t, _, kh, kw = weight.shape
     n, c, h, w = x.shape
     left, right, top, bottom = pads
     hp, wp = h + top + bottom, w + left + right
     oh, ow, tg = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil), t // groups
     suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
+    if pads_fused(x, weight, groups):  # an NCHW model: each channel's plane on its own
+        shape = (n, c, h, w, kh, kw, stride, dil, top, bottom, left, right)
+        plane = kernel("depthwise_forward_nchw" + suffix, *shape)
+        taps = weight.detach().reshape(t, kh, kw).contiguous()
+
+        def planes(x: torch.Tensor) -> torch.Tensor:
+            out = x.new_empty(n, c, oh, ow)
+            plane(x, taps, out, *extra)
+            return out
+
+        return planes
+    if _depthwise(weight, groups) or (kh == kw == 1 and stride > 1 and n >= 8):
+        return None
     fn = kernel("conv_forward_nchw" + suffix, n, c, hp, wp, t, kh, kw, stride, dil, groups)
     wt = _forward_weight(weight, groups, keep)
     padded = any(pads)
@@ -295,16 +305,6 @@ def conv_forward(
         return plan(xp)
     t, _, kh, kw = weight.shape
     suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
-    if pads_fused(xp, weight, groups):  # an NCHW model: each channel's plane on its own
-        n, c, h, w = xp.shape
-        left, right, top, bottom = pads
-        oh = out_size(h + top + bottom, kh, stride, dil)
-        ow = out_size(w + left + right, kw, stride, dil)
-        out = xp.new_empty(n, c, oh, ow)
-        shape = (n, c, h, w, kh, kw, stride, dil, top, bottom, left, right)
-        fn = kernel("depthwise_forward_nchw" + suffix, *shape)
-        fn(xp, weight.detach().reshape(t, kh, kw).contiguous(), out, *extra)
-        return out
     if any(pads):
         xp = F.pad(xp, pads)
     if kh == kw == 1 and stride > 1 and xp.shape[0] >= 8:
