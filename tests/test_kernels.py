@@ -526,7 +526,7 @@ _GRAD_CASES = [  # c, t, k, stride, same, groups, batch, h
     (16, 32, 3, 1, False, 2, 2, 5),  # grouped 3x3, symmetric padding
 ]
 # the matrix-product route is for ungrouped pointwise convs of more than one position (one
-# position: test_one_position_pointwise_backward_is_plain_arithmetic)
+# position: test_one_position_pointwise_conv_takes_the_serial_kernels)
 _GRAD_ROUTES = [
     (*case, route)
     for case in _GRAD_CASES
@@ -577,28 +577,36 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
     _assert_matches(y, ref, x, x2, layer.weight, w2, atol=1e-4)
 
 
-@pytest.mark.parametrize(("p", "serial"), [(1.0, 32768), (1.0, 170), (1.6, 32768)])
-def test_one_position_pointwise_backward_is_plain_arithmetic(p, serial, monkeypatch):
+@pytest.mark.parametrize(
+    ("p", "t", "c"), [(1.0, 40, 24), (1.0, 6, 144), (1.0, 48, 7), (1.6, 40, 24)]
+)
+def test_one_position_pointwise_conv_takes_the_serial_kernels(p, t, c, monkeypatch):
     """A batch-1 squeeze-excite conv (1x1 on a 1x1 map) takes its training forward and
-    eqs. 23 and 27 as a few torch ops, no kernel call (p = 1), on chunks of rows below
-    torch's parallel size (``serial`` 170: chunks of 7 of the 40 rows); l_p keeps the
-    kernels. Output and gradients match the reference."""
-    import adderize.nn.adder as adder_mod
-
-    monkeypatch.setattr(adder_mod, "SERIAL_ELEMENTS", serial)
+    eqs. 23 and 27 from the one-position kernels and no other (p = 1; channels a multiple
+    of 8, of 16, and odd); l_p keeps the direct kernels. Output and gradients match the
+    reference, also for an output gradient expanded from a sum (stride 0)."""
     torch.manual_seed(0)
-    layer = Adder2d(24, 40, 1, bias=False, p=p, backend="tvm")
-    x = torch.randn(1, 24, 1, 1, requires_grad=True)
+    layer = Adder2d(c, t, 1, bias=False, p=p, backend="tvm")
+    x = torch.randn(1, c, 1, 1, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
     w2 = layer.weight.detach().clone().requires_grad_()
     ref = adder2d_reference(x2, w2, None, 1, 0, 1, 1, p)
     grad = torch.randn_like(ref)
     ref.backward(grad)
-    outs: list[torch.Tensor] = []
-    kernels = tvm_build.workloads(lambda: outs.append(layer(x)) or outs[0].backward(grad))
-    y = outs[0]
-    assert (kernels == []) == (p == 1.0)
+    kinds: list[str] = []
+    original = tvm_l1.kernel
+    monkeypatch.setattr(tvm_l1, "kernel", lambda kind, *a: kinds.append(kind) or original(kind, *a))
+    y = layer(x)
+    y.backward(grad)
+    one = ["one_position_forward", "one_position_backward"]
+    assert (kinds == one) == (p == 1.0), kinds
     _assert_matches(y, ref, x, x2, layer.weight, w2, atol=1e-4)
+    x3, w3 = x2.detach().requires_grad_(), w2.detach().requires_grad_()
+    x.grad = layer.weight.grad = None
+    layer(x).sum().backward()
+    adder2d_reference(x3, w3, None, 1, 0, 1, 1, p).sum().backward()
+    torch.testing.assert_close(x.grad, x3.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(layer.weight.grad, w3.grad, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize(("k", "stride", "dilation", "same", "batch"), [

@@ -49,8 +49,9 @@ __all__ = [
 KERNEL_VERSION = 13  # 12: the maxfma form of the dense forwards; 13: channels_fma (depthwise)
 #: ``ADDERIZE_KERNEL_SELECT`` values: time the candidate tiles, or take the first
 SELECT_MODES = ("measure", "first")
-#: kernels that are no tuning task (:func:`workloads`): the weight re-layouts
-UNTUNED = ("transpose",)
+#: kernels that are no tuning task (:func:`workloads`): the weight re-layouts and the
+#: one-position kernels (a few microseconds, fixed schedules)
+UNTUNED = ("transpose", "one_position_forward", "one_position_backward")
 _LOCK = threading.Lock()
 _KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _CHOSEN: dict[tuple[Any, ...], str] = {}
@@ -299,7 +300,7 @@ def variant(kind: str, *shape: int) -> cpu.Variant | None:
 
 
 def workloads(run: Callable[[], Any]) -> list[tuple[Any, ...]]:
-    """The adder kernels (``(kind, *shape)``; not the :data:`UNTUNED` re-layouts) that
+    """The adder kernels (``(kind, *shape)``; not the :data:`UNTUNED` ones) that
     ``run()`` uses, e.g. a forward and backward of
     a converted model, in first-use order: the tuning tasks of that model."""
     seen: dict[tuple[Any, ...], None] = {}

@@ -196,11 +196,7 @@ def _forward(
             _PLANS[ident] = (key, gone, plan)
             return plan(x), True
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        if direct and _one_position(x, weight, layout, p, pads):
-            # the direct kernel's call and weight re-layout cost 0.1 ms here, 8x the conv
-            # (1152 -> 48 squeeze-excite at batch 1)
-            out = _one_position_forward(x, weight)
-        elif direct:
+        if direct:
             out = tvm_l1.conv_forward(
                 x, weight, layout.stride[0], layout.dilation[0], layout.groups, p, pads, keep
             )
@@ -267,11 +263,12 @@ def _direct_conv_backward(
     rows), else a conv weight gradient (oneDNN; a depthwise conv of more than
     :data:`DEPTHWISE_CONV_WEIGHT_GRAD_MAX_TAPS` taps: :func:`_depthwise_weight_grad`). A
     pointwise conv with one output position (batch-1 squeeze-excite) takes both gradients
-    in a few torch ops (:func:`_one_position_backward`)."""
+    from one serial kernel (:func:`~adderize.kernels.tvm_l1.one_position`)."""
     layout = ctx.layout
     n, t, oh, ow = grad_out.shape
-    if _one_position(x, weight, layout, ctx.p, ctx.pads):
-        return _one_position_backward(ctx, x, weight, grad_out)
+    if tvm_l1.one_position(x, weight, layout.stride[0], layout.groups, ctx.p, ctx.pads):
+        gx, gw = tvm_l1.one_position_backward(x, weight, grad_out)
+        return gx if ctx.needs_input_grad[0] else None, gw if ctx.needs_input_grad[1] else None
     grad_x = grad_w = None
     few = n * oh * ow <= ROWS_BACKWARD_MAX and weight.shape[1] > 1
     if few:  # both gradients from one unfold of the input (see ROWS_BACKWARD_MAX)
@@ -346,63 +343,6 @@ def _depthwise_weight_grad(
     )
     out = out[..., : kernel[0], : kernel[1]].reshape(n, c, 1, *kernel)
     return out[0] if n == 1 else out.sum(0)
-
-
-def _one_position(
-    x: torch.Tensor, weight: torch.Tensor, layout: _ConvRows, p: float, pads: tvm_l1.Pads
-) -> bool:
-    """Whether a conv is an ungrouped l1 pointwise conv with a single output position
-    (batch-1 squeeze-excite): its forward and gradients are a few torch ops on
-    ``W - x`` (:func:`_one_position_backward`)."""
-    one = x.shape[0] * x.shape[2] * x.shape[3] == 1 and not any(pads)
-    return one and layout.pointwise and layout.groups == 1 and p == 1.0
-
-
-#: torch runs an elementwise op on more elements than this on its thread pool, whose idle
-#: threads sleep at once (adderize._threads): waking them cost 35 us here, 7x the op (a
-#: clamp of 55K values: 40 us, of half as many 6 us; Zen 4), so the one-position ops run
-#: on chunks of rows below it
-SERIAL_ELEMENTS = 32768
-
-
-def _row_chunks(t: int, c: int) -> list[slice]:
-    rows = max(1, SERIAL_ELEMENTS // c)
-    return [slice(r, min(r + rows, t)) for r in range(0, t, rows)]
-
-
-def _one_position_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Eq. 1 of a pointwise conv with a single output position: ``-sum_c |W - x|``, four
-    ops per chunk of rows (the whole weight is one chunk in most squeeze-excite layers)."""
-    t = weight.shape[0]
-    w, xr = weight.reshape(t, -1), x.reshape(1, -1)
-    parts = [(w[rows] - xr).abs_().sum(1) for rows in _row_chunks(*w.shape)]
-    out = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return out.neg_().reshape(1, t, 1, 1)
-
-
-def _one_position_backward(
-    ctx: Any, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Eqs. 23 and 27 (p = 1) of a pointwise conv with a single output position, from
-    ``D = W - x`` [T, C]: ``dW = -D g`` and ``dx = g^T HardTanh(D)``. The kernels' calls,
-    layout changes and window sums cost more than this arithmetic (a batch-1 squeeze-excite
-    layer: five ops on one chunk of rows)."""
-    t, c = weight.shape[:2]
-    w, xr = weight.detach().reshape(t, c), x.reshape(1, c)
-    g = grad_out.reshape(t, 1)
-    grad_x: torch.Tensor | None = None
-    grad_ws: list[torch.Tensor] = []
-    for rows in _row_chunks(t, c):
-        d = w[rows] - xr
-        if ctx.needs_input_grad[0]:
-            part = g[rows].t().mm(d.clamp(-1.0, 1.0))
-            grad_x = part if grad_x is None else grad_x.add_(part)
-        if ctx.needs_input_grad[1]:
-            grad_ws.append(d.mul_(g[rows]).neg_())
-    grad_w = None
-    if grad_ws:
-        grad_w = (grad_ws[0] if len(grad_ws) == 1 else torch.cat(grad_ws)).reshape(weight.shape)
-    return None if grad_x is None else grad_x.reshape(x.shape), grad_w
 
 
 def check_p(p: float) -> float:

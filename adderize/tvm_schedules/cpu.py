@@ -276,6 +276,8 @@ def schedule(kind: str, *shape: int, variant: Variant | None = None) -> Any:
     base = kind.removesuffix("_lp")
     if base == "transpose":
         return _transpose_schedule(tensors)
+    if base in ("one_position_forward", "one_position_backward"):
+        return _one_position_schedule(base, tensors)
     if base == "binary_conv_forward":
         _, _, wp, _, t, _, kw, stride, dil = shape
         ow = out_size(wp, kw, stride, dil)
@@ -355,6 +357,37 @@ def _transpose_schedule(tensors: list[Any]) -> Any:
         sch.parallel(sch.fuse(lg, io, jo))
     sch.unroll(ii)
     sch.vectorize(ji)
+    return sch.mod
+
+
+def _one_position_schedule(kind: str, tensors: list[Any]) -> Any:
+    """The one-position kernels (:func:`~adderize.tvm_schedules.compute.dense
+    .one_position_forward_compute`), on the calling thread: a batch-1 squeeze-excite
+    layer's 55K terms take microseconds, less than waking the pool. The forward's sums
+    along the weight's rows as vector partial sums (rfactor), added up at the end; the
+    backward's weight gradient row by row, and its input gradient over blocks of channels
+    with the rows reduced into vector accumulators. 1152 -> 48, Zen 4: forward 3.4 us,
+    both gradients 7.8 us, against 28 and 68 us for the same arithmetic as torch ops."""
+    from tvm import s_tir, te
+
+    sch = s_tir.Schedule(te.create_prim_func(tensors))
+    c = int(tensors[0].shape[0])
+    lanes = next(n for n in (16, 8, 4, 2, 1) if n <= vector_lanes() and c % n == 0)
+    if kind == "one_position_forward":
+        acc = sch.get_sblock("acc")
+        _, r = sch.get_loops(acc)
+        rf = sch.rfactor(sch.split(r, [None, lanes])[1], 1)
+        sch.vectorize(sch.get_loops(rf)[-1])
+        sch.decompose_reduction(rf, sch.get_loops(rf)[1])
+        return sch.mod
+    _, j = sch.get_loops(sch.get_sblock("grad_w"))
+    sch.vectorize(sch.split(j, [None, lanes])[1])
+    grad_x = sch.get_sblock("grad_x")
+    j, r = sch.get_loops(grad_x)
+    jo, ji = sch.split(j, [None, 4 * lanes if c % (4 * lanes) == 0 else lanes])
+    sch.reorder(jo, r, ji)
+    sch.vectorize(ji)
+    sch.decompose_reduction(grad_x, r)
     return sch.mod
 
 

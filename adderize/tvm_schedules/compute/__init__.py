@@ -28,6 +28,8 @@ from adderize.tvm_schedules.compute.dense import (
     conv_grad_input_compute,
     l1_forward_compute,
     l1_grad_a_compute,
+    one_position_backward_compute,
+    one_position_forward_compute,
     pointwise_grad_input_nchw_compute,
 )
 from adderize.tvm_schedules.compute.depthwise import (
@@ -62,6 +64,8 @@ __all__ = [
     "int8_conv_forward_compute",
     "l1_forward_compute",
     "l1_grad_a_compute",
+    "one_position_backward_compute",
+    "one_position_forward_compute",
     "out_size",
     "pointwise_grad_input_nchw_compute",
     "pow_nonneg",
@@ -95,6 +99,10 @@ def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
         return pointwise_grad_input_nchw_compute(*shape)
     if base == "transpose":
         return transpose_compute(*shape)
+    if base == "one_position_forward":
+        return one_position_forward_compute(*shape)
+    if base == "one_position_backward":
+        return one_position_backward_compute(*shape)
     fn = {
         "conv_forward": conv_forward_compute,
         "conv_grad_input": conv_grad_input_compute,

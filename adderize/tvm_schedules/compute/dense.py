@@ -22,6 +22,8 @@ __all__ = [
     "conv_grad_input_compute",
     "l1_forward_compute",
     "l1_grad_a_compute",
+    "one_position_backward_compute",
+    "one_position_forward_compute",
     "pointwise_grad_input_nchw_compute",
 ]
 
@@ -62,6 +64,41 @@ def l1_grad_a_compute(m: int, t: int, k: int) -> list[Any]:
         (m, k), lambda i, j: acc[i, j] - a[i, j] * gs[i], name="out", tag="adder_l1_grad_a"
     )
     return [a, b, g, gs, out]
+
+
+def one_position_forward_compute(t: int, c: int) -> list[Any]:
+    """An ungrouped 1x1 conv at one output position (a batch-1 squeeze-excite conv): eq. 1,
+    ``out[t] = -sum_c |w[t, c] - x[c]|``, on the conv weight as it is (no re-layout).
+    Shapes: x [C], w [T, C] -> out [T]."""
+    from tvm import te
+
+    x = te.placeholder((c,), name="x")
+    w = te.placeholder((t, c), name="w")
+    r = te.reduce_axis((0, c), name="c")
+    acc = te.compute((t,), lambda i: te.sum(te.abs(w[i, r] - x[r]), axis=r), name="acc")
+    out = te.compute((t,), lambda i: -acc[i], name="out", tag="adder_one_position_forward")
+    return [x, w, out]
+
+
+def one_position_backward_compute(t: int, c: int) -> list[Any]:
+    """Both training gradients of :func:`one_position_forward_compute`: eq. 23,
+    ``grad_w[t, c] = g[t] (x[c] - w[t, c])``, and eq. 27 (p = 1),
+    ``grad_x[c] = sum_t g[t] HardTanh(w[t, c] - x[c])``. Shapes: x [C], w [T, C], g [T]
+    -> grad_w [T, C], grad_x [C]."""
+    from tvm import te
+
+    x = te.placeholder((c,), name="x")
+    w = te.placeholder((t, c), name="w")
+    g = te.placeholder((t,), name="g")
+    grad_w = te.compute((t, c), lambda i, j: (x[j] - w[i, j]) * g[i], name="grad_w")
+    r = te.reduce_axis((0, t), name="t")
+    grad_x = te.compute(
+        (c,),
+        lambda j: te.sum(g[r] * te.min(te.max(w[r, j] - x[j], -1.0), 1.0), axis=r),
+        name="grad_x",
+        tag="adder_one_position_backward",
+    )
+    return [x, w, g, grad_w, grad_x]
 
 
 def pointwise_grad_input_nchw_compute(n: int, c: int, m: int, t: int) -> list[Any]:
