@@ -46,7 +46,7 @@ __all__ = [
     "workloads",
 ]
 
-KERNEL_VERSION = 13  # 12: the maxfma form of the dense forwards; 13: channels_fma (depthwise)
+KERNEL_VERSION = 14  # 13: channels_fma (depthwise); 14: the one-position forward's partial sums
 #: ``ADDERIZE_KERNEL_SELECT`` values: time the candidate tiles, or take the first
 SELECT_MODES = ("measure", "first")
 #: kernels that are no tuning task (:func:`workloads`): the weight re-layouts and the
