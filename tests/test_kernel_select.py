@@ -36,6 +36,8 @@ KERNELS = [
     # 16-channel blocks: the channel-vectorised form among the candidates
     ("depthwise_forward_nchw", (2, 32, 9, 9, 3, 3, 2, 1, 0, 1, 0, 1)),
     ("depthwise_forward_nchw_lp", (1, 16, 8, 8, 5, 5, 1, 2, 4, 4, 4, 4)),
+    ("pointwise_forward_nchw", (2, 16, 64, 24)),  # both loop orders, fma form too
+    ("pointwise_forward_nchw", (1, 8, 32, 6)),
     ("pointwise_grad_input_nchw", (2, 16, 64, 24)),
     ("depthwise_grad_input_nchw", (2, 8, 9, 9, 3, 3, 1, 1, 1, 1, 1)),
     ("depthwise_grad_input_nchw_lp", (1, 8, 9, 9, 5, 5, 2, 4, 4, 4, 4)),
@@ -150,12 +152,18 @@ def test_machine_description_names_the_cpu():
 
 _DENSE = ("conv_forward_nchw", (1, 16, 9, 9, 32, 3, 3, 1, 1, 1))
 _DW = ("depthwise_forward_nchw", (1, 32, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1))
+_PW = ("pointwise_forward_nchw", (1, 16, 64, 32))
 
 
 @pytest.mark.skipif("fma" not in cpu_isa(), reason="the CPU has no FMA instructions")
 @pytest.mark.parametrize(
     ("kernel", "form", "op"),
-    [(_DENSE, "fma", "vsubps"), (_DENSE, "maxfma", "vmaxps"), (_DW, "channels_fma", "vsubps")],
+    [
+        (_DENSE, "fma", "vsubps"),
+        (_DENSE, "maxfma", "vmaxps"),
+        (_DW, "channels_fma", "vsubps"),
+        (_PW, "fma", "vsubps"),
+    ],
 )
 def test_the_fma_forms_accumulate_with_fused_multiply_adds(kernel, form, op):
     """Built as the kernel cache builds it, the ``fma`` forms' inner loops are sub, and, fma

@@ -577,6 +577,32 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
     _assert_matches(y, ref, x, x2, layer.weight, w2, atol=1e-4)
 
 
+@pytest.mark.parametrize(("batch", "hw", "t"), [(1, (8, 8), 24), (3, (4, 12), 6), (2, (5, 5), 24)])
+def test_pointwise_convs_take_the_position_vectorised_kernel(batch, hw, t, monkeypatch):
+    """An NCHW 1x1 conv whose maps hold a multiple of 16 positions runs its forward on the
+    pointwise kernel (positions vectorised, the weight as it is), in training and
+    inference; other maps keep the dense kernel. Output and gradients match the
+    reference."""
+    torch.manual_seed(0)
+    layer = Adder2d(16, t, 1, bias=False, backend="tvm")
+    x = torch.randn(batch, 16, *hw, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    ref = adder2d_reference(x2, w2, None, 1, 0, 1, 1)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    kinds: list[str] = []
+    original = tvm_l1.kernel
+    monkeypatch.setattr(tvm_l1, "kernel", lambda kind, *a: kinds.append(kind) or original(kind, *a))
+    y = layer(x)
+    y.backward(grad)
+    _assert_matches(y, ref, x, x2, layer.weight, w2)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-3)
+    forward = "pointwise_forward_nchw" if hw[0] * hw[1] % 16 == 0 else "conv_forward_nchw"
+    assert kinds.count(forward) == 2 and kinds[0] == forward, kinds
+
+
 @pytest.mark.parametrize(
     ("p", "t", "c"), [(1.0, 40, 24), (1.0, 6, 144), (1.0, 48, 7), (1.6, 40, 24)]
 )

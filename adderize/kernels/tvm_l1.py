@@ -244,9 +244,9 @@ def forward_plan(
     """The call :func:`conv_forward` makes on inputs like ``x`` (same shape, contiguous
     NCHW), resolved once: the kernel, the weight's re-layout and the output's shape, so
     that a caller seeing the same input and weight again (inference) pays a few
-    microseconds, not the checks (a batch-1 squeeze-excite conv takes 7 us). Dense convs,
-    the depthwise plane kernel and :func:`one_position` convs; None where the input takes
-    another path
+    microseconds, not the checks (a batch-1 squeeze-excite conv takes 7 us). Dense convs
+    (:func:`pointwise_nchw` ones on their own kernel), the depthwise plane kernel and
+    :func:`one_position` convs; None where the input takes another path
     (channels-last, a strided pointwise conv's subsampling). ``keep``: whether the
     weight's re-layout is cached (see :func:`_prepared`)."""
     if not x.is_contiguous():
@@ -267,6 +267,16 @@ def forward_plan(
             return out
 
         return one
+    if pointwise_nchw(x, weight, stride, groups, p, pads):
+        pointwise = kernel("pointwise_forward_nchw", n, c, h * w, t)
+        rows = weight.detach().reshape(t, c).contiguous()
+
+        def positions(x: torch.Tensor) -> torch.Tensor:
+            out = x.new_empty(n, t, h, w)
+            pointwise(x.view(n, c, h * w), rows, out.view(n, t, h * w))
+            return out
+
+        return positions
     if pads_fused(x, weight, groups):  # an NCHW model: each channel's plane on its own
         shape = (n, c, h, w, kh, kw, stride, dil, top, bottom, left, right)
         plane = kernel("depthwise_forward_nchw" + suffix, *shape)
@@ -351,6 +361,22 @@ def one_position(
     return one and weight.shape[-2:] == (1, 1) and stride == 1 and groups == 1
 
 
+#: position tiles of the pointwise NCHW kernels: the positions per image must fill them
+POINTWISE_POSITIONS = 16
+
+
+def pointwise_nchw(
+    x: torch.Tensor, weight: torch.Tensor, stride: int, groups: int, p: float, pads: Pads
+) -> bool:
+    """Whether an l1 conv's forward is the pointwise NCHW kernel (ungrouped 1x1 stride 1,
+    unpadded, contiguous NCHW, positions a multiple of :data:`POINTWISE_POSITIONS`):
+    positions vectorised, the weight as it is, the output written along its rows
+    (:func:`~adderize.tvm_schedules.compute.dense.pointwise_forward_nchw_compute`)."""
+    plain = weight.shape[-2:] == (1, 1) and stride == 1 and groups == 1 and p == 1.0
+    fits = (x.shape[2] * x.shape[3]) % POINTWISE_POSITIONS == 0
+    return plain and fits and not any(pads) and x.is_contiguous()
+
+
 def one_position_backward(
     x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,7 +424,7 @@ def conv_grad_input(
         and p == 1.0
         and not any(pads)
         and xp.is_contiguous()
-        and (h * w) % 16 == 0
+        and (h * w) % POINTWISE_POSITIONS == 0
     ):
         # pointwise on NCHW memory, no layout copies: 16 -> 96 @112 fwd+bwd 2.42x -> 1.22x
         # oneDNN at batch 1, 0.88x -> 0.53x at batch 32 (Zen 4)

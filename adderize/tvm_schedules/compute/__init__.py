@@ -30,6 +30,7 @@ from adderize.tvm_schedules.compute.dense import (
     l1_grad_a_compute,
     one_position_backward_compute,
     one_position_forward_compute,
+    pointwise_forward_nchw_compute,
     pointwise_grad_input_nchw_compute,
 )
 from adderize.tvm_schedules.compute.depthwise import (
@@ -46,7 +47,7 @@ from adderize.tvm_schedules.compute.lowbit import (
 )
 
 #: the kernels with inner-loop forms besides "abs" (the p = 1 dense conv forwards)
-FORM_KINDS = ("conv_forward", "conv_forward_nchw")
+FORM_KINDS = ("conv_forward", "conv_forward_nchw", "pointwise_forward_nchw")
 
 __all__ = [
     "CHANNEL_BLOCK",
@@ -67,6 +68,7 @@ __all__ = [
     "one_position_backward_compute",
     "one_position_forward_compute",
     "out_size",
+    "pointwise_forward_nchw_compute",
     "pointwise_grad_input_nchw_compute",
     "pow_nonneg",
     "transpose_compute",
@@ -81,6 +83,8 @@ def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
     base = kind.removesuffix("_lp")
     if base == "depthwise_forward_nchw":
         return depthwise_forward_nchw_compute(*shape, lp=lp, form=form)
+    if kind == "pointwise_forward_nchw":
+        return pointwise_forward_nchw_compute(*shape, form=form)
     if form != "abs":
         if kind not in FORM_KINDS:
             raise AdderizeError(f"only {FORM_KINDS} have the {form!r} form, not {kind!r}")

@@ -24,6 +24,7 @@ __all__ = [
     "l1_grad_a_compute",
     "one_position_backward_compute",
     "one_position_forward_compute",
+    "pointwise_forward_nchw_compute",
     "pointwise_grad_input_nchw_compute",
 ]
 
@@ -99,6 +100,34 @@ def one_position_backward_compute(t: int, c: int) -> list[Any]:
         tag="adder_one_position_backward",
     )
     return [x, w, g, grad_w, grad_x]
+
+
+def pointwise_forward_nchw_compute(n: int, c: int, m: int, t: int, form: str = "abs") -> list[Any]:
+    """Forward (p = 1) of an ungrouped 1x1 stride-1 adder conv on NCHW memory, the
+    positions vectorised: ``out[b, t, m] = -sum_c |x[b, c, m] - w[t, c]|``, each weight a
+    broadcast scalar. No re-layout of the weight (the conv weight as it is) and no
+    transposed store: a tile of output channels x positions is written along the rows
+    of the NCHW output. ``form="fma"`` accumulates ``|x - w| * one`` by FMAs (see
+    :func:`conv_forward_compute`). Shapes: x [N, C, M], w [T, C] -> out [N, T, M]."""
+    from tvm import te
+
+    if form not in ("abs", "fma"):
+        raise AdderizeError(f"the pointwise NCHW forward has forms 'abs' and 'fma', not {form!r}")
+    x = te.placeholder((n, c, m), name="x")
+    w = te.placeholder((t, c), name="w")
+    one = te.placeholder((1,), name="one")
+    r = te.reduce_axis((0, c), name="rc")
+
+    def term(a: Any, b: Any) -> Any:
+        return te.abs(a - b) * one[0] if form == "fma" else te.abs(a - b)
+
+    acc = te.compute(
+        (n, t, m), lambda b, o, j: te.sum(term(x[b, r, j], w[o, r]), axis=r), name="acc"
+    )
+    out = te.compute(
+        (n, t, m), lambda b, o, j: -acc[b, o, j], name="out", tag="adder_pointwise_nchw"
+    )
+    return [x, w, one, out] if form == "fma" else [x, w, out]
 
 
 def pointwise_grad_input_nchw_compute(n: int, c: int, m: int, t: int) -> list[Any]:
