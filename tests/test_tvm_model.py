@@ -43,8 +43,9 @@ def test_resnet18_compiles_matches_pytorch_and_reloads(tmp_path):
 
 
 def test_depthwise_and_adder_linear_layers_compile():
-    """Depthwise (NHWC kernel), grouped-by-8, biased and linear adder layers; compared with
-    a float64 run of the same model (the float32 PyTorch error is the yardstick)."""
+    """Depthwise (NHWC kernel), pointwise (positions vectorised), grouped-by-8, biased and
+    linear adder layers; compared with a float64 run of the same model (the float32
+    PyTorch error is the yardstick)."""
     import copy
 
     from torch import nn
@@ -54,15 +55,23 @@ def test_depthwise_and_adder_linear_layers_compile():
     net = nn.Sequential(
         nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
         nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.Hardswish(),
+        nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16), nn.ReLU(),
         nn.Conv2d(16, 32, 3, stride=2, groups=2, bias=True), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Flatten(), nn.Linear(32 * 10 * 10, 64), nn.BatchNorm1d(64), nn.Linear(64, 10),
+        nn.Flatten(), nn.Linear(32 * 11 * 11, 64), nn.BatchNorm1d(64), nn.Linear(64, 10),
     )  # fmt: skip
     model = adderize.adderize(net, adderize.OpMapping(keep_last=True))
-    model = _calibrated(model, 24)
-    compiled, report = compile_model(model, (1, 3, 24, 24))
+    model = _calibrated(model, 26)
+    compiled, report = compile_model(model, (1, 3, 26, 26))
     kinds = [k["kind"] for k in report.kernels]
-    assert kinds == ["conv_mac_forward", "depthwise_forward", "conv_forward_nchw", "forward"]
-    x = torch.randn(1, 3, 24, 24)
+    pointwise = "pointwise_forward_nchw"  # 24 x 24 positions
+    assert kinds == [
+        "conv_mac_forward",
+        "depthwise_forward",
+        pointwise,
+        "conv_forward_nchw",
+        "forward",
+    ]
+    x = torch.randn(1, 3, 26, 26)
     with torch.no_grad():
         exact = copy.deepcopy(model).double()(x.double()).float()
         eager_error = (model(x) - exact).abs().max()

@@ -118,6 +118,13 @@ class _Converters:
         tg = t // groups
         oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
         op = relax.op
+        pointwise = (kh, kw, stride, groups) == (1, 1, 1, 1)
+        if pointwise and (hp * wp) % tvm_l1.POINTWISE_POSITIONS == 0:  # positions vectorised
+            xin = bb.emit(op.reshape(x, (n, c, hp * wp)))
+            rows = bb.emit(op.reshape(w, (t, c)))  # the weight as it is
+            shape = (n, c, hp * wp, t)
+            y = self._call(bb, "pointwise_forward_nchw", shape, [xin, rows], (n, t, hp * wp))
+            return bb.emit(op.reshape(y, (n, t, oh, ow)))
         layout, perm = tvm_l1.forward_weight_layout(t, cg, kh, kw, groups)
         wt = bb.emit(op.permute_dims(op.reshape(w, layout), list(perm)))
         if len(layout) == 3:  # depthwise: NHWC, channel vectors
