@@ -31,6 +31,14 @@ def _assert_matches(y, ref, x, x_ref, w, w_ref, atol=1e-3, x_atol=1e-4):
     torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-4, atol=atol)
 
 
+def _kernel_kinds(monkeypatch) -> list[str]:
+    """The kinds of the TVM kernels the layers call from now on, in call order."""
+    kinds: list[str] = []
+    original = tvm_l1.kernel
+    monkeypatch.setattr(tvm_l1, "kernel", lambda kind, *a: kinds.append(kind) or original(kind, *a))
+    return kinds
+
+
 @pytest.mark.parametrize(
     ("groups", "m", "t", "k"),
     [
@@ -205,9 +213,7 @@ def test_weight_relayouts_by_the_transpose_kernel(c, t, k, groups, monkeypatch):
     shape, perm = tvm_l1.forward_weight_layout(*w.shape, groups)
     got = tvm_l1._forward_weight(w, groups, keep=False)
     assert torch.equal(got, w.reshape(shape).permute(perm))
-    kinds = []
-    original = tvm_l1.kernel
-    monkeypatch.setattr(tvm_l1, "kernel", lambda kind, *a: kinds.append(kind) or original(kind, *a))
+    kinds = _kernel_kinds(monkeypatch)
     layer = Adder2d(c, t, k, 1, k // 2, 1, groups, bias=False, backend="tvm")
     x = torch.randn(2, c, 9, 9)
     if groups == c:  # the channel-vectorised depthwise kernels (the plane kernels need none)
@@ -234,9 +240,7 @@ def test_depthwise_plane_and_channel_kernels_agree(p, same, monkeypatch):
     torch.manual_seed(0)
     pad = 0 if same else 2
     layer = Adder2d(16, 16, 5, 2, pad, groups=16, bias=False, p=p, backend="tvm", dynamic_same=same)
-    kinds = []
-    original = tvm_build.kernel
-    monkeypatch.setattr(tvm_l1, "kernel", lambda k, *s: kinds.append(k) or original(k, *s))
+    kinds = _kernel_kinds(monkeypatch)
     x = torch.randn(2, 16, 12, 13)
     pads = layer.input_pads(x)
     assert (pads[2] != pads[3]) == same  # 'same' pads 1 top, 2 bottom here
@@ -591,9 +595,7 @@ def test_pointwise_convs_take_the_position_vectorised_kernel(batch, hw, t, monke
     ref = adder2d_reference(x2, w2, None, 1, 0, 1, 1)
     grad = torch.randn_like(ref)
     ref.backward(grad)
-    kinds: list[str] = []
-    original = tvm_l1.kernel
-    monkeypatch.setattr(tvm_l1, "kernel", lambda kind, *a: kinds.append(kind) or original(kind, *a))
+    kinds = _kernel_kinds(monkeypatch)
     y = layer(x)
     y.backward(grad)
     _assert_matches(y, ref, x, x2, layer.weight, w2)
@@ -619,9 +621,7 @@ def test_one_position_pointwise_conv_takes_the_serial_kernels(p, t, c, monkeypat
     ref = adder2d_reference(x2, w2, None, 1, 0, 1, 1, p)
     grad = torch.randn_like(ref)
     ref.backward(grad)
-    kinds: list[str] = []
-    original = tvm_l1.kernel
-    monkeypatch.setattr(tvm_l1, "kernel", lambda kind, *a: kinds.append(kind) or original(kind, *a))
+    kinds = _kernel_kinds(monkeypatch)
     y = layer(x)
     y.backward(grad)
     one = ["one_position_forward", "one_position_backward"]
