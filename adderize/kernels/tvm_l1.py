@@ -257,26 +257,21 @@ def forward_plan(
     hp, wp = h + top + bottom, w + left + right
     oh, ow, tg = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil), t // groups
     suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
-    if one_position(x, weight, stride, groups, p, pads):
-        single = kernel("one_position_forward", t, c)
+    single = one_position(x, weight, stride, groups, p, pads)
+    if single or pointwise_nchw(x, weight, stride, groups, p, pads):  # the weight as it is
+        if single:  # one position: vectors of channels
+            fn, x_rows, out_rows = kernel("one_position_forward", t, c), (c,), (t,)
+        else:  # positions vectorised
+            fn = kernel("pointwise_forward_nchw", n, c, h * w, t)
+            x_rows, out_rows = (n, c, h * w), (n, t, h * w)
         rows = weight.detach().reshape(t, c).contiguous()
 
-        def one(x: torch.Tensor) -> torch.Tensor:
-            out = x.new_empty(1, t, 1, 1)
-            single(x.view(c), rows, out.view(t))
-            return out
-
-        return one
-    if pointwise_nchw(x, weight, stride, groups, p, pads):
-        pointwise = kernel("pointwise_forward_nchw", n, c, h * w, t)
-        rows = weight.detach().reshape(t, c).contiguous()
-
-        def positions(x: torch.Tensor) -> torch.Tensor:
+        def pointwise(x: torch.Tensor) -> torch.Tensor:
             out = x.new_empty(n, t, h, w)
-            pointwise(x.view(n, c, h * w), rows, out.view(n, t, h * w))
+            fn(x.view(x_rows), rows, out.view(out_rows))
             return out
 
-        return positions
+        return pointwise
     if pads_fused(x, weight, groups):  # an NCHW model: each channel's plane on its own
         shape = (n, c, h, w, kh, kw, stride, dil, top, bottom, left, right)
         plane = kernel("depthwise_forward_nchw" + suffix, *shape)
@@ -357,8 +352,14 @@ def one_position(
     (batch-1 squeeze-excite): its forward and both gradients are the serial one-position
     kernels on the weight as it is (the direct kernels' pool hand-offs, weight re-layouts
     and window sums cost more than its arithmetic: 1152 -> 48, 0.1 ms, 8x the conv)."""
-    one = x.shape[0] * x.shape[2] * x.shape[3] == 1 and not any(pads) and p == 1.0
-    return one and weight.shape[-2:] == (1, 1) and stride == 1 and groups == 1
+    one = x.shape[0] * x.shape[2] * x.shape[3] == 1
+    return one and _plain_pointwise(weight, stride, groups, p, pads)
+
+
+def _plain_pointwise(weight: torch.Tensor, stride: int, groups: int, p: float, pads: Pads) -> bool:
+    """An ungrouped, unpadded l1 1x1 stride-1 conv."""
+    plain = weight.shape[-2:] == (1, 1) and stride == 1 and groups == 1
+    return plain and p == 1.0 and not any(pads)
 
 
 #: position tiles of the pointwise NCHW kernels: the positions per image must fill them
@@ -372,9 +373,8 @@ def pointwise_nchw(
     unpadded, contiguous NCHW, positions a multiple of :data:`POINTWISE_POSITIONS`):
     positions vectorised, the weight as it is, the output written along its rows
     (:func:`~adderize.tvm_schedules.compute.dense.pointwise_forward_nchw_compute`)."""
-    plain = weight.shape[-2:] == (1, 1) and stride == 1 and groups == 1 and p == 1.0
     fits = (x.shape[2] * x.shape[3]) % POINTWISE_POSITIONS == 0
-    return plain and fits and not any(pads) and x.is_contiguous()
+    return _plain_pointwise(weight, stride, groups, p, pads) and fits and x.is_contiguous()
 
 
 def one_position_backward(
@@ -418,14 +418,7 @@ def conv_grad_input(
         return _depthwise_grad_input_nchw(xp, weight, grad_out, stride, dil, p, pads)
     n, c, h, w = xp.shape
     t = weight.shape[0]
-    if (
-        weight.shape[1:] == (c, 1, 1)
-        and stride == 1
-        and p == 1.0
-        and not any(pads)
-        and xp.is_contiguous()
-        and (h * w) % POINTWISE_POSITIONS == 0
-    ):
+    if pointwise_nchw(xp, weight, stride, groups, p, pads):
         # pointwise on NCHW memory, no layout copies: 16 -> 96 @112 fwd+bwd 2.42x -> 1.22x
         # oneDNN at batch 1, 0.88x -> 0.53x at batch 32 (Zen 4)
         g = grad_out.contiguous().view(n, t, h * w)

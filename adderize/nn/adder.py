@@ -94,6 +94,12 @@ def _conv_rows(kernel: Any, stride: Any, dilation: Any, groups: int) -> _ConvRow
     return _ConvRows(kernel, stride, dilation, groups)
 
 
+def _conv_layout(
+    weight: torch.Tensor, stride: tuple[int, int], dilation: tuple[int, int], groups: int
+) -> _ConvRows:
+    return _conv_rows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)
+
+
 @dataclass(frozen=True)
 class _LinearRows:
     """Maps ``[..., in_features]`` inputs to ``[1, M, K]`` rows, and back."""
@@ -394,7 +400,7 @@ def adder2d(
     around ``x`` as ``F.pad`` takes them (left, right, top, bottom), fused into the kernel
     where it can be (depthwise, NCHW), else padded in a temporary of the forward and of the
     backward."""
-    layout = _conv_rows(tuple(weight.shape[-2:]), tuple(stride), tuple(dilation), groups)
+    layout = _conv_layout(weight, stride, dilation, groups)
     dtype = _compute_dtype(x, weight)
     x, weight = _cast(x, dtype), _cast(weight, dtype)
     # every kernel takes the input unpadded (padded inside the kernel or in a temporary),
@@ -479,9 +485,7 @@ class Adder2d(Conv2dLike):
             return None
         if self.blending or self.weight_std_eps is not None or x.dtype != weight.dtype:
             return None
-        layout = _conv_rows(
-            tuple(weight.shape[-2:]), tuple(self.stride), tuple(self.dilation), self.groups
-        )
+        layout = _conv_layout(weight, self.stride, self.dilation, self.groups)  # type: ignore[arg-type]
         pads = tuple(self.input_pads(x))
         key = _plan_key(x, weight, layout, check_p(self.p), pads, self.backend)  # type: ignore[arg-type]
         return (_input_key(x, weight), hit[2]) if hit[0] == key else None
