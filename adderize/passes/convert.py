@@ -19,7 +19,7 @@ import difflib
 import operator
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, overload
 
 from torch import fx, nn
@@ -51,6 +51,18 @@ class _Decision:
     source: Source | None = None
     site: FunctionalSite | None = None
     config: OpConfig | None = None  # the op's per-layer parameters (None: its defaults)
+
+
+def _resolved(op: str, layer: nn.Module, config: OpConfig | None) -> OpConfig | None:
+    """The op's parameters as the built ``layer`` resolved them (a shift layer's exponent
+    range from its weights), where they differ from those asked for; recorded by name in
+    the model's mapping, so that :func:`adderize.load` rebuilds the same layer."""
+    spec = get_op(op)
+    if spec.params is None:
+        return None
+    asked = config.params if config is not None and config.params is not None else spec.params()
+    got = replace(asked, **{f.name: getattr(layer, f.name) for f in fields(asked)})
+    return None if got == asked else OpConfig(op, got)
 
 
 def _end_layers(
@@ -298,6 +310,7 @@ def adderize(
     root = model if inplace else copy.deepcopy(model)
     swaps: list[tuple[_Decision, nn.Module]] = []
     blend: dict[str, str] = {}  # converted layer -> the BatchNorm after it (preserve)
+    resolved: dict[str, OpConfig] = {}  # parameters a layer took from its weights
     for d in decisions:
         new_type, norm = d.original, None
         if d.action == "replaced":
@@ -305,6 +318,9 @@ def adderize(
             src = _functional_float(root, d.site) if d.site else root.get_submodule(d.name)
             new = get_op(d.op).build(src, d.source, d.config)
             new_type = type(new).__name__
+            fixed = _resolved(d.op, new, d.config)
+            if fixed is not None and not d.site:
+                resolved[d.name] = fixed
             path = f"{d.name}_{d.op}" if d.site else d.name
             if mapping.preserve and isinstance(new, Blendable):
                 new.blend = 1.0
@@ -340,7 +356,7 @@ def adderize(
     for d, new in swaps:
         if not d.site:
             root.set_submodule(d.name, new)
-    setattr(root, META_ATTR, mapping.to_dict())
+    setattr(root, META_ATTR, mapping.with_names(resolved).to_dict())
     if blend:
         setattr(root, BLEND_ATTR, blend)
     return (root, report) if return_report else root

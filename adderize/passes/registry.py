@@ -260,10 +260,11 @@ class AdderParams:
 
 @dataclass(frozen=True)
 class ShiftParams:
-    """Per-layer parameters of the ``shift`` op: the power-of-two exponent range."""
+    """Per-layer parameters of the ``shift`` op: the power-of-two exponent range; an
+    unset bound is taken from the weights converted (:func:`adderize.nn.shift.exponent_range`)."""
 
-    min_exp: int = -14
-    max_exp: int = 0
+    min_exp: int | None = None
+    max_exp: int | None = None
 
     def __post_init__(self) -> None:
         check_exponents(self.min_exp, self.max_exp)

@@ -225,22 +225,55 @@ def fold_into_norm(layer: Blendable, norm: nn.Module) -> None:
 
     ``norm(s * y + t)`` in eval mode equals ``norm'(y)`` with mean ``(mean - t) / s``,
     variance ``(var + eps) / s^2 - eps`` and the sign of ``s`` moved into the norm's weight.
+
+    A channel whose scale is 0 (or so small that this variance overflows float32) computes
+    a constant: a dead channel of a pretrained model (``running_var == 0``, its conv output
+    constant on all data), whose least-squares scale is 0. Its norm becomes that constant,
+    exactly: weight 0, bias ``norm(t)``, statistics ``(0, 1)``. Any non-finite result
+    raises, naming the channels.
     """
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
         raise AdderizeTypeError(f"can only fold into a BatchNorm, got {type(norm).__name__}")
     scale, shift = layer.blend_scale, layer.blend_shift
     if scale is None or shift is None:
         return
+    if norm.running_mean is None or norm.running_var is None:
+        raise AdderizeError("cannot fold a scale into a BatchNorm without running statistics")
     s, t = scale.to(torch.float64), shift.to(torch.float64)
-    if norm.running_mean is not None and norm.running_var is not None:
-        mean, var = norm.running_mean.double(), norm.running_var.double()
-        norm.running_mean.copy_((mean - t) / s)
-        norm.running_var.copy_((var + norm.eps) / (s * s) - norm.eps)
+    mean, var = norm.running_mean.double(), norm.running_var.double()
+    new_var = (var + norm.eps) / (s * s) - norm.eps
+    dead = ~torch.isfinite(new_var) | (new_var > _MAX_VAR)
+    if bool(dead.any()):
+        if norm.weight is None or norm.bias is None:
+            raise AdderizeError(
+                f"{int(dead.sum())} channel(s) of the op layer are constant (scale 0, e.g. "
+                f"channel {int(dead.nonzero()[0])}): folding them needs a BatchNorm with affine "
+                "weight and bias"
+            )
+        w, b = norm.weight.double(), norm.bias.double()
+        constant = w * (t - mean) / torch.sqrt(var + norm.eps) + b  # norm(s * y + t), s = 0
+        norm.bias.copy_(torch.where(dead, constant, b).to(norm.bias.dtype))
+        norm.weight.copy_(torch.where(dead, 0.0, w).to(norm.weight.dtype))
+    s_live = torch.where(dead, 1.0, s)
+    norm.running_mean.copy_(torch.where(dead, 0.0, (mean - t) / s_live))
+    norm.running_var.copy_(torch.where(dead, 1.0, new_var))
     if norm.weight is not None:
-        norm.weight.mul_(torch.sign(s).to(norm.weight.dtype))
+        norm.weight.mul_(torch.sign(s_live).to(norm.weight.dtype))
     elif bool((s < 0).any()):
         raise AdderizeError("cannot fold a negative scale into a BatchNorm without affine weight")
+    tensors = [norm.running_mean, norm.running_var, norm.weight, norm.bias]
+    bad = [x for x in tensors if x is not None and not bool(torch.isfinite(x).all())]
+    if bad:
+        raise AdderizeError(
+            f"folding the op's scale (range {float(s.min()):.3g}..{float(s.max()):.3g}) and "
+            "shift into its BatchNorm gave non-finite statistics"
+        )
     layer.blend_scale = layer.blend_shift = None
+
+
+#: a folded variance above this (float32 holds 3.4e38; (var + eps) must stay finite) marks
+#: a channel whose scale is effectively 0: folded as the constant it computes
+_MAX_VAR = 1e30
 
 
 class Anneal:
@@ -307,9 +340,12 @@ class Anneal:
 
     def finalize(self) -> None:
         """End the anneal now: blend 0, scales folded into the BatchNorms, plain op layers."""
-        for layer, norm in self.layers.values():
+        for name, (layer, norm) in self.layers.items():
             layer.blend = 0.0
-            fold_into_norm(layer, norm)
+            try:
+                fold_into_norm(layer, norm)
+            except AdderizeError as e:
+                raise AdderizeError(f"layer {name!r}: {e}") from None
             layer.float_weight = layer.blend_loss = None
         if hasattr(self.model, BLEND_ATTR):
             delattr(self.model, BLEND_ATTR)
