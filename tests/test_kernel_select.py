@@ -3,7 +3,10 @@ fastest is kept and cached with its label, and the modes are checked."""
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,6 +74,73 @@ def test_every_candidate_tile_computes_what_the_unscheduled_compute_does(kind, s
         got = _run(cpu.schedule(kind, *shape, variant=option), args, option)
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-3, msg=f"tile {option}")
+
+
+# The kernels that mobilenetv2_100, mobilenetv3_small_100, efficientnet_b0 and resnet18 use
+# at 32 and 64 px (training and inference; tools/model_workloads.py records them): the
+# 1x1, 2x2 and 3x3 maps, stride 2 on even and odd sizes and 5x5 depthwise convs users meet.
+_MODEL_KERNELS = [
+    (kind, tuple(shape))
+    for kind, shape in json.loads(
+        (Path(__file__).parent / "data" / "model_workloads.json").read_text()
+    )["kernels"]
+    if kind.removesuffix("_lp") in cpu.SELECTABLE
+]
+
+
+def _smallest(per_kind: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The ``per_kind`` model kernels of each kind with the fewest elements (the small and
+    odd shapes where tiles meet loops of extent 1 and row tails)."""
+    by_kind: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    for k in _MODEL_KERNELS:
+        by_kind.setdefault(k[0], []).append(k)
+    return [
+        k for ks in by_kind.values() for k in sorted(ks, key=lambda k: math.prod(k[1]))[:per_kind]
+    ]
+
+
+def test_every_candidate_of_every_model_kernel_schedules():
+    """No candidate tile of a kernel these models reach fails to schedule, at 8 and 16
+    lanes (a ``channels`` tile raised on a 1x1 output map: mobilenetv2_100 at 32 px)."""
+    assert len(_MODEL_KERNELS) > 400
+    failed = []
+    for kind, shape in _MODEL_KERNELS:
+        for lanes in (8, 16):
+            for option in cpu.candidates(kind, *shape, lanes=lanes):
+                try:
+                    cpu.schedule(kind, *shape, variant=option)
+                except Exception as e:
+                    failed.append(f"{kind}{shape} {option} at {lanes} lanes: {e}")
+    assert not failed, "\n".join(failed[:20])
+
+
+SMALL_MODEL_KERNELS = _smallest(4)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize(
+    ("kind", "shape"), SMALL_MODEL_KERNELS, ids=[f"{k}-{s}" for k, s in SMALL_MODEL_KERNELS]
+)
+def test_every_candidate_on_small_model_shapes_computes_the_reference(kind, shape, lanes):
+    test_every_candidate_tile_computes_what_the_unscheduled_compute_does(kind, shape, lanes)
+
+
+def test_measured_selection_leaves_out_a_tile_that_cannot_build(monkeypatch):
+    """The selection users get (``measure``) on mobilenetv2_100's 1x1-output depthwise conv
+    (the shape that crashed at 32 px), with a candidate that raises added: it is left out."""
+    monkeypatch.setenv("ADDERIZE_KERNEL_SELECT", "measure")
+    shape = (2, 576, 2, 2, 3, 3, 2, 1, 1, 1, 1, 1)
+    assert ("depthwise_forward_nchw", shape) in _MODEL_KERNELS
+    real = cpu.candidates("depthwise_forward_nchw", *shape)
+    broken = cpu.Variant(3, 16, False, "channels")  # the tile that raised on this shape
+    monkeypatch.setattr(cpu, "candidates", lambda kind, *s, lanes=None: [broken, *real])
+    _, label = tvm_build.build("depthwise_forward_nchw", *shape)
+    assert label in {str(c) for c in real}
+    monkeypatch.setattr(cpu, "candidates", lambda kind, *s, lanes=None: [broken])
+    with pytest.raises(
+        RuntimeError, match="no candidate schedule of kernel depthwise_forward_nchw"
+    ):
+        tvm_build.build("depthwise_forward_nchw", *shape)
 
 
 def test_candidates_fit_the_register_file_after_the_hand_tile():

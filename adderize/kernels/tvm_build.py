@@ -16,6 +16,7 @@ database and selection mode; :func:`chosen` says which tile won.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -52,6 +53,7 @@ SELECT_MODES = ("measure", "first")
 #: kernels that are no tuning task (:func:`workloads`): the weight re-layouts and the
 #: one-position kernels (a few microseconds, fixed schedules)
 UNTUNED = ("transpose", "one_position_forward", "one_position_backward")
+_log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
 _KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _CHOSEN: dict[tuple[Any, ...], str] = {}
@@ -271,16 +273,34 @@ def build(kind: str, *shape: int) -> tuple[Any, str]:
     if kind.removesuffix("_lp") not in cpu.SELECTABLE:
         return tvm.compile(cpu.schedule(kind, *shape), target=target), "fixed"
     options = cpu.candidates(kind, *shape)
-    if select_mode() == "first" or len(options) == 1:
-        mod = cpu.schedule(kind, *shape, variant=options[0])
-        return _compile(mod, options[0]), str(options[0])
+    first = select_mode() == "first" or len(options) == 1
+    built: list[tuple[cpu.Variant, Any, Any]] = []  # (tile, scheduled module, library)
+    errors: list[str] = []
+    for option in options:
+        try:  # a tile that cannot take this shape is left out, never raised at the user
+            mod = cpu.schedule(kind, *shape, variant=option)
+            built.append((option, mod, _compile(mod, option)))
+        except Exception as e:
+            errors.append(f"{option}: {type(e).__name__}: {e}")
+            _log.debug("kernel %s%s: candidate %s left out (%s)", kind, shape, option, e)
+            continue
+        if first:
+            break
+    if not built:
+        raise RuntimeError(
+            f"no candidate schedule of kernel {kind}{shape} builds: " + "; ".join(errors)[:2000]
+        )
+    if len(built) == 1:
+        return built[0][2], str(built[0][0])
     # timed at the kernel's own shape: a smaller batch ranks the loop orders differently
     # (1x1 convs: 2x apart at batch 32, equal at batch 1)
-    mods = [cpu.schedule(kind, *shape, variant=option) for option in options]
-    libs = [_compile(mod, option) for mod, option in zip(mods, options, strict=True)]
-    fns = [_bind(lib["main"], str(option)) for lib, option in zip(libs, options, strict=True)]
-    pick = fastest(fns, _random_args(mods[0]))  # the first candidate has the plain form
-    return libs[pick], str(options[pick])
+    fns = [_bind(lib["main"], str(option)) for option, _, lib in built]
+    plain = [mod for option, mod, _ in built if option.form not in FMA_FORMS]
+    args = _random_args(plain[0]) if plain else _random_args(built[0][1])
+    if not plain:  # an FMA form's own input ``one`` (third) is bound by _bind
+        del args[2]
+    pick = fastest(fns, args)
+    return built[pick][2], str(built[pick][0])
 
 
 def _compile(mod: Any, option: cpu.Variant) -> Any:

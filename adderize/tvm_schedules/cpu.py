@@ -223,7 +223,10 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
         return _pointwise_tiles(kind, lay, lanes, shape[0])
     if kind.removesuffix("_lp") == "depthwise_forward_nchw":
         planes = _plane_tiles(lay, lanes)
-        if shape[1] % CHANNEL_BLOCK:
+        kh, kw = shape[4], shape[5]
+        # the channel tile splits the output rows and taps: compute_at drops loops of
+        # extent 1 (a 1-wide output or kernel), which it has no schedule for
+        if shape[1] % CHANNEL_BLOCK or min(lay.row_extent, lay.col_extent, kh, kw) < 2:
             return planes
         # channel blocks: a whole output row per tile where it fits the registers
         rows = _rows(lay.col_extent, 8)
