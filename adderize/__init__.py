@@ -6,6 +6,7 @@ ann, report = adderize.adderize(timm.create_model("resnet50"), return_report=Tru
 
 # first: OpenMP settings take effect only before torch is imported (see adderize._threads)
 from adderize import _threads  # noqa: F401  # isort: skip
+from adderize._api import adderize
 from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize._log import log_to_stdout
 from adderize._version import __version__
@@ -16,7 +17,6 @@ from adderize.passes import (
     OpMapping,
     OpSpec,
     RewriteReport,
-    adderize,
     register_op,
 )
 

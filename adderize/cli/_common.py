@@ -155,7 +155,9 @@ def add_model_source(p: argparse.ArgumentParser, saved: bool = True) -> None:
         + (" (converted with --ops), or a file saved by adderize convert --out" if saved else ""),
     )
     p.add_argument(
-        "--ops", help="op mapping YAML file, or one op for every layer (adder, binary, shift, conv)"
+        "--ops",
+        help="op mapping YAML file, one op for every layer (adder, binary, shift, conv), or "
+        "auto (convert --calibrate: each layer's op from measured sensitivity)",
     )
     p.add_argument(
         "--keep", nargs="+", default=[], metavar="NAME", help="module names to keep full precision"

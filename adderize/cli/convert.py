@@ -59,6 +59,12 @@ def add_parser(sub: Any) -> None:
     lf.add_argument("--distill-lr", type=POSITIVE, default=1e-4)
     lf.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     lf.add_argument(
+        "--budget",
+        type=POSITIVE,
+        default=0.5,
+        help="with --ops auto: energy budget, a fraction of the all-conv model's",
+    )
+    lf.add_argument(
         "--reestimate-bn", action="store_true", help="re-estimate BatchNorm on the images"
     )
     parser.set_defaults(func=run)
@@ -81,14 +87,15 @@ def _label_free(args: argparse.Namespace, out: Any) -> int:
         reestimate_bn=args.reestimate_bn,
         distill_steps=args.distill_steps,
         distill_lr=args.distill_lr,
+        budget=args.budget,
     )
     kwargs = model_kwargs(args)
     float_model = adderize.create_float_model(
         args.model, pretrained_file=args.pretrained_file, **kwargs
     )
-    model, result = convert_pretrained(
-        float_model, args.calibrate, mapping_arg(args.ops), keep=args.keep, config=config
-    )
+    ops = "auto" if args.ops == "auto" else mapping_arg(args.ops)
+    model, result = convert_pretrained(float_model, args.calibrate, ops, keep=args.keep,
+                                       config=config)  # fmt: skip
     print(result.table())
     path = adderize.save(model, out, model_name=args.model, model_kwargs=kwargs)
     report = path.with_name(path.stem + ".report.json")
@@ -103,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     out = output_path(args.out, args.pretrained_file) if args.out else None
     if args.calibrate is not None:
         return _label_free(args, out)
+    if args.ops == "auto":
+        raise AdderizeError("--ops auto measures each layer on data: give --calibrate IMAGES")
     if args.preserve or args.refit_steps or args.distill_steps or args.reestimate_bn:
         raise AdderizeError(
             "--preserve, --refit-steps, --distill-steps and --reestimate-bn need --calibrate "

@@ -36,6 +36,8 @@ class RewriteReport:
     tracing: str = "fx"
     note: str = ""
     result_type: str = ""
+    #: ``ops="auto"``: the per-layer choice (:class:`adderize.search.auto.AutoChoice`)
+    auto: Any = None
 
     def by_action(self, action: Action) -> list[LayerRecord]:
         return [r for r in self.records if r.action == action]
@@ -90,7 +92,8 @@ class RewriteReport:
         return "\n".join([fmt(header), rule, *(fmt(r) for r in rows)])
 
     def __str__(self) -> str:
-        return f"{self.table()}\n\n{self.summary()}"
+        auto = f"\n\n{self.auto.table()}" if self.auto is not None else ""
+        return f"{self.table()}\n\n{self.summary()}{auto}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +102,7 @@ class RewriteReport:
             "result_type": self.result_type,
             "summary": self.summary(),
             "records": [asdict(r) for r in self.records],
+            **({"auto": asdict(self.auto)} if self.auto is not None else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -18,6 +18,7 @@ optimizer step pre-hook, so it always sees the averaged gradient.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import random
@@ -131,9 +132,9 @@ def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> 
 
 
 def _finetune(recipe: Recipe, ctx: Context, *, resume: bool, progress: bool) -> FinetuneResult:
+    from adderize._api import adderize
     from adderize.energy import energy_report
     from adderize.io import save
-    from adderize.passes.convert import adderize
     from adderize.train.data import build_loaders
 
     run_dir = _prepare_run_dir(recipe, resume, ctx)
@@ -154,13 +155,22 @@ def _finetune(recipe: Recipe, ctx: Context, *, resume: bool, progress: bool) -> 
 
     # a trained conv model is converted function-preserving and annealed into the student
     trained = m.pretrained_file is not None or recipe.teacher.epochs > 0
+    ops: Any = recipe.ops
+    auto: dict[str, Any] = {}
+    if recipe.auto_budget:  # each layer's op from its measured sensitivity (search.auto)
+        batches = itertools.islice(loaders[0], recipe.anneal.calibration_batches)
+        ops, auto = "auto", {"budget": recipe.auto_budget,
+                             "calibrate": [x.to(ctx.device) for x, _ in batches]}  # fmt: skip
     student, report = adderize(
         copy.deepcopy(teacher),
-        recipe.ops,
+        ops,
         keep=recipe.keep,
         preserve=recipe.anneal.enabled and trained,
         return_report=True,
+        **auto,
     )
+    if ctx.main and report.auto is not None:
+        log.info("%s", report.auto.table())
     if ctx.main:
         log.info("%s", report.summary())
     phase = Phase(

@@ -70,6 +70,7 @@ class LabelFreeConfig:
     distill_lr: float = 1e-4
     temperature: float = 1.0
     seed: int = 0
+    budget: float = 0.5  #: energy budget of ``ops="auto"`` (a fraction of all-conv)
 
     def __post_init__(self) -> None:
         for name in ("refit_steps", "distill_steps", "seed"):
@@ -83,6 +84,8 @@ class LabelFreeConfig:
         for name in ("refit_lr", "distill_lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise AdderizeError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 < self.budget <= 1:
+            raise AdderizeError(f"budget is a fraction in (0, 1], got {self.budget!r}")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class LabelFreeResult:
     energy_ratio: float  #: compute energy of the model against the same model all-conv
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: ``ops="auto"``: the per-layer choice (:class:`adderize.search.auto.AutoChoice`)
+    auto: Any = None
 
     def table(self) -> str:
         rows = [f"{'layer':32s} {'op':7s} {'residual':>8s} {'energy':>7s}"]
@@ -116,7 +121,8 @@ class LabelFreeResult:
             f"{len(self.layers)} layers converted on {self.images} unlabelled images; compute "
             f"energy {self.energy_ratio:.3f}x all-conv; {times}"
         )
-        return "\n".join(rows + [f"warning: {w}" for w in self.warnings])
+        auto = [self.auto.table()] if self.auto is not None else []
+        return "\n".join(auto + rows + [f"warning: {w}" for w in self.warnings])
 
 
 def read_images(source: str | Path) -> list[Any] | torch.Tensor:
@@ -292,7 +298,9 @@ def convert_pretrained(
         model: the pretrained float model (left unchanged; it is the distillation teacher).
         images: unlabelled images: PIL images, a folder or ``.npy`` (:func:`read_images`),
             or a preprocessed float tensor ``[N, 3, H, W]``.
-        ops: as :func:`adderize.adderize` (an op name, an :class:`OpMapping`, ...).
+        ops: as :func:`adderize.adderize` (an op name, an :class:`OpMapping`, ...), or
+            ``"auto"``: each layer's op from its measured sensitivity on the images under
+            ``config.budget`` (:mod:`adderize.search.auto`).
         keep: layer names to keep full precision (the first and last are kept anyway).
         config: :class:`LabelFreeConfig` (refit and distillation steps, ...).
         progress: show progress bars.
@@ -304,6 +312,7 @@ def convert_pretrained(
 
     from adderize.energy import energy_report
     from adderize.passes import adderize as convert
+    from adderize.search.auto import choose_ops
 
     cfg = config or LabelFreeConfig()
     if isinstance(images, (str, Path)):
@@ -326,8 +335,13 @@ def convert_pretrained(
         seconds[name] = now - clock
         clock = now
 
-    student = convert(model, ops, keep=keep, preserve=True)
     batches = _batches(x, cfg.batch_size)
+    auto = None
+    if ops == "auto":  # each layer's op from its measured sensitivity (search.auto)
+        auto = choose_ops(model, cfg.budget, batches)
+        ops = auto.mapping()
+        lap("auto")
+    student = convert(model, ops, keep=keep, preserve=True)
     warnings = _too_few(student, x, cfg.refit_steps > 0)
     for w in warnings:
         _log.warning(w)
@@ -368,7 +382,7 @@ def convert_pretrained(
         ratio = e.compute_pj / max(e.baseline_compute_pj, 1e-30) if e is not None else float("nan")
         layers.append(LayerFit(name.removesuffix(".op"), ops_of[name], residual, ratio))
     total = energy.compute_pj / max(energy.baseline_compute_pj, 1e-30)
-    return student, LabelFreeResult(layers, len(x), total, seconds, warnings)
+    return student, LabelFreeResult(layers, len(x), total, seconds, warnings, auto)
 
 
 def _op_name(layer: nn.Module) -> str:

@@ -223,6 +223,10 @@ class Recipe:
 
     model: ModelCfg = field(default_factory=ModelCfg)
     ops: dict[str, Any] = field(default_factory=lambda: {"default": "adder"})
+    # > 0: each layer's op chosen by ops="auto" (adderize.search.auto: measured sensitivity
+    # on anneal.calibration_batches training batches) under this energy budget, a fraction
+    # of the all-conv model's; ``ops`` then only sets keep_first / keep_last. 0: ops as given.
+    auto_budget: float = 0.0
     keep: list[str] = field(default_factory=list)
     data: DataCfg = field(default_factory=DataCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
@@ -245,6 +249,11 @@ class Recipe:
         _choice("amp", self.amp, AMP_MODES)
         _positive("epochs", self.epochs)
         _positive("bn_recalibration", self.bn_recalibration, allow_zero=True)
+        if not 0 <= self.auto_budget <= 1:
+            raise AdderizeError(
+                f"auto_budget is a fraction of the all-conv energy in (0, 1] (0 = off), got "
+                f"{self.auto_budget}"
+            )
         if not 0 <= self.ema < 1:
             raise AdderizeError(f"ema is a decay in [0, 1) (0 = off), got {self.ema}")
         from adderize.passes.mapping import OpMapping
