@@ -35,7 +35,7 @@ from torch import nn
 from adderize._errors import AdderizeError, brief
 from adderize._version import __version__
 from adderize.nn import Blendable
-from adderize.passes.convert import BLEND_ATTR, META_ATTR, adderize
+from adderize.passes.convert import BLEND_ATTR, META_ATTR, RESOLVED_ATTR, adderize
 from adderize.passes.mapping import OpMapping
 from adderize.passes.report import RewriteReport
 
@@ -205,6 +205,7 @@ def save(
         "model_name": recipe["model_name"],
         "model_kwargs": kwargs_json,
         "ops": json.dumps(ops, sort_keys=True),
+        "resolved": json.dumps(getattr(model, RESOLVED_ATTR, None) or {}, sort_keys=True),
     }
     tmp = path.with_name(path.name + ".tmp")
     save_model(model, str(tmp), metadata=metadata)
@@ -234,7 +235,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"({__version__}) reads version {FORMAT_VERSION}"
         )
     out: dict[str, Any] = {"adderize_version": meta.get("adderize_version", "")}
-    for key in ("model_name", "model_kwargs", "ops"):
+    meta.setdefault("resolved", "{}")  # files before per-layer resolved parameters
+    for key in ("model_name", "model_kwargs", "ops", "resolved"):
         if key not in meta:
             raise ModelFileError(f"{path}: metadata has no {key!r}")
         if key == "model_name":
@@ -306,7 +308,13 @@ def load(
             raise AdderizeError(f"model_name must be a timm model name, got {name!r:.80}")
         check_model_kwargs(kwargs, max_num_classes=max_num_classes, allow_kwargs=allow_kwargs)
         mapping = OpMapping.coerce(ops if isinstance(ops, dict) else {"default": ops})
-        model = create_model(name, mapping, **kwargs)
+        resolved = meta["resolved"]
+        if not isinstance(resolved, dict):
+            raise AdderizeError(f"metadata 'resolved' must be a mapping, got {resolved!r:.80}")
+        model = create_model(name, mapping.with_names(resolved), **kwargs)
+        setattr(model, META_ATTR, mapping.to_dict())  # the mapping as it was saved
+        if resolved:  # and saved again with the model
+            setattr(model, RESOLVED_ATTR, dict(resolved))
     except (ValueError, TypeError, KeyError, RuntimeError) as e:
         raise ModelFileError(f"{path}: cannot rebuild the model it describes: {e}") from None
     assert isinstance(model, nn.Module)

@@ -34,6 +34,9 @@ from adderize.passes.trace import FunctionalSite, GraphFacts, Tracer, analyse
 __all__ = ["adderize"]
 
 META_ATTR = "adderize_ops"  # the mapping a converted model was made with (plain dict)
+# {layer: op config} of the layers whose parameters the build took from their weights (a
+# shift layer's exponent range): saved beside the mapping, so that load rebuilds them
+RESOLVED_ATTR = "adderize_resolved"
 # preserve: {blended layer: the BatchNorm after it}, read by adderize.train.anneal
 BLEND_ATTR = "adderize_blend"
 
@@ -55,8 +58,9 @@ class _Decision:
 
 def _resolved(op: str, layer: nn.Module, config: OpConfig | None) -> OpConfig | None:
     """The op's parameters as the built ``layer`` resolved them (a shift layer's exponent
-    range from its weights), where they differ from those asked for; recorded by name in
-    the model's mapping, so that :func:`adderize.load` rebuilds the same layer."""
+    range from its weights), where they differ from those asked for; saved by name beside
+    the model's mapping (:data:`RESOLVED_ATTR`), so that :func:`adderize.load` rebuilds
+    the same layer from other weights."""
     spec = get_op(op)
     if spec.params is None:
         return None
@@ -356,7 +360,9 @@ def adderize(
     for d, new in swaps:
         if not d.site:
             root.set_submodule(d.name, new)
-    setattr(root, META_ATTR, mapping.with_names(resolved).to_dict())
+    setattr(root, META_ATTR, mapping.to_dict())
+    if resolved:
+        setattr(root, RESOLVED_ATTR, {n: c.to_data() for n, c in resolved.items()})
     if blend:
         setattr(root, BLEND_ATTR, blend)
     return (root, report) if return_report else root

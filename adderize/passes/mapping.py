@@ -23,7 +23,7 @@ folds the op's output scale when it ends (:mod:`adderize.train.anneal`).
 from __future__ import annotations
 
 import re
-import re._parser as _parser  # type: ignore[import-not-found]
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,11 @@ from adderize._config import from_data
 from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize._yaml import parse_yaml, read_yaml
 from adderize.passes.registry import OpConfig
+
+if sys.version_info >= (3, 11):
+    import re._parser as _parser  # type: ignore[import-not-found]
+else:  # Python 3.10 calls the regex parser sre_parse (deprecated from 3.11 on)
+    import sre_parse as _parser
 
 __all__ = ["OpMapping", "check_regex"]
 
