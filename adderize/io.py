@@ -39,7 +39,16 @@ from adderize.passes.convert import BLEND_ATTR, META_ATTR, RESOLVED_ATTR, adderi
 from adderize.passes.mapping import OpMapping
 from adderize.passes.report import RewriteReport
 
-__all__ = ["MODEL_KWARGS", "ModelFileError", "create_float_model", "create_model", "load", "save"]
+__all__ = [
+    "MODEL_KWARGS",
+    "ModelFileError",
+    "check_model_kwargs",
+    "create_float_model",
+    "create_model",
+    "load",
+    "read_metadata",
+    "save",
+]
 
 FORMAT = "adderize-model"
 FORMAT_VERSION = 1

@@ -21,7 +21,13 @@ from adderize.energy.count import OpCount
 from adderize.energy.tables import PRECISIONS, EnergyTable
 from adderize.passes.registry import priced_op, priced_op_names
 
-__all__ = ["CostTable", "compute_breakdown", "layer_counts", "node_energy"]
+__all__ = [
+    "CostTable",
+    "bits_moved",
+    "compute_breakdown",
+    "layer_counts",
+    "node_energy",
+]
 
 
 def layer_counts(c: OpCount, op: str | None = None) -> dict[str, int]:

@@ -39,7 +39,15 @@ import torch
 from adderize._errors import AdderizeError
 from adderize.kernels import tvm_l1
 
-__all__ = ["BACKENDS", "DEFAULT_MAX_TEMP_BYTES", "l1_forward", "l1_grad_a", "l1_grad_b"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_MAX_TEMP_BYTES",
+    "check_backend",
+    "l1_forward",
+    "l1_grad_a",
+    "l1_grad_b",
+    "use_direct_conv",
+]
 
 BACKENDS = ("auto", "tvm", "torch")
 _WARNED: set[str] = set()

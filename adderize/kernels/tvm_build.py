@@ -39,6 +39,7 @@ __all__ = [
     "available",
     "build",
     "chosen",
+    "fastest",
     "forget",
     "kernel",
     "select_mode",

@@ -33,7 +33,14 @@ from adderize.kernels.l1 import (
 )
 from adderize.nn._base import Conv1dLike, Conv2dLike, LinearLike
 
-__all__ = ["Adder1d", "Adder2d", "AdderLinear", "adder2d", "adder_linear"]
+__all__ = [
+    "Adder1d",
+    "Adder2d",
+    "AdderLinear",
+    "adder2d",
+    "adder_linear",
+    "check_p",
+]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,12 @@ from adderize._errors import AdderizeError
 from adderize.energy.cost import CostTable
 from adderize.passes.mapping import OpMapping
 
-__all__ = ["DEFAULT_OPS", "OpSpace", "energy_budget"]
+__all__ = [
+    "DEFAULT_OPS",
+    "OpSpace",
+    "OpSpaceFile",
+    "energy_budget",
+]
 
 DEFAULT_OPS = ("conv", "adder", "binary", "shift")
 

@@ -12,6 +12,8 @@ from adderize.search.settings import SearchSettings
 from adderize.search.space import OpSpace
 from adderize.train.recipe import Recipe
 
+__all__ = ["main"]
+
 
 def main(out: str) -> None:
     import nni

@@ -29,6 +29,7 @@ __all__ = [
     "Recipe",
     "SchedCfg",
     "TeacherCfg",
+    "apply_overrides",
 ]
 
 #: the recipe format written by ``Recipe.to_dict`` (files without the key read as it)

@@ -20,7 +20,12 @@ from adderize.tvm_schedules.cpu import tile
 from adderize.tvm_schedules.export import exportable
 from adderize.tvm_schedules.tuning import tuned_module
 
-__all__ = ["CompileReport", "CompiledModel", "compile_model"]
+__all__ = [
+    "CompileReport",
+    "CompiledModel",
+    "compile_model",
+    "to_relax",
+]
 
 TARGETS = ("cpu", "cuda")
 SCHEDULES = ("tuned", "hand", "default")

@@ -32,6 +32,7 @@ __all__ = [
     "QuantReport",
     "SharedGrid",
     "binary_conv2d",
+    "binary_geometry",
     "calibrate",
     "int8_adder_conv2d",
     "int8_window_sums",
