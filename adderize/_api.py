@@ -1,5 +1,5 @@
 """The public ``adderize.adderize``: the conversion pass, and ``ops="auto"`` (each layer's
-op chosen from measured sensitivity under an energy budget, :mod:`adderize.search.auto`)."""
+op chosen from measured sensitivity under an energy budget, :mod:`adderize.train.auto`)."""
 
 from __future__ import annotations
 
@@ -34,15 +34,16 @@ def adderize(
     As :func:`adderize.passes.adderize` (the arguments up to ``return_report``), and
     ``ops="auto"``: each convertible layer's op is chosen among ``auto_ops`` (default
     adder and shift; add ``"conv"`` to allow float layers) with the least measured output
-    change under ``budget`` (a fraction of the all-conv compute energy), measured on the
+    change under ``budget`` (a fraction of the all-conv energy, compute and memory, as
+    the search prices it), measured on the
     ``calibrate`` batches (input tensors); the report's ``auto`` holds the per-layer
-    scores and energies (:class:`adderize.search.auto.AutoChoice`). No training.
+    scores and energies (:class:`adderize.train.auto.AutoChoice`). No training.
 
     Returns:
         The converted model, and the :class:`RewriteReport` if ``return_report``.
     """
     if ops == "auto":
-        from adderize.search.auto import AUTO_OPS, choose_ops
+        from adderize.train.auto import AUTO_OPS, choose_ops
 
         choice = choose_ops(model, 0.5 if budget is None else budget, calibrate,
                             auto_ops or AUTO_OPS)  # fmt: skip

@@ -83,8 +83,8 @@ _LITE_HASH = {"lite0": "57934424", "lite1": "77cc7160"}
 
 def cache_dir() -> Path:
     """Where fetched wheels are kept: ``$ADDERIZE_ASSETS``, else ``wheels`` in adderize's
-    cache (:func:`adderize.kernels.machine.cache_dir`)."""
-    from adderize.kernels.machine import cache_dir as adderize_cache
+    cache (:func:`adderize.tvm_schedules.target.cache_dir`)."""
+    from adderize.tvm_schedules.target import cache_dir as adderize_cache
 
     env = os.environ.get("ADDERIZE_ASSETS")
     return Path(env) if env else adderize_cache("wheels")

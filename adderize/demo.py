@@ -62,7 +62,7 @@ def run_demo(
 
     tvm_error = None
     if tvm_l1.available():
-        from adderize.tvm_schedules import compile_model
+        from adderize.deploy import compile_model
 
         print("\n[4/5] compile the adder model with TVM (Relax) and compare with PyTorch:")
         lib = out / "student.so"

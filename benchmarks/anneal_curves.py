@@ -34,9 +34,9 @@ from typing import Any
 import torch
 
 from adderize import log_to_stdout
-from adderize.kernels.machine import cpu_model
 from adderize.train.finetune import finetune
 from adderize.train.recipe import Recipe
+from adderize.tvm_schedules.target import cpu_model
 
 VARIANTS = {
     "anneal": ["anneal.enabled=true"],  # first: trains the teacher the others start from

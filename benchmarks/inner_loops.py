@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from adderize.kernels.machine import cpu_isa, describe
+from adderize.tvm_schedules.target import cpu_isa, describe
 
 FORMS = {  # name: (ops, accumulator update of acc[i] from x and w)
     "conv": ("fma", "acc[i] = FMA(x, w, acc[i]);"),

@@ -3,7 +3,7 @@
 For each seed the digits recipe (``adderize finetune``: conv teacher, function-preserving
 conversion, anneal to the adder model) is run, or resumed from ``--out`` when it already
 ran there (``benchmarks/anneal_curves.py`` writes the same runs); the adder student is then
-quantized (:func:`adderize.tvm_schedules.quant.quantize_model`: one shared uint8 grid per
+quantized (:func:`adderize.deploy.quant.quantize_model`: one shared uint8 grid per
 layer, calibrated on ``--calibration-batches`` training batches) and both models are
 scored on the validation split, the int8 one on the int8 TVM kernel.
 
@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from adderize import log_to_stdout
+from adderize.deploy.quant import quantize_model
 from adderize.io import load
-from adderize.kernels.machine import describe
 from adderize.train.data import build_loaders
 from adderize.train.finetune import finetune
 from adderize.train.recipe import Recipe
-from adderize.tvm_schedules.quant import quantize_model
+from adderize.tvm_schedules.target import describe
 
 TARGET = 0.005
 

@@ -31,10 +31,10 @@ import torch
 from layers import paired  # benchmarks/ is on sys.path when run as a script
 from model_layers import model_shapes
 
-from adderize.kernels import tvm_build
-from adderize.kernels.machine import describe, llvm_target
 from adderize.nn import Adder2d
+from adderize.tvm_schedules import build as tvm_build
 from adderize.tvm_schedules import cpu, int8
+from adderize.tvm_schedules.target import describe, llvm_target
 
 FP32_TARGET, INT8_TARGET = 0.5, 2.0
 

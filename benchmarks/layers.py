@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from adderize.kernels.machine import describe
 from adderize.nn import Adder2d
+from adderize.tvm_schedules.target import describe
 
 # (label, batch, Cin, Cout, kernel, stride, H, groups)
 SHAPES = [

@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from layers import paired
 
-from adderize.kernels.machine import describe
 from adderize.nn import Adder2d
+from adderize.tvm_schedules.target import describe
 
 MODELS = ("resnet18", "resnet50", "mobilenetv2_100", "efficientnet_b0")
 FORWARD_TARGET, TRAIN_TARGET = 2.0, 3.0

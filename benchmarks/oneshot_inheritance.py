@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from adderize import log_to_stdout
-from adderize.kernels.machine import describe
 from adderize.search import SearchSettings
 from adderize.search.evaluate import Evaluator, evaluate_assignment
 from adderize.search.oneshot import OpSupernet, score_subnet, train_supernet
 from adderize.train.recipe import Recipe
+from adderize.tvm_schedules.target import describe
 
 QUICK = ["model.name=resnet10t", "data.input_size=16", "teacher.epochs=4"]
 

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from adderize import log_to_stdout
-from adderize.kernels.machine import describe
 from adderize.search import SearchSettings, search
 from adderize.search.evaluate import Evaluator, evaluate_assignment
 from adderize.train.recipe import Recipe
+from adderize.tvm_schedules.target import describe
 
 QUICK = ["model.name=resnet10t", "data.input_size=16", "teacher.epochs=4"]
 

@@ -10,7 +10,7 @@ and is evaluated on the 20 ImageNet images and their mirrors (40 views):
 * ``adder``: every layer an adder, its weights refit to the conv outputs (``--refit-steps``);
 * ``shift``: every layer shift (power-of-two weights, the range from the weights);
 * ``auto``: each layer's op (adder or shift) from its measured sensitivity under an energy
-  budget of 0.5 (:mod:`adderize.search.auto`);
+  budget of 0.5 (:mod:`adderize.train.auto`);
 * ``shift+distill``: ``shift``, then distilled from the teacher's logits on random crops of
   the same photos (``--distill-steps``; no labels).
 
@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from timm.data import create_transform, resolve_data_config
 
 from adderize import assets
-from adderize.kernels.machine import describe
 from adderize.train.labelfree import LabelFreeConfig, convert_pretrained
+from adderize.tvm_schedules.target import describe
 
 VARIANTS = ("adder", "shift", "auto", "shift+distill")
 

@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from layers import paired
 
-from adderize.kernels import tvm_build
-from adderize.kernels.machine import describe
+from adderize.tvm_schedules import build as tvm_build
+from adderize.tvm_schedules.target import describe
 
 TRANSPOSES = [(96, 24), (384, 64), (48, 1152), (1152, 192), (512, 512), (512, 4608)]
 SQUEEZE_EXCITE = [(8, 32), (20, 480), (48, 1152), (1152, 48)]  # (T, C)

@@ -29,11 +29,13 @@ import torch
 import torch.nn.functional as F
 from layers import paired  # benchmarks/ is on sys.path when run as a script
 
-from adderize.kernels import tvm_build, tvm_l1
-from adderize.kernels.machine import llvm_target
+from adderize.deploy import compile_model
+from adderize.deploy.quant import quantize_model
+from adderize.kernels import tvm_l1
 from adderize.train import recalibrate_bn
-from adderize.tvm_schedules import compile_model, cpu
-from adderize.tvm_schedules.quant import quantize_model
+from adderize.tvm_schedules import build as tvm_build
+from adderize.tvm_schedules import cpu
+from adderize.tvm_schedules.target import llvm_target
 
 LAYERS = [(c, h) for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))]
 

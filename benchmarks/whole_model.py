@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from adderize._threads import spin_set_by_adderize
-from adderize.kernels.machine import describe
+from adderize.tvm_schedules.target import describe
 
 VARIANTS = ("conv", "adder", "anneal")
 

@@ -12,7 +12,7 @@ import torch
 import adderize
 from adderize._errors import AdderizeError
 from adderize.cli import main
-from adderize.search.auto import _knapsack, choose_ops, sensitivity
+from adderize.train.auto import _knapsack, choose_ops, sensitivity
 from adderize.train.recipe import Recipe
 
 

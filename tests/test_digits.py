@@ -15,10 +15,10 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 import adderize
+from adderize.deploy.quant import quantize_model
 from adderize.kernels import tvm_l1
 from adderize.nn import Adder2d
 from adderize.train import AdaptiveLRScaling, LpSchedule
-from adderize.tvm_schedules.quant import quantize_model
 
 EPOCHS, BATCH, LR = 6, 64, 0.05
 

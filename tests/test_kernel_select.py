@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from adderize.kernels import tvm_build, tvm_l1
-from adderize.kernels.machine import cpu_arch, cpu_isa, cpu_model, describe
+from adderize.kernels import tvm_l1
+from adderize.tvm_schedules import build as tvm_build
+from adderize.tvm_schedules.target import cpu_arch, cpu_isa, cpu_model, describe
 
 if not tvm_l1.available():
     pytest.skip(f"TVM unavailable: {tvm_l1.unavailable_reason()}", allow_module_level=True)

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from adderize.kernels import l1 as l1_mod
-from adderize.kernels import tvm_build, tvm_l1
+from adderize.kernels import tvm_l1
 from adderize.kernels.reference import adder2d_reference, adder_rows_reference
 from adderize.nn import Adder2d, AdderLinear
+from adderize.tvm_schedules import build as tvm_build
 from adderize.tvm_schedules.tuning import tuned_module
 
 pytestmark = pytest.mark.tvm
@@ -335,31 +336,31 @@ def test_inference_reuses_its_resolved_call_and_training_keeps_none():
     """Inference keeps one resolved kernel call per weight (reused for the same input
     shape, remade for another shape or after an in-place update, dropped with the
     weight); a training step keeps no call and no weight re-layout."""
-    from adderize.nn import adder
+    from adderize.kernels import adder_op
 
     torch.manual_seed(0)
     layer = Adder2d(16, 24, 3, padding=1, bias=False, backend="tvm")
     reference = Adder2d(16, 24, 3, padding=1, bias=False, backend="torch")
     x, x2 = torch.randn(1, 16, 6, 6), torch.randn(2, 16, 5, 5)
     tvm_l1._PREPARED.clear()
-    adder._PLANS.clear()
+    adder_op.clear_plans()
     layer(x.requires_grad_()).sum().backward()  # training: nothing kept
-    assert not adder._PLANS and not tvm_l1._PREPARED
+    assert not adder_op._PLANS and not tvm_l1._PREPARED
     with torch.no_grad():
         layer(x)
-        plan = adder._PLANS[id(layer.weight)]
+        plan = adder_op._PLANS[id(layer.weight)]
         layer(x)
-        assert adder._PLANS[id(layer.weight)] is plan  # reused
+        assert adder_op._PLANS[id(layer.weight)] is plan  # reused
         reference.load_state_dict(layer.state_dict())
         torch.testing.assert_close(layer(x2), reference(x2), rtol=1e-5, atol=1e-3)
-        assert adder._PLANS[id(layer.weight)] is not plan  # another shape: remade
-        plan = adder._PLANS[id(layer.weight)]
+        assert adder_op._PLANS[id(layer.weight)] is not plan  # another shape: remade
+        plan = adder_op._PLANS[id(layer.weight)]
         layer.weight.add_(0.25)
         reference.load_state_dict(layer.state_dict())
         torch.testing.assert_close(layer(x2), reference(x2), rtol=1e-5, atol=1e-3)
-        assert adder._PLANS[id(layer.weight)] is not plan  # an in-place update: remade
+        assert adder_op._PLANS[id(layer.weight)] is not plan  # an in-place update: remade
     del layer
-    assert not adder._PLANS and not tvm_l1._PREPARED  # dropped with the weight
+    assert not adder_op._PLANS and not tvm_l1._PREPARED  # dropped with the weight
 
 
 @pytest.mark.parametrize("out, groups", [(24, 1), (16, 16)], ids=["dense", "depthwise"])
@@ -547,7 +548,7 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
     conv's input gradient then comes from the rows kernel too), or a conv weight gradient
     minus ``W sum G``. Each route gives the reference's gradients and is taken where its
     limits send it."""
-    import adderize.nn.adder as adder_mod
+    import adderize.kernels.adder_op as adder_mod
 
     torch.manual_seed(0)
     used = []
@@ -646,7 +647,7 @@ def test_depthwise_weight_gradient_routes(k, stride, dilation, same, batch):
     """A depthwise conv's eq. 23 weight gradient: oneDNN's conv weight gradient for 3x3,
     a grouped conv forward with the output gradient as its kernels above
     (:data:`DEPTHWISE_CONV_WEIGHT_GRAD_MAX_TAPS`), each minus ``W sum G``."""
-    import adderize.nn.adder as adder_mod
+    import adderize.kernels.adder_op as adder_mod
 
     torch.manual_seed(0)
     used = []

@@ -108,7 +108,7 @@ def test_a_registered_op_saves_loads_and_compiles(ternary, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
     pytest.importorskip("tvm")
-    from adderize.tvm_schedules.model import compile_model
+    from adderize.deploy.model import compile_model
 
     compiled, crep = compile_model(model, tuple(x.shape), check=True)
     assert compiled is not None and crep.max_abs_error < 1e-3

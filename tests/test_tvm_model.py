@@ -23,7 +23,7 @@ def _calibrated(model: torch.nn.Module, size: int) -> torch.nn.Module:
 
 
 def test_resnet18_compiles_matches_pytorch_and_reloads(tmp_path):
-    from adderize.tvm_schedules import CompiledModel, compile_model
+    from adderize.deploy import CompiledModel, compile_model
 
     torch.manual_seed(0)  # random-init adder nets can be input-independent; this one is not
     model = _calibrated(adderize.create_model("resnet18", num_classes=10), 128)
@@ -50,7 +50,7 @@ def test_depthwise_and_adder_linear_layers_compile():
 
     from torch import nn
 
-    from adderize.tvm_schedules import compile_model
+    from adderize.deploy import compile_model
 
     net = nn.Sequential(
         nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
@@ -85,8 +85,9 @@ def test_compiled_model_takes_the_chosen_inner_loop_accumulated_by_adds(form, mo
     contraction), and matches PyTorch."""
     from torch import nn
 
-    from adderize.kernels import tvm_build
-    from adderize.tvm_schedules import compile_model, cpu
+    from adderize.deploy import compile_model
+    from adderize.tvm_schedules import build as tvm_build
+    from adderize.tvm_schedules import cpu
 
     net = nn.Sequential(
         nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
@@ -119,7 +120,7 @@ def test_compiled_model_takes_the_chosen_inner_loop_accumulated_by_adds(form, mo
 
 
 def test_cuda_build_compiles_without_a_gpu():
-    from adderize.tvm_schedules import compile_model
+    from adderize.deploy import compile_model
 
     model = adderize.create_model("resnet18", num_classes=10).eval()
     compiled, report = compile_model(model, (1, 3, 64, 64), target="cuda")
@@ -127,7 +128,7 @@ def test_cuda_build_compiles_without_a_gpu():
 
 
 def test_bad_input_is_named():
-    from adderize.tvm_schedules import compile_model
+    from adderize.deploy import compile_model
 
     model = adderize.create_model("resnet18", num_classes=10).eval()
     with pytest.raises(ValueError, match="target must be one of cpu, cuda, got 'metal'"):
@@ -189,7 +190,7 @@ def test_compile_int8_model_matches_the_int8_pytorch_model(tmp_path, capsys):
 def test_compile_binary_model_uses_the_packed_kernel():
     """Binary layers compile to the XNOR + popcount kernel, their input packed in the graph
     (channels not a multiple of 32 included); the build matches PyTorch."""
-    from adderize.tvm_schedules import compile_model
+    from adderize.deploy import compile_model
 
     torch.manual_seed(0)
     model = adderize.create_model("resnet10t", num_classes=10, ops="binary")
@@ -203,8 +204,8 @@ def test_compile_binary_model_uses_the_packed_kernel():
 
 
 def test_int8_adder_conv_matches_integer_reference_and_float_layer():
+    from adderize.deploy.quant import SharedGrid, calibrate, int8_adder_conv2d
     from adderize.nn import Adder2d
-    from adderize.tvm_schedules.quant import SharedGrid, calibrate, int8_adder_conv2d
 
     torch.manual_seed(0)
     layer = Adder2d(24, 16, 3, stride=2, padding=1)
@@ -232,8 +233,8 @@ def test_int8_kernel_forms_match_integer_reference(form):
     PyTorch; the SAD form's assembly holds the instruction (x86)."""
     import tvm
 
-    from adderize.kernels.machine import llvm_target
     from adderize.tvm_schedules import cpu, int8
+    from adderize.tvm_schedules.target import llvm_target
 
     group = int8.sad_group()
     if form == "sad" and not group:
@@ -256,8 +257,8 @@ def test_int8_kernel_forms_match_integer_reference(form):
 
 
 def test_quantize_model_int8_layers_match_their_reference_and_report_the_rest():
+    from adderize.deploy.quant import Int8Adder2d, quantize_model
     from adderize.nn import Adder2d
-    from adderize.tvm_schedules.quant import Int8Adder2d, quantize_model
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -309,8 +310,8 @@ def test_compile_tunes_first_when_asked(tmp_path, monkeypatch, capsys):
 def test_bit_packed_binary_conv_matches_the_layer(cin, padding, stride):
     """XNOR + popcount over 32-channel words (channels not a multiple of 32, zero padding
     masked out) equals BinaryConv2d's float computation."""
+    from adderize.deploy.quant import binary_conv2d
     from adderize.nn import BinaryConv2d
-    from adderize.tvm_schedules.quant import binary_conv2d
 
     torch.manual_seed(0)
     layer = BinaryConv2d(cin, 32, 3, padding=padding, stride=stride, bias=True)
@@ -326,7 +327,7 @@ def test_binary_and_shift_layers_compile_with_the_adder_ones():
     """Binary layers run on the packed XNOR kernel; shift layers export as power-of-two
     weight ops plus a conv on the direct-conv kernel, the weight transform folded at build
     time."""
-    from adderize.tvm_schedules import compile_model
+    from adderize.deploy import compile_model
 
     ops = (
         adderize.OpMapping(default="adder")

@@ -18,7 +18,7 @@ import timm
 import torch
 
 import adderize
-from adderize.kernels import tvm_build
+from adderize.tvm_schedules import build as tvm_build
 
 MODELS = ("mobilenetv2_100", "mobilenetv3_small_100", "efficientnet_b0", "resnet18")
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "model_workloads.json"

@@ -66,7 +66,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from adderize.tvm_schedules import compile_model
+    from adderize.deploy import compile_model
 
     size = input_size(args.input_size)
     output_path(args.out, args.model)
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
         tune_kernels(run, args.tune_trials, args.tune_minutes, False, f"forward, input {size}")
     if args.precision == "int8":
-        from adderize.tvm_schedules.quant import quantize_model
+        from adderize.deploy.quant import quantize_model
 
         if args.target != "cpu":
             raise AdderizeError(f"--precision int8 compiles for --target cpu, not {args.target}")

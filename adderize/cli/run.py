@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import statistics
 
-    from adderize.tvm_schedules import CompiledModel
+    from adderize.deploy import CompiledModel
 
     compiled = CompiledModel.load(args.library)
     if args.input_size is not None and input_size(args.input_size) != compiled.input_size:

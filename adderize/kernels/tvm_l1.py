@@ -8,7 +8,7 @@ Where each job lives:
 * compute definitions: :mod:`adderize.tvm_schedules.compute` (shared with tuning and
   whole-model compilation);
 * CPU schedules and the candidate register tiles: :mod:`adderize.tvm_schedules.cpu`;
-* build, per-machine selection and the disk cache: :mod:`adderize.kernels.tvm_build`;
+* build, per-machine selection and the disk cache: :mod:`adderize.tvm_schedules.build`;
 * MetaSchedule tuning: :mod:`adderize.tvm_schedules.tuning`;
 * CUDA: :mod:`adderize.tvm_schedules.cuda`.
 """
@@ -22,11 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adderize.kernels.tvm_build import available, kernel, unavailable_reason, workloads
+from adderize.tvm_schedules.build import available, kernel, tune, unavailable_reason, workloads
 from adderize.tvm_schedules.compute import out_size
 from adderize.tvm_schedules.cpu import tile
 from adderize.tvm_schedules.cuda import cuda_executable
-from adderize.tvm_schedules.tuning import tune, tuned, tuning_dir
+from adderize.tvm_schedules.tuning import tuned, tuning_dir
 
 __all__ = [
     "NO_PADS",

@@ -36,7 +36,7 @@ class RewriteReport:
     tracing: str = "fx"
     note: str = ""
     result_type: str = ""
-    #: ``ops="auto"``: the per-layer choice (:class:`adderize.search.auto.AutoChoice`)
+    #: ``ops="auto"``: the per-layer choice (:class:`adderize.train.auto.AutoChoice`)
     auto: Any = None
 
     def by_action(self, action: Action) -> list[LayerRecord]:

@@ -132,9 +132,10 @@ def finetune(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> 
 
 
 def _finetune(recipe: Recipe, ctx: Context, *, resume: bool, progress: bool) -> FinetuneResult:
-    from adderize._api import adderize
     from adderize.energy import energy_report
     from adderize.io import save
+    from adderize.passes import OpMapping, adderize
+    from adderize.train.auto import choose_ops
     from adderize.train.data import build_loaders
 
     run_dir = _prepare_run_dir(recipe, resume, ctx)
@@ -156,19 +157,20 @@ def _finetune(recipe: Recipe, ctx: Context, *, resume: bool, progress: bool) -> 
     # a trained conv model is converted function-preserving and annealed into the student
     trained = m.pretrained_file is not None or recipe.teacher.epochs > 0
     ops: Any = recipe.ops
-    auto: dict[str, Any] = {}
-    if recipe.auto_budget:  # each layer's op from its measured sensitivity (search.auto)
+    choice = None
+    if recipe.auto_budget:  # each layer's op from its measured sensitivity (train.auto)
         batches = itertools.islice(loaders[0], recipe.anneal.calibration_batches)
-        ops, auto = "auto", {"budget": recipe.auto_budget,
-                             "calibrate": [x.to(ctx.device) for x, _ in batches]}  # fmt: skip
+        inputs = [x.to(ctx.device) for x, _ in batches]
+        choice = choose_ops(teacher, recipe.auto_budget, inputs, mapping=OpMapping.coerce(ops))
+        ops = choice.mapping(OpMapping.coerce(ops))
     student, report = adderize(
         copy.deepcopy(teacher),
         ops,
         keep=recipe.keep,
         preserve=recipe.anneal.enabled and trained,
         return_report=True,
-        **auto,
     )
+    report.auto = choice
     if ctx.main and report.auto is not None:
         log.info("%s", report.auto.table())
     if ctx.main:

@@ -108,7 +108,7 @@ class LabelFreeResult:
     energy_ratio: float  #: compute energy of the model against the same model all-conv
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    #: ``ops="auto"``: the per-layer choice (:class:`adderize.search.auto.AutoChoice`)
+    #: ``ops="auto"``: the per-layer choice (:class:`adderize.train.auto.AutoChoice`)
     auto: Any = None
 
     def table(self) -> str:
@@ -279,8 +279,8 @@ def _distill(
             loss.backward()
             opt.step()
             sched.step()
-            bar.set_postfix(kl=f"{float(loss):.4f}")
-    return float(loss)
+            bar.set_postfix(kl=f"{float(loss.detach()):.4f}")
+    return float(loss.detach())
 
 
 def convert_pretrained(
@@ -300,7 +300,7 @@ def convert_pretrained(
             or a preprocessed float tensor ``[N, 3, H, W]``.
         ops: as :func:`adderize.adderize` (an op name, an :class:`OpMapping`, ...), or
             ``"auto"``: each layer's op from its measured sensitivity on the images under
-            ``config.budget`` (:mod:`adderize.search.auto`).
+            ``config.budget`` (:mod:`adderize.train.auto`).
         keep: layer names to keep full precision (the first and last are kept anyway).
         config: :class:`LabelFreeConfig` (refit and distillation steps, ...).
         progress: show progress bars.
@@ -312,7 +312,7 @@ def convert_pretrained(
 
     from adderize.energy import energy_report
     from adderize.passes import adderize as convert
-    from adderize.search.auto import choose_ops
+    from adderize.train.auto import choose_ops
 
     cfg = config or LabelFreeConfig()
     if isinstance(images, (str, Path)):
@@ -337,7 +337,7 @@ def convert_pretrained(
 
     batches = _batches(x, cfg.batch_size)
     auto = None
-    if ops == "auto":  # each layer's op from its measured sensitivity (search.auto)
+    if ops == "auto":  # each layer's op from its measured sensitivity (train.auto)
         auto = choose_ops(model, cfg.budget, batches)
         ops = auto.mapping()
         lap("auto")

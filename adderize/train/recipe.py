@@ -224,7 +224,7 @@ class Recipe:
 
     model: ModelCfg = field(default_factory=ModelCfg)
     ops: dict[str, Any] = field(default_factory=lambda: {"default": "adder"})
-    # > 0: each layer's op chosen by ops="auto" (adderize.search.auto: measured sensitivity
+    # > 0: each layer's op chosen by ops="auto" (adderize.train.auto: measured sensitivity
     # on anneal.calibration_batches training batches) under this energy budget, a fraction
     # of the all-conv model's; ``ops`` then only sets keep_first / keep_last. 0: ops as given.
     auto_budget: float = 0.0

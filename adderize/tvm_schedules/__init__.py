@@ -1,29 +1,9 @@
-"""Whole-model deployment through TVM Relax.
-
-``compile_model`` exports a converted model with ``torch.export``, imports it into Relax
-(``from_exported_program``) with every adder layer mapped to the adderize kernel (a
-``call_tir`` of the same ``te.compute`` definitions and schedules the training kernels use,
-MetaSchedule-tuned when the tuning database has them), lets TVM lower everything else, and
-builds a shared library that :class:`CompiledModel` loads and runs in the Relax VM.
-
-Modules: ``compute`` (the TE compute definitions), ``cpu`` (CPU schedules and the candidate
-tiles measured at first use), ``int8`` (the int8 adder schedule and its byte-SAD
-intrinsic), ``tuning`` (MetaSchedule), ``cuda``, ``model`` (Relax),
-``quant`` (int8 and binary layers). The build and cache of kernels for training live in
-:mod:`adderize.kernels.tvm_build`.
+"""The TVM side of the adder kernels, and nothing else: the target (this CPU), the TE
+compute definitions (``compute``), the schedules per kind (``cpu``, ``int8``, ``cuda``),
+building with per-machine selection and the kernel cache (``build``), and MetaSchedule
+tuning (``tuning``). It imports nothing of :mod:`adderize.nn`, :mod:`adderize.kernels` or
+:mod:`adderize.deploy`: the torch-facing kernels (:mod:`adderize.kernels`) and whole-model
+deployment (:mod:`adderize.deploy`) read it, never the other way round.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["CompileReport", "CompiledModel", "compile_model"]
-
-
-def __getattr__(name: str) -> Any:
-    # lazy: the kernel builder imports this package's compute and schedule modules
-    if name in __all__:
-        from adderize.tvm_schedules import model
-
-        return getattr(model, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__: list[str] = []  # the modules are the API: adderize.tvm_schedules.build, ...

@@ -8,7 +8,7 @@ tile is fastest depends on the CPU (32 vector registers of 16 lanes with AVX-512
 with AVX2; how many FP-add ports) and on the shape, so :func:`candidates` lists a few
 tiles (the hand-measured one, tiles that fit the machine's register file, both loop
 orders), and the kernel builder
-(:mod:`adderize.kernels.tvm_build`) times them once per shape on this machine and caches
+(:mod:`adderize.tvm_schedules.build`) times them once per shape on this machine and caches
 the winner with the kernel. MetaSchedule tuning (:mod:`adderize.tvm_schedules.tuning`)
 replaces the choice where the tuning database has a record.
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from adderize._errors import AdderizeError
-from adderize.kernels.machine import cpu_isa
 from adderize.tvm_schedules import int8
 from adderize.tvm_schedules.compute import CHANNEL_BLOCK, FORM_KINDS, computes, out_size
+from adderize.tvm_schedules.target import cpu_isa
 
 __all__ = [
     "SELECTABLE",
@@ -97,7 +97,7 @@ class Variant:
     cols: int
     cols_outer: bool
     #: the inner loop: conv forward p = 1, see compute.FORMS ("fma" kernels take a trailing
-    #: input ``one`` = [1.0] before ``out``: tvm_build binds it); int8: "sad" (the byte-SAD
+    #: input ``one`` = [1.0] before ``out``: build.py binds it); int8: "sad" (the byte-SAD
     #: instruction, see tvm_schedules.int8) or "plain"
     form: str = "abs"
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from adderize.kernels.machine import cpu_isa
+from adderize.tvm_schedules.target import cpu_isa
 
 __all__ = ["SAD_INSTRUCTIONS", "candidates", "intrinsic", "sad_group", "schedule"]
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adderize.kernels.machine import cache_dir, llvm_target
 from adderize.tvm_schedules.compute import computes
+from adderize.tvm_schedules.target import cache_dir, llvm_target
 
 __all__ = ["tune", "tuned", "tuned_module", "tuning_dir", "tuning_stamp"]
 
@@ -93,7 +93,4 @@ def tune(
         runner=runner,
         cost_model=cost_model,
     )
-    from adderize.kernels import tvm_build  # the builder reads this module: import late
-
-    tvm_build.forget(kind, *shape)
     return work_dir

@@ -1,7 +1,7 @@
 """TE compute definitions of the adder kernels: the one definition of each computation,
 shared by the training kernels (:mod:`adderize.kernels.tvm_l1`), MetaSchedule tuning
 (:mod:`adderize.tvm_schedules.tuning`) and whole-model compilation
-(:mod:`adderize.tvm_schedules.model`). Pure ``te.compute``: no schedule here (the CPU
+(:mod:`adderize.deploy.model`). Pure ``te.compute``: no schedule here (the CPU
 schedules are in :mod:`adderize.tvm_schedules.cpu`), as in TVM's topi.
 
 * forward, ``out[m, t] = -sum_k |a[m, k] - b[t, k]|``, computed as written (sub, abs, add);

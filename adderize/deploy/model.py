@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 from adderize._errors import AdderizeError
-from adderize.kernels import tvm_build, tvm_l1
-from adderize.kernels.machine import llvm_target
+from adderize.deploy.export import exportable
+from adderize.kernels import tvm_l1
+from adderize.tvm_schedules import build as tvm_build
 from adderize.tvm_schedules import cpu, int8
 from adderize.tvm_schedules.compute import FMA_FORMS, computes, out_size
 from adderize.tvm_schedules.cpu import tile
-from adderize.tvm_schedules.export import exportable
+from adderize.tvm_schedules.target import llvm_target
 from adderize.tvm_schedules.tuning import tuned_module
 
 __all__ = [

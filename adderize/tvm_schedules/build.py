@@ -28,9 +28,9 @@ import torch
 
 from adderize import _threads
 from adderize._errors import AdderizeError
-from adderize.kernels.machine import cache_dir, llvm_target
-from adderize.tvm_schedules import cpu
+from adderize.tvm_schedules import cpu, tuning
 from adderize.tvm_schedules.compute import FMA_FORMS
+from adderize.tvm_schedules.target import cache_dir, llvm_target
 from adderize.tvm_schedules.tuning import tuned_module, tuning_stamp
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "forget",
     "kernel",
     "select_mode",
+    "tune",
     "unavailable_reason",
     "variant",
     "workloads",
@@ -201,6 +202,15 @@ def forget(kind: str, *shape: int) -> None:
     """Drop the in-memory kernel (after tuning changed its schedule)."""
     _KERNELS.pop((kind, *shape), None)
     _CHOSEN.pop((kind, *shape), None)
+
+
+def tune(kind: str, *shape: int, **kwargs: Any) -> Path:
+    """Tune kernel ``(kind, *shape)`` with MetaSchedule (:func:`adderize.tvm_schedules.
+    tuning.tune`, same arguments) and drop its in-memory build: its next use builds the
+    tuned schedule. Returns the tuning database's folder."""
+    work_dir = tuning.tune(kind, *shape, **kwargs)
+    forget(kind, *shape)
+    return work_dir
 
 
 def chosen(kind: str, *shape: int) -> str | None:

@@ -1,5 +1,5 @@
 """torch.export of a converted model: its adder, int8 adder and binary layers as single
-custom ops (``adderize::...``) that the Relax importer (:mod:`adderize.tvm_schedules.model`)
+custom ops (``adderize::...``) that the Relax importer (:mod:`adderize.deploy.model`)
 maps to the project's kernels."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from adderize._errors import AdderizeError
+from adderize.kernels.adder_op import adder2d, adder_linear
 from adderize.nn import Adder1d, Adder2d, AdderLinear, BinaryConv2d
-from adderize.nn.adder import adder2d, adder_linear
 from adderize.tvm_schedules.compute import out_size
 
 __all__ = ["exportable"]
@@ -58,7 +58,7 @@ def _int8_adder_conv2d(
 ) -> torch.Tensor:
     """``-scale * sum |q(x) - qw|`` of an already padded NCHW float input (eager: the int8
     kernel; ``qweight`` in the kernel's [T, kh, kw, C] uint8 layout)."""
-    from adderize.tvm_schedules.quant import SharedGrid, int8_window_sums
+    from adderize.deploy.quant import SharedGrid, int8_window_sums
 
     grid = SharedGrid(scale, zero_point)
     sums = int8_window_sums(x, qweight, stride, dilation, grid)
@@ -87,7 +87,7 @@ def _(
 
 
 class _ExportInt8Adder2d(nn.Module):
-    """An :class:`~adderize.tvm_schedules.quant.Int8Adder2d` as padding + one
+    """An :class:`~adderize.deploy.quant.Int8Adder2d` as padding + one
     ``adderize::int8_adder_conv2d`` op (+ bias)."""
 
     def __init__(self, layer: Any) -> None:
@@ -108,7 +108,7 @@ def _binary_conv2d(
     signs: torch.Tensor, wb: torch.Tensor, alpha: torch.Tensor, stride: int, dilation: int
 ) -> torch.Tensor:
     """XNOR + popcount conv of padded NCHW signs (eager: the packed kernel)."""
-    from adderize.tvm_schedules.quant import packed_binary_conv
+    from adderize.deploy.quant import packed_binary_conv
 
     return packed_binary_conv(signs, wb, alpha, stride, dilation).contiguous()
 
@@ -125,7 +125,7 @@ class _ExportBinaryConv2d(nn.Module):
     torch ops) + one ``adderize::binary_conv2d`` op on the packed weight (+ bias)."""
 
     def __init__(self, layer: BinaryConv2d) -> None:
-        from adderize.tvm_schedules.quant import binary_geometry, pack_binary_weight
+        from adderize.deploy.quant import binary_geometry, pack_binary_weight
 
         super().__init__()
         self.layer = layer
@@ -182,7 +182,7 @@ class _ExportAdderLinear(nn.Module):
 
 
 def _binary_reason(layer: BinaryConv2d) -> str | None:
-    from adderize.tvm_schedules.quant import binary_geometry
+    from adderize.deploy.quant import binary_geometry
 
     try:
         binary_geometry(layer)
@@ -193,7 +193,7 @@ def _binary_reason(layer: BinaryConv2d) -> str | None:
 
 def exportable(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose adder layers are single custom ops (for torch.export)."""
-    from adderize.tvm_schedules.quant import Int8Adder2d
+    from adderize.deploy.quant import Int8Adder2d
 
     model = copy.deepcopy(model).eval()
     for parent in list(model.modules()):

@@ -1,5 +1,6 @@
 """``ops="auto"``: each layer's op chosen from its measured sensitivity, under an energy
-budget, with no training: the seconds-to-minutes counterpart of :func:`adderize.search.search`.
+budget, with no training: the seconds-to-minutes counterpart of :func:`adderize.search.search`
+(which can start from it).
 
 For each candidate op the model is converted function-preservingly
 (``adderize(model, op, preserve=True)``) and calibrated on the given batches
@@ -10,11 +11,11 @@ other layer still float) and the change of the model's output is measured::
     score(layer, op) = ||y - y_float||^2 / ||y_float - mean(y_float)||^2
 
 summed over the batches (0: the op changes nothing; 1: as much as the output varies). Each
-op of each layer is priced by the energy cost table (:class:`adderize.search.OpSpace`,
-the search's own), and the assignment with the least total score whose energy is within
-``budget`` (a fraction of the all-conv model's) is found by dynamic programming over the
-energy saved (a multiple-choice knapsack, exact up to 1/2000 of the saving needed). The
-first and last layers stay as they are, as in the search.
+op of each layer is priced by the energy cost table the search prices with
+(:func:`adderize.energy.cost_table`: compute and memory), and the assignment with the
+least total score whose energy is within ``budget`` (a fraction of the all-conv model's)
+is found by dynamic programming over the energy saved (a multiple-choice knapsack, exact
+up to 1/2000 of the saving needed). The first and last layers stay, as in the search.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import torch
 from torch import nn
 
 from adderize._errors import AdderizeError
+from adderize.energy.cost import CostTable
 from adderize.passes.mapping import OpMapping
-from adderize.search.space import OpSpace
 
 __all__ = ["AUTO_OPS", "AutoChoice", "LayerChoice", "choose_ops", "sensitivity"]
 
@@ -42,7 +43,7 @@ BINS = 2000
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """One layer: the op chosen, and each candidate op's score and compute energy (pJ)."""
+    """One layer: the op chosen, and each candidate op's score and energy (pJ)."""
 
     name: str
     op: str
@@ -56,7 +57,7 @@ class AutoChoice:
 
     layers: list[LayerChoice]
     budget: float
-    energy_ratio: float  #: compute energy of the choice / all-conv
+    energy_ratio: float  #: energy (compute and memory) of the choice / all-conv
     ops: tuple[str, ...]
 
     @property
@@ -75,9 +76,9 @@ class AutoChoice:
             rows.append(f"{x.name:32s} {x.op:7s} {cells}")
         count = {o: sum(x.op == o for x in self.layers) for o in self.ops}
         rows.append(
-            f"auto: {', '.join(f'{n} {o}' for o, n in count.items())}; compute energy "
-            f"{self.energy_ratio:.3f}x all-conv (budget {self.budget:g}); score: output "
-            "change with the layer alone converted"
+            f"auto: {', '.join(f'{n} {o}' for o, n in count.items())}; energy (compute and "
+            f"memory) {self.energy_ratio:.3f}x all-conv (budget {self.budget:g}); score: "
+            "output change with the layer alone converted"
         )
         return "\n".join(rows)
 
@@ -165,40 +166,48 @@ def choose_ops(
 ) -> AutoChoice:
     """Choose each convertible layer's op among ``ops`` (``"conv"`` allows float layers)
     with the least total output change under ``budget`` (a fraction of the all-conv
-    compute energy, in (0, 1]). ``calibrate``: input batches (module docstring)."""
+    energy, compute and memory, as the search prices it; in (0, 1]). ``calibrate``: input
+    batches (module docstring)."""
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget <= 1:
         raise AdderizeError(
             f"budget is a fraction of the all-conv energy in (0, 1], got {budget!r}"
         )
+    from adderize.energy import cost_table
+    from adderize.passes.convert import adderize
+    from adderize.passes.registry import priced_op
+
     ops = tuple(dict.fromkeys(ops))
+    for op in ops:
+        priced_op(op)  # registered, with a cost model: refused by name here
     batches = _batches(calibrate)
     base = mapping or OpMapping()
-    size = (1, *batches[0].shape[1:])
-    space = OpSpace.from_model(model, size, budget, ops, not (base.keep_first and base.keep_last))
-    energy = {n: {o: _cost(space, n, o) for o in ops} for n in space.layers}
-    score: dict[str, dict[str, float]] = {n: {} for n in space.layers}
+    probe = OpMapping(keep_first=base.keep_first, keep_last=base.keep_last, insert_norm=False)
+    _, report = adderize(model, probe, return_report=True)
+    layers = [r.name for r in report.replaced]
+    table = cost_table(model, (1, *batches[0].shape[1:]), ops=tuple(dict.fromkeys(("conv", *ops))))
+    energy = {n: {o: _cost(table, n, o) for o in ops} for n in layers}
+    score: dict[str, dict[str, float]] = {n: {} for n in layers}
     for op in ops:
         found = sensitivity(model, op, batches, base) if op != "conv" else {}
-        for n in space.layers:
-            score[n][op] = found.get(n, 0.0) if op != "conv" else 0.0
+        for n in layers:
+            score[n][op] = found.get(n, 0.0)
         _log.info("auto: scored %d layers as %s", len(found), op)
-    conv = {n: _cost(space, n, "conv") for n in space.layers}
-    saving = {n: {o: conv[n] - energy[n][o] for o in ops} for n in space.layers}
-    need = space.conv_pj - space.budget_pj
-    most = sum(max(saving[n].values()) for n in space.layers)
-    if most + 1e-9 * space.conv_pj < need:
-        floor = (space.conv_pj - most) / space.conv_pj
+    conv_pj = table.energy({})
+    saving = {n: {o: _cost(table, n, "conv") - energy[n][o] for o in ops} for n in layers}
+    need = conv_pj * (1 - budget)
+    most = sum(max(saving[n].values()) for n in layers)
+    if most + 1e-9 * conv_pj < need:
+        floor = (conv_pj - most) / conv_pj
         raise AdderizeError(
             f"budget {budget:g} is below what {', '.join(ops)} can reach on this model: the "
             f"cheapest assignment costs {floor:.3f}x all-conv (the first and last layers stay)"
         )
-    picked = _knapsack(space.layers, ops, score, saving, need)
-    ratio = space.energy(picked) / space.conv_pj
-    layers = [LayerChoice(n, picked[n], score[n], energy[n]) for n in space.layers]
-    return AutoChoice(layers, float(budget), ratio, ops)
+    picked = _knapsack(layers, ops, score, saving, need)
+    ratio = table.energy(picked) / conv_pj
+    rows = [LayerChoice(n, picked[n], score[n], energy[n]) for n in layers]
+    return AutoChoice(rows, float(budget), ratio, ops)
 
 
-def _cost(space: OpSpace, layer: str, op: str) -> float:
-    """The compute energy of ``layer`` as ``op`` in ``space``'s cost table (pJ)."""
-    table = space.costs
+def _cost(table: CostTable, layer: str, op: str) -> float:
+    """The energy (compute and memory) of ``layer`` as ``op`` in ``table`` (pJ)."""
     return float(table.costs[table.layers.index(layer), table.ops.index(op)])

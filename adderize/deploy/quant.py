@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from adderize._errors import AdderizeError
-from adderize.kernels.tvm_build import kernel
 from adderize.nn import Adder2d, BinaryConv2d
 from adderize.tvm_schedules import int8
+from adderize.tvm_schedules.build import kernel
 from adderize.tvm_schedules.compute import out_size
 
 __all__ = [
