@@ -51,6 +51,7 @@ __all__ = [
     "SHAPES",
     "Anneal",
     "Moments",
+    "as_float",
     "blend_layers",
     "calibrate",
     "fold_into_norm",
@@ -106,15 +107,9 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
 
         return fn
 
-    saved = [(layer, layer.blend) for layer, _ in layers.values()]
-    try:
-        for layer, _ in saved:
-            layer.blend = 1.0
+    with as_float(layer for layer, _ in layers.values()):
         hooks = {layer: hook(n, layer) for n, (layer, _) in layers.items()}
         seen = run_hooked(model, hooks, batches, "calibrate")
-    finally:
-        for layer, blend in saved:
-            layer.blend = blend
     for name, (layer, norm) in layers.items():
         moments = stats[name]
         if _inserted(model, name, norm):
@@ -126,6 +121,20 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
         if layer.float_weight is None:  # set already when the op was refit (train.refit)
             layer.float_weight = ref.detach().clone()
     return seen
+
+
+@contextlib.contextmanager
+def as_float(layers: Iterable[Blendable]) -> Iterator[None]:
+    """``layers`` at blend 1 (each its float layer) inside the block; their blends are
+    restored after, also on an error."""
+    saved = [(layer, layer.blend) for layer in layers]
+    try:
+        for layer, _ in saved:
+            layer.blend = 1.0
+        yield
+    finally:
+        for layer, blend in saved:
+            layer.blend = blend
 
 
 @contextlib.contextmanager

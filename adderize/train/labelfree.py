@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from adderize._errors import AdderizeError
-from adderize.train.anneal import Anneal, blend_layers, calibrate, hooked
+from adderize.train.anneal import Anneal, as_float, blend_layers, calibrate, hooked
 from adderize.train.calibrate import recalibrate_bn
 from adderize.train.distill import logit_kd
 from adderize.train.refit import fit_residual, reconstruct
@@ -200,15 +200,9 @@ def _residuals(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 
         return fn
 
-    saved = [(layer, layer.blend) for layer, _ in layers.values()]
-    try:
-        for layer, _ in saved:
-            layer.blend = 1.0
-        with hooked(model, {layer: hook(n, layer) for n, (layer, _) in layers.items()}):
-            model(x)
-    finally:
-        for layer, blend in saved:
-            layer.blend = blend
+    hooks = {layer: hook(n, layer) for n, (layer, _) in layers.items()}
+    with as_float(hooks), hooked(model, hooks):
+        model(x)
     return out
 
 

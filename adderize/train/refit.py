@@ -17,7 +17,7 @@ from torch import nn
 
 from adderize._errors import AdderizeError
 from adderize.nn import Blendable
-from adderize.train.anneal import blend_layers, hooked
+from adderize.train.anneal import as_float, blend_layers, hooked
 
 __all__ = ["fit_residual", "fitted", "reconstruct", "refit_to_outputs"]
 
@@ -74,15 +74,9 @@ def reconstruct(
     for layer in layers.values():
         if layer.float_weight is None:
             layer.float_weight = layer.weight.detach().clone()
-    saved = [(layer, layer.blend) for layer in layers.values()]
-    try:
-        for layer, _ in saved:
-            layer.blend = 1.0
+    with as_float(layers.values()):
         pairs = {n: (layer, layer) for n, layer in layers.items()}
         return refit_to_outputs(model, pairs, batches, steps, lr, chain)
-    finally:
-        for layer, blend in saved:
-            layer.blend = blend
 
 
 def refit_to_outputs(
