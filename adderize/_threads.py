@@ -6,7 +6,7 @@ thread pool. A converted model alternates the two (a BatchNorm, then an adder la
 TVM's workers find torch's threads still spinning on the cores they need: on 2 cores a
 3x3 adder layer at batch 1 ran 2.0x slower, 128->256 s2 @28 2.0 ms instead of 1.0 ms,
 and oneDNN's conv gained nothing from the long spin (0.60 ms either way; AMD EPYC Zen 4,
-see README "Thread pools").
+see docs/kernels.md, "Thread pools").
 
 libgomp reads ``GOMP_SPINCOUNT`` once, when torch loads it, so this module (imported first
 by ``adderize/__init__``) sets it to :data:`SPIN_COUNT` while torch is not yet imported

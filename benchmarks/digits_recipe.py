@@ -1,4 +1,4 @@
-"""The README's digits table: conv teacher vs adder student without / with distillation.
+"""The digits table of docs/measurements.md: conv teacher vs adder student, with or without KD.
 
 For each seed, the conv teacher (timm resnet10t) is trained once by the digits recipe, then
 the same converted start point is fine-tuned three ways: no distillation, logit KD, and

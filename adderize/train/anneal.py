@@ -25,7 +25,7 @@ first step, while the network as a whole stays close to the original.
 Why a blend and not the papers' l_p schedule from an exact l_2 start: both start from the
 original function (``-||x - w||^2 / 2 = x.w - ||w||^2 / 2 - ||x||^2 / 2``), but every step of
 the blend runs on the conv kernel and the l_1 kernel, where l_p steps (1 < p < 2) need
-``|d|^p`` per MAC, 20-28x a conv step here (``benchmarks/lp_schedule.py``); the README's
+``|d|^p`` per MAC, 20-28x a conv step here (``benchmarks/lp_schedule.py``); docs/method.md's
 anneal table measures both starts.
 
 The schedule is training state: :meth:`Anneal.state_dict` holds the step, and each layer's

@@ -131,7 +131,7 @@ class AdderCfg:
     over the first ``p_decay`` fraction of training.
 
     The digits default starts at p = 1: l_p kernels cost about 10x an l1 step on CPU, and a
-    short fine-tune from conv weights reaches the same accuracy without them (README table).
+    short fine-tune from conv weights reaches the same accuracy without them (docs/measurements.md).
     The ImageNet recipes use the papers' 2 -> 1.
     """
 
