@@ -33,7 +33,8 @@ from model_layers import model_shapes
 
 from adderize.nn import Adder2d
 from adderize.tvm_schedules import build as tvm_build
-from adderize.tvm_schedules import cpu, int8
+from adderize.tvm_schedules import int8
+from adderize.tvm_schedules.kinds import Workload, schedule
 from adderize.tvm_schedules.target import describe, llvm_target
 
 FP32_TARGET, INT8_TARGET = 0.5, 2.0
@@ -44,7 +45,7 @@ def sad_check(group: int) -> str:
     import tvm
 
     shape = (1, 10, 10, 8 * group, 8, 3, 3, 1, 1, group)
-    asm = tvm.compile(cpu.schedule("int8_conv_forward", *shape), target=llvm_target())
+    asm = tvm.compile(schedule(Workload.of("int8_conv_forward", *shape)), target=llvm_target())
     text = asm.mod.inspect_source("asm")
     return f"vpsadbw: {text.count('psadbw')} in the kernel's assembly"
 
@@ -68,7 +69,7 @@ def measure(cin: int, cout: int, stride: int, h: int, batch: int) -> dict[str, A
     hp = h + 2
     oh = (hp - 3) // stride + 1
     shape = (batch, hp, hp, c, cout, 3, 3, stride, 1, group)
-    sad = tvm_build.kernel("int8_conv_forward", *shape)
+    sad = tvm_build.kernel(Workload.of("int8_conv_forward", *shape))
     sad_args = (
         torch.randint(0, 256, (batch, hp, hp, c), dtype=torch.uint8),
         torch.randint(0, 256, (cout, 3, 3, c), dtype=torch.uint8),
@@ -78,7 +79,7 @@ def measure(cin: int, cout: int, stride: int, h: int, batch: int) -> dict[str, A
     # binary: 32 channels per word
     words = -(-cin // 32)
     bshape = (batch, hp, hp, words, cout, 3, 3, stride, 1)
-    binary = tvm_build.kernel("binary_conv_forward", *bshape)
+    binary = tvm_build.kernel(Workload.of("binary_conv_forward", *bshape))
     bin_args = (
         torch.randint(-(2**31), 2**31 - 1, (batch, hp, hp, words), dtype=torch.int32),
         torch.full((batch, hp, hp, words), -1, dtype=torch.int32),
@@ -99,7 +100,7 @@ def measure(cin: int, cout: int, stride: int, h: int, batch: int) -> dict[str, A
             t_conv, t = paired(lambda: conv(x), fn)
             out[label] = t / t_conv
             out["conv"] = min(out["conv"], t_conv)
-    out["tile"] = tvm_build.chosen("int8_conv_forward", *shape)
+    out["tile"] = tvm_build.chosen(Workload.of("int8_conv_forward", *shape))
     return out
 
 

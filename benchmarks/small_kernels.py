@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from layers import paired
 
 from adderize.tvm_schedules import build as tvm_build
+from adderize.tvm_schedules.kinds import Workload
 from adderize.tvm_schedules.target import describe
 
 TRANSPOSES = [(96, 24), (384, 64), (48, 1152), (1152, 192), (512, 512), (512, 4608)]
@@ -41,15 +42,15 @@ def _row(label: str, ops: Callable[[], object], kernel: Callable[[], object]) ->
 
 def _relayout(t: int, r: int) -> None:
     w, out = torch.randn(1, t, r), torch.empty(1, r, t)
-    fn = tvm_build.kernel("transpose", 1, t, r)
+    fn = tvm_build.kernel(Workload.of("transpose", 1, t, r))
     _row(f"{t} x {r}", lambda: w.transpose(1, 2).contiguous(), lambda: fn(w, out))
 
 
 def _squeeze_excite(t: int, c: int) -> None:
     x, w, g = torch.randn(c), torch.randn(t, c), torch.randn(t)
     out, gw, gx = torch.empty(t), torch.empty(t, c), torch.empty(c)
-    fwd = tvm_build.kernel("one_position_forward", t, c)
-    bwd = tvm_build.kernel("one_position_backward", t, c)
+    fwd = tvm_build.kernel(Workload.of("one_position_forward", t, c))
+    bwd = tvm_build.kernel(Workload.of("one_position_backward", t, c))
 
     def torch_backward() -> object:
         d = w - x

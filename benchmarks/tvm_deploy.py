@@ -34,7 +34,7 @@ from adderize.deploy.quant import quantize_model
 from adderize.kernels import tvm_l1
 from adderize.train import recalibrate_bn
 from adderize.tvm_schedules import build as tvm_build
-from adderize.tvm_schedules import cpu
+from adderize.tvm_schedules.kinds import Workload, schedule
 from adderize.tvm_schedules.target import llvm_target
 
 LAYERS = [(c, h) for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))]
@@ -97,16 +97,16 @@ def per_layer(trials: int) -> None:
         w = torch.randn(c, c, 3, 3)
         shape = (1, c, h + 2, h + 2, c, 3, 3, 1, 1, 1)
         tic = time.perf_counter()
-        fresh = not tvm_l1.tuned("conv_forward", *shape)
+        fresh = not tvm_l1.tuned(Workload.of("conv_forward", *shape))
         if fresh:
-            tvm_l1.tune("conv_forward", *shape, trials=trials)
+            tvm_l1.tune(Workload.of("conv_forward", *shape), trials=trials)
         minutes = (time.perf_counter() - tic) / 60
-        tvm_build.forget("conv_forward", *shape)  # rebuild with the tuned schedule
-        hand = cpu.schedule("conv_forward", *shape)
+        tvm_build.forget(Workload.of("conv_forward", *shape))  # rebuild with the tuned schedule
+        hand = schedule(Workload.of("conv_forward", *shape))
         hand_fn = tvm.compile(hand, target=llvm_target())["main"]
         out = x.new_empty(1, h, h, 1, c)
         wt = w.reshape(1, c, c, 3, 3).permute(0, 2, 3, 4, 1).contiguous()
-        tuned_fn = tvm_build.kernel("conv_forward", *shape)
+        tuned_fn = tvm_build.kernel(Workload.of("conv_forward", *shape))
 
         def conv(x=x, w=w):
             F.conv2d(x, w)

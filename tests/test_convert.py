@@ -381,7 +381,7 @@ class WithConv1d(nn.Module):
 
 
 def test_conv1d_layers_convert_with_a_batchnorm1d_and_ops_without_one_skip():
-    from adderize.passes.registry import _OPS, OpSpec, get_op, register_op
+    from adderize.passes.registry import OpSpec, get_op, registered
 
     torch.manual_seed(0)
     net = WithConv1d().eval()
@@ -391,11 +391,8 @@ def test_conv1d_layers_convert_with_a_batchnorm1d_and_ops_without_one_skip():
     assert conv.train()(x).shape == (2, 2)
     torch.testing.assert_close(adderize.adderize(net, preserve=True).eval()(x), net(x))
     adder = get_op("adder")
-    register_op(OpSpec("adder2d_only", adder.conv2d, adder.linear, True, "no 1-D layer"))
-    try:
+    with registered(OpSpec("adder2d_only", adder.conv2d, adder.linear, True, "no 1-D layer")):
         _, report = adderize.adderize(net, "adder2d_only", return_report=True)
-    finally:
-        del _OPS["adder2d_only"]
     rec = _records(report)["eca"]
     assert rec.action == "skipped" and rec.reason == "op 'adder2d_only' has no conv1d layer"
 

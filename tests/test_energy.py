@@ -223,7 +223,7 @@ def test_a_registered_op_is_priced_by_its_own_descriptor():
     """One place per op: a user's op declares its layers and counts; energy, the cost table
     and the search read them (no silent pricing as a conv)."""
     from adderize.nn import Conv2dLike
-    from adderize.passes.registry import _OPS, OpSpec, register_op
+    from adderize.passes.registry import OpSpec, registered
     from adderize.search import OpSpace
 
     class TernaryConv2d(Conv2dLike):
@@ -240,21 +240,17 @@ def test_a_registered_op_is_priced_by_its_own_descriptor():
     def build(m, source):
         return TernaryConv2d.from_float(m)
 
-    register_op(OpSpec("ternary_undeclared", build, None, False, "no cost model"))
-    try:
+    with registered(OpSpec("ternary_undeclared", build, None, False, "no cost model")):
         ann = adderize.adderize(model, "ternary_undeclared")
         with pytest.raises(ValueError, match="TernaryConv2d is a converted layer that no"):
             energy_report(ann, size)
         with pytest.raises(ValueError, match="'ternary_undeclared' has no cost model"):
             OpSpace.from_model(model, size, 0.5, ops=("conv", "ternary_undeclared"))
-    finally:
-        del _OPS["ternary_undeclared"]
     spec = OpSpec(
         "ternary", build, None, False, "ternary weights",
         layers=(TernaryConv2d,), counts=lambda macs, outputs: {"add": macs}, weight_bits=2,
     )  # fmt: skip
-    register_op(spec)
-    try:
+    with registered(spec):
         report = energy_report(adderize.adderize(model, "ternary"), size)
         (mid,) = [x for x in report.layers if x.name == "2"]
         macs = 8 * 4 * 4 * 8 * 9  # outputs x (in channels x kernel)
@@ -262,8 +258,6 @@ def test_a_registered_op_is_priced_by_its_own_descriptor():
         assert mid.weight_bytes == 2 * 8 * 8 * 9 / 8
         space = OpSpace.from_model(model, size, 0.9, ops=("conv", "ternary"))
         assert space.costs.energy({"2": "ternary"}) == pytest.approx(report.total_pj, rel=1e-9)
-    finally:
-        del _OPS["ternary"]
 
 
 def test_all_conv_baseline_counts_bias_adds_like_the_converted_totals():

@@ -17,6 +17,7 @@ from adderize.kernels import tvm_l1
 from adderize.kernels.reference import adder2d_reference, adder_rows_reference
 from adderize.nn import Adder2d, AdderLinear
 from adderize.tvm_schedules import build as tvm_build
+from adderize.tvm_schedules.kinds import Workload
 from adderize.tvm_schedules.tuning import tuned_module
 
 pytestmark = pytest.mark.tvm
@@ -33,10 +34,11 @@ def _assert_matches(y, ref, x, x_ref, w, w_ref, atol=1e-3, x_atol=1e-4):
 
 
 def _kernel_kinds(monkeypatch) -> list[str]:
-    """The kinds of the TVM kernels the layers call from now on, in call order."""
+    """The kinds of the TVM kernels the layers call from now on (``_lp`` names the l_p
+    ones), in call order."""
     kinds: list[str] = []
     original = tvm_l1.kernel
-    monkeypatch.setattr(tvm_l1, "kernel", lambda kind, *a: kinds.append(kind) or original(kind, *a))
+    monkeypatch.setattr(tvm_l1, "kernel", lambda w: kinds.append(w.name) or original(w))
     return kinds
 
 
@@ -133,12 +135,12 @@ def test_unavailable_tvm_warns_once_and_tvm_backend_raises(monkeypatch):
 
 def test_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(tvm_build, "_KERNELS", {})
+    tvm_build.forget()
     a, b = torch.randn(1, 11, 24), torch.randn(1, 16, 24)
     first = tvm_l1.forward(a, b)
     files = list((tmp_path / "adderize" / "kernels").glob("forward-*.so"))
     assert len(files) == 1
-    monkeypatch.setattr(tvm_build, "_KERNELS", {})
+    tvm_build.forget()
 
     def no_build(*args):
         raise AssertionError("rebuilt a kernel that is in the disk cache")
@@ -429,12 +431,12 @@ def test_tuned_schedules_are_used_when_present(tmp_path, monkeypatch):
     """MetaSchedule tuning of one small kernel (builder workers pre-warmed: TVM's
     tensor-intrinsic import takes over a minute here), then a build that uses the record."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(tvm_build, "_KERNELS", {})
-    shape = (1, 16, 10, 10, 32, 3, 3, 1, 1, 1)
-    assert tuned_module("conv_forward", *shape) is None  # nothing tuned yet
-    database = tvm_l1.tune("conv_forward", *shape, trials=8)
+    tvm_build.forget()
+    w = Workload.of("conv_forward", 1, 16, 10, 10, 32, 3, 3, 1, 1, 1)
+    assert tuned_module(w) is None  # nothing tuned yet
+    database = tvm_l1.tune(w, trials=8)
     assert (database / "database_tuning_record.json").stat().st_size > 0
-    assert tuned_module("conv_forward", *shape) is not None
+    assert tuned_module(w) is not None
     used = []
     monkeypatch.setattr(tvm_build, "tuned_module", lambda *a: used.append(a) or tuned_module(*a))
     torch.manual_seed(0)
@@ -451,23 +453,23 @@ def test_workloads_lists_forward_and_backward_kernels_once():
     model = adderize.create_model("resnet18", num_classes=4)
     x = torch.randn(2, 3, 64, 64)  # 16x16 maps, then layers of few positions (rows kernels)
     tasks = tvm_l1.workloads(lambda: model(x).sum().backward())
-    kinds = {t[0] for t in tasks}
+    kinds = {t.kind for t in tasks}
     assert {"conv_forward_nchw", "conv_grad_input", "grad_a"} <= kinds
     assert len(tasks) == len(set(tasks))
     # batch size is part of a conv kernel's shape (the rows kernels' is batch x positions)
-    assert all(t[1] == 2 for t in tasks if t[0] != "grad_a")
+    assert all(t["n"] == 2 for t in tasks if t.kind != "grad_a")
 
 
 def test_tune_command_tunes_each_new_kernel_and_respects_budgets(monkeypatch, capsys):
     from adderize.cli import main
 
     calls = []
-    monkeypatch.setattr(tvm_l1, "tune", lambda *task, trials: calls.append((task, trials)))
+    monkeypatch.setattr(tvm_l1, "tune", lambda task, trials: calls.append((task, trials)))
     first = []
-    monkeypatch.setattr(tvm_l1, "tuned", lambda *task: bool(first) and task == first[0])
+    monkeypatch.setattr(tvm_l1, "tuned", lambda task: bool(first) and task == first[0])
     assert main(["tune", "resnet18", "--input-size", "1,3,32,32", "--trials", "3"]) == 0
     assert calls and all(trials == 3 for _, trials in calls)
-    assert all(task[0] == "conv_forward_nchw" for task, _ in calls)  # forward only by default
+    assert all(task.kind == "conv_forward_nchw" for task, _ in calls)  # forward only by default
     n_forward = len(calls)
     first.append(calls[0][0])  # now pretend the first one is tuned: it is skipped
     calls.clear()
@@ -478,7 +480,7 @@ def test_tune_command_tunes_each_new_kernel_and_respects_budgets(monkeypatch, ca
     assert "1 already tuned" in capsys.readouterr().out
     calls.clear()
     assert main(["tune", "resnet18", "--input-size", "2,3,64,64", "--train"]) == 0
-    assert {task[0] for task, _ in calls} >= {"conv_forward_nchw", "conv_grad_input", "grad_a"}
+    assert {task.kind for task, _ in calls} >= {"conv_forward_nchw", "conv_grad_input", "grad_a"}
     calls.clear()
     assert main(["tune", "resnet18", "--input-size", "32", "--minutes", "0"]) == 0
     assert not calls and "time budget of 0.0 min reached" in capsys.readouterr().out
@@ -572,7 +574,7 @@ def test_direct_conv_weight_gradient_routes(c, t, k, stride, same, groups, batch
         ref.backward(grad)
         y = layer(x)
         used.clear()
-        kinds = {task[0] for task in tvm_build.workloads(lambda: y.backward(grad))}
+        kinds = {task.kind for task in tvm_build.workloads(lambda: y.backward(grad))}
     assert used == ([] if route == "matmul" else [route])
     rows_input = route == "rows" and groups == 1
     assert ("grad_a" in kinds) == rows_input
@@ -674,20 +676,21 @@ def test_a_cached_choice_no_longer_a_candidate_is_selected_again(tmp_path, monke
     """A kernel in the disk cache whose recorded tile the candidate rules no longer offer
     (e.g. a max form below ``MAX_FORM_MIN_TERMS``) is built and selected again; one still
     offered is loaded."""
-    from adderize.tvm_schedules import cpu
+    from adderize.tvm_schedules.kinds import candidates
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(tvm_build, "_KERNELS", {})
-    shape = (1, 16, 8, 8, 16, 1, 1, 1, 1, 1)  # 16 terms per output: no max forms
-    assert all(c.form not in ("max", "maxfma") for c in cpu.candidates("conv_forward_nchw", *shape))
-    tvm_build.kernel("conv_forward_nchw", *shape)
+    tvm_build.forget()
+    w = Workload.of("conv_forward_nchw", 1, 16, 8, 8, 16, 1, 1, 1, 1, 1)  # no max forms
+    assert all(c.form not in ("max", "maxfma") for c in candidates(w))
+    tvm_build.kernel(w)
     (label,) = (tmp_path / "adderize" / "kernels").glob("conv_forward_nchw-*.so.variant")
     built = []
     build = tvm_build.build
     monkeypatch.setattr(tvm_build, "build", lambda *a: built.append(a) or build(*a))
     for recorded, rebuilt in (("7x32/maxfma", True), (label.read_text(), False)):
         label.write_text(recorded)
-        monkeypatch.setattr(tvm_build, "_KERNELS", {})
+        tvm_build.forget()
         built.clear()
-        tvm_build.kernel("conv_forward_nchw", *shape)
+        tvm_build.kernel(w)
         assert bool(built) == rebuilt
+    tvm_build.forget()

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 import adderize
-from adderize import OpConfig, OpMapping, OpSpec, register_op
+from adderize import OpConfig, OpMapping, OpSpec
 from adderize.energy import energy_report
 from adderize.nn import Conv2dLike
-from adderize.passes import registry
+from adderize.passes import registered
 from adderize.search import OpSpace
 
 
@@ -59,9 +59,9 @@ TERNARY = OpSpec(
 
 
 @pytest.fixture
-def ternary(monkeypatch):
-    monkeypatch.setattr(registry, "_OPS", dict(registry._OPS))  # undone after the test
-    return register_op(TERNARY)
+def ternary():
+    with registered(TERNARY) as spec:  # removed again after the test
+        yield spec
 
 
 def _model():
@@ -124,7 +124,7 @@ def test_training_hooks_come_from_the_op_record(ternary):
     class ScaledTernaryConv2d(TernaryConv2d):
         pass
 
-    register_op(
+    with registered(
         replace(
             TERNARY,
             name="ternary_lr",
@@ -132,7 +132,7 @@ def test_training_hooks_come_from_the_op_record(ternary):
             layers=(ScaledTernaryConv2d,),
             adaptive_lr=True,
         )
-    )
-    ann = adderize.adderize(_model(), "ternary_lr")
-    layers = [m for m in ann.modules() if isinstance(m, ScaledTernaryConv2d)]
-    assert layers and adder_weights(ann) == [m.weight for m in layers]
+    ):
+        ann = adderize.adderize(_model(), "ternary_lr")
+        layers = [m for m in ann.modules() if isinstance(m, ScaledTernaryConv2d)]
+        assert layers and adder_weights(ann) == [m.weight for m in layers]

@@ -86,8 +86,9 @@ def test_compiled_model_takes_the_chosen_inner_loop_accumulated_by_adds(form, mo
     from torch import nn
 
     from adderize.deploy import compile_model
+    from adderize.deploy import model as model_mod
     from adderize.tvm_schedules import build as tvm_build
-    from adderize.tvm_schedules import cpu
+    from adderize.tvm_schedules import cpu, kinds
 
     net = nn.Sequential(
         nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
@@ -101,17 +102,17 @@ def test_compiled_model_takes_the_chosen_inner_loop_accumulated_by_adds(form, mo
         want = model(x)  # the eager kernels are built now, before schedules are counted
     chosen, built = [], []
 
-    def variant(kind, *shape):
-        if kind != "conv_forward_nchw":
+    def variant(w):
+        if w.kind != "conv_forward_nchw":
             return None
-        lead = cpu.candidates(kind, *shape)[0]
+        lead = kinds.candidates(w)[0]
         chosen.append(cpu.Variant(lead.rows, lead.cols, lead.cols_outer, form))
         return chosen[-1]
 
     monkeypatch.setattr(tvm_build, "variant", variant)
-    schedule = cpu.schedule
+    schedule = kinds.schedule
     monkeypatch.setattr(
-        cpu, "schedule", lambda *a, **k: built.append(k.get("variant")) or schedule(*a, **k)
+        model_mod, "schedule", lambda *a, **k: built.append(k.get("variant")) or schedule(*a, **k)
     )
     compiled, _ = compile_model(model, (1, 3, 14, 14))
     plain = {"fma": "abs", "maxfma": "max"}[form]
@@ -234,6 +235,7 @@ def test_int8_kernel_forms_match_integer_reference(form):
     import tvm
 
     from adderize.tvm_schedules import cpu, int8
+    from adderize.tvm_schedules.kinds import Workload, schedule
     from adderize.tvm_schedules.target import llvm_target
 
     group = int8.sad_group()
@@ -243,7 +245,8 @@ def test_int8_kernel_forms_match_integer_reference(form):
     c = 2 * 8 * group  # two channel chunks
     shape = (2, 9, 9, c, 6, 3, 3, 2, 1, group)
     variant = cpu.Variant(2, 3, False, form)
-    lib = tvm.compile(cpu.schedule("int8_conv_forward", *shape, variant=variant), llvm_target())
+    w = Workload.of("int8_conv_forward", *shape)
+    lib = tvm.compile(schedule(w, variant=variant), llvm_target())
     asm = lib.mod.inspect_source("asm")
     assert ("psadbw" in asm) == (form == "sad")
     gen = torch.Generator().manual_seed(0)
@@ -295,14 +298,14 @@ def test_compile_tunes_first_when_asked(tmp_path, monkeypatch, capsys):
     from adderize.cli import main
 
     calls = []
-    monkeypatch.setattr(tvm_l1, "tuned", lambda *task: False)
-    monkeypatch.setattr(tvm_l1, "tune", lambda *task, trials: calls.append((task, trials)))
+    monkeypatch.setattr(tvm_l1, "tuned", lambda task: False)
+    monkeypatch.setattr(tvm_l1, "tune", lambda task, trials: calls.append((task, trials)))
     lib = tmp_path / "m.so"
     args = ["compile", "resnet18", "--num-classes", "10", "--input-size", "1,3,64,64"]
     assert main([*args, "--tune-trials", "3", "--out", str(lib)]) == 0
     assert len(calls) == len({c[0] for c in calls}) > 0 and all(t == 3 for _, t in calls)
     kinds = ("conv_forward_nchw", "depthwise_forward", "forward")
-    assert all(task[0] in kinds for task, _ in calls)
+    assert all(task.kind in kinds for task, _ in calls)
     assert lib.is_file() and "adder kernels" in capsys.readouterr().out
 
 

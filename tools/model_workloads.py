@@ -1,4 +1,4 @@
-"""Record the adder kernels (kind and shape) that real models use in training and inference,
+"""Record the adder kernels (kind, shape, l_p) that real models use in training and inference,
 for the candidate checks of ``tests/test_kernel_select.py``.
 
 Converts each model to adder, runs a forward and backward (training) and a forward
@@ -19,12 +19,13 @@ import torch
 
 import adderize
 from adderize.tvm_schedules import build as tvm_build
+from adderize.tvm_schedules.kinds import Workload
 
 MODELS = ("mobilenetv2_100", "mobilenetv3_small_100", "efficientnet_b0", "resnet18")
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "model_workloads.json"
 
 
-def record(name: str, size: int, batch: int) -> list[tuple]:
+def record(name: str, size: int, batch: int) -> list[Workload]:
     model = adderize.adderize(timm.create_model(name, num_classes=10))
     x = torch.randn(batch, 3, size, size)
 
@@ -44,13 +45,13 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args()
-    found: set[tuple] = set()
+    found: set[Workload] = set()
     for name in args.models:
         for size in args.sizes:
             kernels = record(name, size, args.batch)
             print(f"{name} @{size}: {len(kernels)} kernels", flush=True)
             found.update(kernels)
-    rows = sorted([k[0], list(k[1:])] for k in found)
+    rows = sorted([w.kind, list(w.shape), w.lp] for w in found)  # Workload(*row) reads it
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"models": args.models, "sizes": args.sizes,
                                "batch": args.batch, "kernels": rows}, indent=0))  # fmt: skip

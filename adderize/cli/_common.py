@@ -197,7 +197,7 @@ def tune_kernels(run: Any, trials: int, minutes: float | None, retune: bool, wha
     from adderize.kernels import tvm_l1
 
     tasks = tvm_l1.workloads(run)
-    todo = [t for t in tasks if retune or not tvm_l1.tuned(*t)]
+    todo = [t for t in tasks if retune or not tvm_l1.tuned(t)]
     print(
         f"{len(tasks)} adder kernels ({what}); {len(tasks) - len(todo)} already tuned; "
         f"database {tvm_l1.tuning_dir()}"
@@ -209,8 +209,8 @@ def tune_kernels(run: Any, trials: int, minutes: float | None, retune: bool, wha
             print(f"time budget of {minutes} min reached: run again to continue")
             break
         start = time.perf_counter()
-        print(f"[{i}/{len(todo)}] {task[0]} {task[1:]} ...", end=" ", flush=True)
-        tvm_l1.tune(*task, trials=trials)
+        print(f"[{i}/{len(todo)}] {task} ...", end=" ", flush=True)
+        tvm_l1.tune(task, trials=trials)
         done += 1
         print(f"{time.perf_counter() - start:.0f} s", flush=True)
     print(f"tuned {done} kernel(s); later builds of them use the tuned schedules")

@@ -15,9 +15,10 @@ from adderize._errors import AdderizeError
 from adderize.deploy.export import exportable
 from adderize.kernels import tvm_l1
 from adderize.tvm_schedules import build as tvm_build
-from adderize.tvm_schedules import cpu, int8
-from adderize.tvm_schedules.compute import FMA_FORMS, computes, out_size
+from adderize.tvm_schedules import int8
+from adderize.tvm_schedules.compute import FMA_FORMS, out_size
 from adderize.tvm_schedules.cpu import tile
+from adderize.tvm_schedules.kinds import KINDS, Workload, computes, schedule
 from adderize.tvm_schedules.target import llvm_target
 from adderize.tvm_schedules.tuning import tuned_module
 
@@ -46,14 +47,14 @@ class CompileReport:
 
     @property
     def adder_kernels(self) -> list[dict[str, Any]]:
-        return [k for k in self.kernels if k["kind"] != "conv_mac_forward"]
+        return [k for k in self.kernels if KINDS[k["kind"]].family != "conv"]
 
     def summary(self) -> str:
         count = {how: sum(k["schedule"] == how for k in self.kernels) for how in SCHEDULES}
         dense = len(self.kernels) - len(self.adder_kernels)
         families: dict[str, int] = {}
         for k in self.adder_kernels:
-            family = _FAMILIES.get(k["kind"], "adder")
+            family = KINDS[k["kind"]].family
             families[family] = families.get(family, 0) + 1
         layers = ", ".join(f"{n} {family}" for family, n in families.items()) or "0 adder"
         times = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
@@ -67,33 +68,29 @@ class CompileReport:
         )
 
 
-#: kernel kind -> the layer family a report names (others: fp32 adder)
-_FAMILIES = {"int8_conv_forward": "int8 adder", "binary_conv_forward": "binary"}
-
-
 class _Converters:
     """``custom_convert_map`` for the importer; records a report entry per kernel."""
 
     def __init__(self, target: str, report: CompileReport) -> None:
         self.target, self.report = target, report
 
-    def _kernel_func(self, kind: str, shape: tuple[int, ...]) -> tuple[Any, str]:
+    def _kernel_func(self, w: Workload) -> tuple[Any, str]:
         from tvm import te
 
         if self.target == "cuda":  # scheduled later by dlight with the rest of the model
-            return te.create_prim_func(computes(kind, *shape)), "default"
-        tuned = tuned_module(kind, *shape)
+            return te.create_prim_func(computes(w)), "default"
+        tuned = tuned_module(w)
         if tuned is not None:
             return tuned["main"], "tuned"
         try:  # the register tile the training kernels measured fastest on this machine
-            variant = tvm_build.variant(kind, *shape)
+            variant = tvm_build.variant(w)
             if variant is not None and variant.form in FMA_FORMS:
                 # its FMA needs a 1.0 input and LLVM's contraction: the tile and inner loop
                 # accumulated by adds
                 variant = replace(variant, form=FMA_FORMS[variant.form])
-            return cpu.schedule(kind, *shape, variant=variant)["main"], "hand"
+            return schedule(w, variant=variant)["main"], "hand"
         except Exception:  # a shape the hand schedule cannot tile: TVM's own lowering
-            return te.create_prim_func(computes(kind, *shape)), "default"
+            return te.create_prim_func(computes(w)), "default"
 
     def _call(
         self,
@@ -106,7 +103,7 @@ class _Converters:
     ) -> Any:
         from tvm import relax
 
-        func, how = self._kernel_func(kind, shape)
+        func, how = self._kernel_func(Workload(kind, shape))
         func = func.with_attr("op_pattern", _OPAQUE).without_attr("global_symbol")
         gv = bb.add_func(func, f"adder_{kind}")
         self.report.kernels.append({"kind": kind, "shape": list(shape), "schedule": how})

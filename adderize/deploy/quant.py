@@ -26,6 +26,7 @@ from adderize.nn import Adder2d, BinaryConv2d
 from adderize.tvm_schedules import int8
 from adderize.tvm_schedules.build import kernel
 from adderize.tvm_schedules.compute import out_size
+from adderize.tvm_schedules.kinds import Workload
 
 __all__ = [
     "Int8Adder2d",
@@ -140,7 +141,8 @@ def int8_window_sums(
     oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     out = torch.empty(n, oh, ow, t, dtype=torch.int32)
     group = _chunk()[0]
-    kernel("int8_conv_forward", n, hp, wp, c, t, kh, kw, stride, dil, group)(xq, qweight, out)
+    w = Workload.of("int8_conv_forward", n, hp, wp, c, t, kh, kw, stride, dil, group)
+    kernel(w)(xq, qweight, out)
     return out.permute(0, 3, 1, 2)
 
 
@@ -289,7 +291,7 @@ def packed_binary_conv(
     t, kh, kw, _ = wb.shape
     oh, ow = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil)
     out = torch.empty(n, oh, ow, t)
-    fn = kernel("binary_conv_forward", n, hp, wp, q, t, kh, kw, stride, dil)
+    fn = kernel(Workload.of("binary_conv_forward", n, hp, wp, q, t, kh, kw, stride, dil))
     fn(xb.contiguous(), mb.contiguous(), wb, alpha, out)
     return out.permute(0, 3, 1, 2)
 

@@ -26,6 +26,7 @@ from adderize.tvm_schedules.build import available, kernel, tune, unavailable_re
 from adderize.tvm_schedules.compute import out_size
 from adderize.tvm_schedules.cpu import tile
 from adderize.tvm_schedules.cuda import cuda_executable
+from adderize.tvm_schedules.kinds import Workload
 from adderize.tvm_schedules.tuning import tuned, tuning_dir
 
 __all__ = [
@@ -74,7 +75,7 @@ def forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     groups, m, k = a.shape
     t = b.shape[1]
     _, tp = tile(t)
-    fn = kernel("forward", m, tp, k)
+    fn = kernel(Workload.of("forward", m, tp, k))
     out = a.new_empty(groups, m, tp)
     for g in range(groups):
         fn(a[g].contiguous(), _pad_last(b[g].t(), tp).contiguous(), out[g])
@@ -87,7 +88,7 @@ def grad_a(a: torch.Tensor, b: torch.Tensor, grad_out: torch.Tensor) -> torch.Te
     groups, m, k = a.shape
     t = b.shape[1]
     _, kp = tile(k)
-    fn = kernel("grad_a", m, t, kp)
+    fn = kernel(Workload.of("grad_a", m, t, kp))
     out = a.new_empty(groups, m, kp)
     gs = grad_out.sum(2)
     for g in range(groups):
@@ -219,7 +220,7 @@ def _transposed(w: torch.Tensor, g: int, r: int) -> torch.Tensor:
     if w.dtype != torch.float32 or w.device.type != "cpu":
         return w3.transpose(1, 2).contiguous()
     out = w3.new_empty(g, r, w3.shape[1])
-    kernel("transpose", *w3.shape)(w3.contiguous(), out)
+    kernel(Workload.of("transpose", *w3.shape))(w3.contiguous(), out)
     return out
 
 
@@ -260,13 +261,13 @@ def forward_plan(
     left, right, top, bottom = pads
     hp, wp = h + top + bottom, w + left + right
     oh, ow, tg = out_size(hp, kh, stride, dil), out_size(wp, kw, stride, dil), t // groups
-    suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
+    lp, extra = p != 1.0, (() if p == 1.0 else (float(p),))
     single = one_position(x, weight, stride, groups, p, pads)
     if single or pointwise_nchw(x, weight, stride, groups, p, pads):  # the weight as it is
         if single:  # one position: vectors of channels
-            fn, x_rows, out_rows = kernel("one_position_forward", t, c), (c,), (t,)
+            fn, x_rows, out_rows = kernel(Workload.of("one_position_forward", t, c)), (c,), (t,)
         else:  # positions vectorised
-            fn = kernel("pointwise_forward_nchw", n, c, h * w, t)
+            fn = kernel(Workload.of("pointwise_forward_nchw", n, c, h * w, t))
             x_rows, out_rows = (n, c, h * w), (n, t, h * w)
         rows = weight.detach().reshape(t, c).contiguous()
 
@@ -278,7 +279,7 @@ def forward_plan(
         return pointwise
     if pads_fused(x, weight, groups):  # an NCHW model: each channel's plane on its own
         shape = (n, c, h, w, kh, kw, stride, dil, top, bottom, left, right)
-        plane = kernel("depthwise_forward_nchw" + suffix, *shape)
+        plane = kernel(Workload.of("depthwise_forward_nchw", *shape, lp=lp))
         taps = weight.detach().reshape(t, kh, kw).contiguous()
 
         def planes(x: torch.Tensor) -> torch.Tensor:
@@ -289,7 +290,9 @@ def forward_plan(
         return planes
     if _depthwise(weight, groups) or (kh == kw == 1 and stride > 1 and n >= 8):
         return None
-    fn = kernel("conv_forward_nchw" + suffix, n, c, hp, wp, t, kh, kw, stride, dil, groups)
+    fn = kernel(
+        Workload.of("conv_forward_nchw", n, c, hp, wp, t, kh, kw, stride, dil, groups, lp=lp)
+    )
     wt = _forward_weight(weight, groups, keep)
     padded = any(pads)
 
@@ -322,7 +325,7 @@ def conv_forward(
     if plan is not None:
         return plan(xp)
     t, _, kh, kw = weight.shape
-    suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
+    lp, extra = p != 1.0, (() if p == 1.0 else (float(p),))
     if any(pads):
         xp = F.pad(xp, pads)
     if kh == kw == 1 and stride > 1 and xp.shape[0] >= 8:
@@ -340,12 +343,12 @@ def conv_forward(
     wt = _forward_weight(weight, groups, keep)
     if dw:
         out = xp.new_empty(n, oh, ow, t)
-        fn = kernel("depthwise_forward" + suffix, n, c, hp, wp, kh, kw, stride, dil)
+        fn = kernel(Workload.of("depthwise_forward", n, c, hp, wp, kh, kw, stride, dil, lp=lp))
         fn(xp.permute(0, 2, 3, 1).contiguous(), wt, out, *extra)
         return out.permute(0, 3, 1, 2)
     shape = (n, c, hp, wp, t, kh, kw, stride, dil, groups)
     out = xp.new_empty(n, oh, ow, groups, tg)
-    kernel("conv_forward" + suffix, *shape)(xp.contiguous(), wt, out, *extra)
+    kernel(Workload.of("conv_forward", *shape, lp=lp))(xp.contiguous(), wt, out, *extra)
     return out.view(n, oh, ow, t).permute(0, 3, 1, 2)
 
 
@@ -388,7 +391,7 @@ def one_position_backward(
     and 23, in one kernel call."""
     t, c = weight.shape[:2]
     grad_x, grad_w = x.new_empty(x.shape), weight.new_empty(weight.shape)
-    kernel("one_position_backward", t, c)(
+    kernel(Workload.of("one_position_backward", t, c))(
         x.reshape(c).contiguous(),
         weight.detach().reshape(t, c).contiguous(),
         grad_out.reshape(t).contiguous(),  # an expanded gradient (of a sum) has stride 0
@@ -427,7 +430,7 @@ def conv_grad_input(
         # oneDNN at batch 1, 0.88x -> 0.53x at batch 32 (Zen 4)
         g = grad_out.contiguous().view(n, t, h * w)
         out = xp.new_empty(n, c, h * w)
-        fn = kernel("pointwise_grad_input_nchw", n, c, h * w, t)
+        fn = kernel(Workload.of("pointwise_grad_input_nchw", n, c, h * w, t))
         fn(xp.view(n, c, h * w), weight.detach().view(t, c), g, g.sum(1), out)
         return out.view(n, c, h, w)
     if _narrow(weight, groups):
@@ -510,9 +513,9 @@ def _depthwise_grad_input_nchw(
     hp, wp = h + top + bottom, w + left + right
     gd = _stride_dilated(grad_out, hp, wp, dil * (kh - 1), dil * (kw - 1), stride)
     out = x.new_empty(n, c, h, w)
-    suffix, extra = ("", ()) if p == 1.0 else ("_lp", (float(p),))
+    lp, extra = p != 1.0, (() if p == 1.0 else (float(p),))
     shape = (n, c, h, w, kh, kw, dil, top, bottom, left, right)
-    fn = kernel("depthwise_grad_input_nchw" + suffix, *shape)
+    fn = kernel(Workload.of("depthwise_grad_input_nchw", *shape, lp=lp))
     fn(x, weight.detach().reshape(c, kh, kw).contiguous(), gd, out, *extra)
     return out
 
@@ -560,16 +563,16 @@ def _grad_input_nhwc(
             ones = weight.new_ones(groups, 1, kh, kw)
             gs = F.conv2d(gsum.permute(0, 3, 1, 2), ones, dilation=dil, groups=groups)
             gs = gs.permute(0, 2, 3, 1).contiguous()
-        suffix, args = "", (gs,)
+        lp, args = False, (gs,)
     else:
-        suffix, args = "_lp", ()
+        lp, args = True, ()
     extra = () if p == 1.0 else (float(p),)
     if dw:
         out = xn.new_empty(n, hp, wp, c)
-        fn = kernel("depthwise_grad_input" + suffix, n, c, hp, wp, kh, kw, dil)
+        fn = kernel(Workload.of("depthwise_grad_input", n, c, hp, wp, kh, kw, dil, lp=lp))
         fn(xn, wt, gd, *args, out, *extra)
         return out
     out = xn.new_empty(n, hp, wp, groups, cg)
-    fn = kernel("conv_grad_input" + suffix, n, c, hp, wp, t, kh, kw, dil, groups)
+    fn = kernel(Workload.of("conv_grad_input", n, c, hp, wp, t, kh, kw, dil, groups, lp=lp))
     fn(xn, wt, gd, *args, out, *extra)
     return out.view(n, hp, wp, c)

@@ -12,6 +12,7 @@ from adderize.passes.registry import (
     get_op,
     op_names,
     register_op,
+    registered,
 )
 from adderize.passes.report import LayerRecord, RewriteReport
 from adderize.passes.trace import GraphFacts, analyse
@@ -32,4 +33,5 @@ __all__ = [
     "get_op",
     "op_names",
     "register_op",
+    "registered",
 ]

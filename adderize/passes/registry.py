@@ -11,7 +11,8 @@ Two separate tables, as torch.ao separates ``BackendConfig`` from ``QConfigMappi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -52,6 +53,7 @@ __all__ = [
     "priced_op",
     "priced_op_names",
     "register_op",
+    "registered",
 ]
 
 Kind = Literal["conv2d", "conv1d", "linear"]
@@ -279,6 +281,17 @@ def register_op(spec: OpSpec) -> OpSpec:
         raise AdderizeError(f"op {spec.name!r} is already registered")
     _OPS[spec.name] = spec
     return spec
+
+
+@contextlib.contextmanager
+def registered(spec: OpSpec) -> Iterator[OpSpec]:
+    """``register_op(spec)`` for the ``with`` block only (a test's or a script's own op);
+    the op is removed again on exit, whatever happened inside."""
+    register_op(spec)
+    try:
+        yield spec
+    finally:
+        _OPS.pop(spec.name, None)
 
 
 def get_op(name: str) -> OpSpec:

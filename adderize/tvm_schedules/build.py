@@ -1,8 +1,8 @@
 """Building, selecting and caching the TVM adder kernels on this machine.
 
-A kernel is named by ``(kind, *shape)`` (:func:`adderize.tvm_schedules.compute.computes`).
-At first use it is built with the schedule MetaSchedule tuning recorded, if any; else the
-register tiles of :func:`adderize.tvm_schedules.cpu.candidates` are each built (a few ms)
+A kernel is a :class:`~adderize.tvm_schedules.kinds.Workload`. At first use it is built
+with the schedule MetaSchedule tuning recorded, if any; else the register tiles of
+:func:`adderize.tvm_schedules.kinds.candidates` are each built (a few ms)
 and timed on random data of the kernel's shapes, and the fastest is kept: a new CPU gets
 kernels fitted to its vector registers and ports without a tuning run. Set
 ``ADDERIZE_KERNEL_SELECT=first`` to skip the timing and take the first candidate (the
@@ -28,8 +28,10 @@ import torch
 
 from adderize import _threads
 from adderize._errors import AdderizeError
-from adderize.tvm_schedules import cpu, tuning
+from adderize.tvm_schedules import tuning
 from adderize.tvm_schedules.compute import FMA_FORMS
+from adderize.tvm_schedules.cpu import Variant
+from adderize.tvm_schedules.kinds import Workload, candidates, schedule
 from adderize.tvm_schedules.target import cache_dir, llvm_target
 from adderize.tvm_schedules.tuning import tuned_module, tuning_stamp
 
@@ -52,13 +54,10 @@ __all__ = [
 KERNEL_VERSION = 14  # 13: channels_fma (depthwise); 14: the one-position forward's partial sums
 #: ``ADDERIZE_KERNEL_SELECT`` values: time the candidate tiles, or take the first
 SELECT_MODES = ("measure", "first")
-#: kernels that are no tuning task (:func:`workloads`): the weight re-layouts and the
-#: one-position kernels (a few microseconds, fixed schedules)
-UNTUNED = ("transpose", "one_position_forward", "one_position_backward")
 _log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
-_KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
-_CHOSEN: dict[tuple[Any, ...], str] = {}
+_KERNELS: dict[Workload, Callable[..., Any]] = {}
+_CHOSEN: dict[Workload, str] = {}
 _STATE: dict[str, Any] = {}
 
 
@@ -102,9 +101,10 @@ def select_mode() -> str:
     return mode
 
 
-def _path(key: tuple[Any, ...]) -> Path:
+def _path(w: Workload) -> Path:
     import tvm
 
+    key = (w.name, *w.shape)  # as earlier releases keyed it: their cached kernels stay valid
     ident = (
         f"{key}-{KERNEL_VERSION}-{llvm_target()}-{tvm.__version__}-{tuning_stamp()}-{select_mode()}"
     )
@@ -145,12 +145,12 @@ def _cache_write(lib: Any, path: Path, label: str) -> None:
         pass
 
 
-def kernel(kind: str, *shape: int) -> Callable[..., Any]:
-    """The compiled kernel ``(kind, *shape)``: from memory, the disk cache, or built (and
-    selected) now."""
-    key = (kind, *shape)
+def kernel(w: Workload) -> Callable[..., Any]:
+    """The compiled kernel ``w``: from memory, the disk cache, or built (and selected)
+    now."""
+    key = w
     recording = _STATE.get("recording")
-    if recording is not None and kind not in UNTUNED:
+    if recording is not None and w.spec.tuned:
         recording.setdefault(key, None)
     fn = _KERNELS.get(key)
     if fn is not None:
@@ -162,7 +162,7 @@ def kernel(kind: str, *shape: int) -> Callable[..., Any]:
             raise RuntimeError(f"TVM kernels are unavailable: {unavailable_reason()}")
         import tvm
 
-        path = _path(key)
+        path = _path(w)
         lib = None
         if _cache_intact(path):
             try:
@@ -171,22 +171,22 @@ def kernel(kind: str, *shape: int) -> Callable[..., Any]:
                 _CHOSEN[key] = label.read_text() if label.is_file() else "cached"
             except Exception:  # an incompatible cache entry: rebuild it
                 lib = None
-            if lib is not None and _stale(kind, shape, _CHOSEN[key]):
+            if lib is not None and _stale(w, _CHOSEN[key]):
                 lib = None
         if lib is None:
-            lib, _CHOSEN[key] = build(kind, *shape)
+            lib, _CHOSEN[key] = build(w)
             _cache_write(lib, path, _CHOSEN[key])
         fn = _bind(lib["main"], _CHOSEN[key])
         _KERNELS[key] = fn
         return fn
 
 
-def _stale(kind: str, shape: tuple[int, ...], label: str) -> bool:
+def _stale(w: Workload, label: str) -> bool:
     """Whether a cached kernel's recorded tile is no longer among its candidates (the
     candidate rules changed since it was selected): it is then selected again."""
-    if kind.removesuffix("_lp") not in cpu.SELECTABLE or label in ("tuned", "cached"):
+    if not w.spec.selectable or label in ("tuned", "cached"):
         return False
-    return label not in {str(c) for c in cpu.candidates(kind, *shape)}
+    return label not in {str(c) for c in candidates(w)}
 
 
 def _bind(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
@@ -198,26 +198,31 @@ def _bind(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
     return lambda x, w, *rest: fn(x, w, one, *rest)
 
 
-def forget(kind: str, *shape: int) -> None:
-    """Drop the in-memory kernel (after tuning changed its schedule)."""
-    _KERNELS.pop((kind, *shape), None)
-    _CHOSEN.pop((kind, *shape), None)
+def forget(w: Workload | None = None) -> None:
+    """Drop the in-memory kernel ``w`` (after tuning changed its schedule), or every one
+    (``None``; the disk cache stays)."""
+    if w is None:
+        _KERNELS.clear()
+        _CHOSEN.clear()
+    else:
+        _KERNELS.pop(w, None)
+        _CHOSEN.pop(w, None)
 
 
-def tune(kind: str, *shape: int, **kwargs: Any) -> Path:
-    """Tune kernel ``(kind, *shape)`` with MetaSchedule (:func:`adderize.tvm_schedules.
-    tuning.tune`, same arguments) and drop its in-memory build: its next use builds the
-    tuned schedule. Returns the tuning database's folder."""
-    work_dir = tuning.tune(kind, *shape, **kwargs)
-    forget(kind, *shape)
+def tune(w: Workload, **kwargs: Any) -> Path:
+    """Tune kernel ``w`` with MetaSchedule (:func:`adderize.tvm_schedules.tuning.tune`,
+    same arguments) and drop its in-memory build: its next use builds the tuned schedule.
+    Returns the tuning database's folder."""
+    work_dir = tuning.tune(w, **kwargs)
+    forget(w)
     return work_dir
 
 
-def chosen(kind: str, *shape: int) -> str | None:
-    """Which schedule kernel ``(kind, *shape)`` of this process uses: ``"tuned"``, a
-    register tile (e.g. ``"7x16/cols-outer"``), ``"fixed"`` (int8 / binary), or None if it
-    was not built yet."""
-    return _CHOSEN.get((kind, *shape))
+def chosen(w: Workload) -> str | None:
+    """Which schedule kernel ``w`` of this process uses: ``"tuned"``, a register tile
+    (e.g. ``"7x16/cols-outer"``), ``"fixed"`` (binary, transposes), or None if it was not
+    built yet."""
+    return _CHOSEN.get(w)
 
 
 def _random_args(mod: Any) -> list[Any]:
@@ -271,35 +276,35 @@ def fastest(fns: list[Callable[..., Any]], args: list[Any], rounds: int = 3) -> 
     return min(contenders, key=best.__getitem__)
 
 
-def build(kind: str, *shape: int) -> tuple[Any, str]:
-    """Compile kernel ``(kind, *shape)``; returns ``(library, schedule label)``: the tuned
+def build(w: Workload) -> tuple[Any, str]:
+    """Compile kernel ``w``; returns ``(library, schedule label)``: the tuned
     schedule when the tuning database has one, else the fastest candidate tile on this
     machine (the first one in ``first`` mode)."""
     import tvm
 
     target = llvm_target()
-    mod = tuned_module(kind, *shape)
+    mod = tuned_module(w)
     if mod is not None:
         return tvm.compile(mod, target=target), "tuned"
-    if kind.removesuffix("_lp") not in cpu.SELECTABLE:
-        return tvm.compile(cpu.schedule(kind, *shape), target=target), "fixed"
-    options = cpu.candidates(kind, *shape)
+    if not w.spec.selectable:
+        return tvm.compile(schedule(w), target=target), "fixed"
+    options = candidates(w)
     first = select_mode() == "first" or len(options) == 1
-    built: list[tuple[cpu.Variant, Any, Any]] = []  # (tile, scheduled module, library)
+    built: list[tuple[Variant, Any, Any]] = []  # (tile, scheduled module, library)
     errors: list[str] = []
     for option in options:
         try:  # a tile that cannot take this shape is left out, never raised at the user
-            mod = cpu.schedule(kind, *shape, variant=option)
+            mod = schedule(w, variant=option)
             built.append((option, mod, _compile(mod, option)))
         except Exception as e:
             errors.append(f"{option}: {type(e).__name__}: {e}")
-            _log.debug("kernel %s%s: candidate %s left out (%s)", kind, shape, option, e)
+            _log.debug("kernel %s: candidate %s left out (%s)", w, option, e)
             continue
         if first:
             break
     if not built:
         raise RuntimeError(
-            f"no candidate schedule of kernel {kind}{shape} builds: " + "; ".join(errors)[:2000]
+            f"no candidate schedule of kernel {w} builds: " + "; ".join(errors)[:2000]
         )
     if len(built) == 1:
         return built[0][2], str(built[0][0])
@@ -314,27 +319,27 @@ def build(kind: str, *shape: int) -> tuple[Any, str]:
     return built[pick][2], str(built[pick][0])
 
 
-def _compile(mod: Any, option: cpu.Variant) -> Any:
+def _compile(mod: Any, option: Variant) -> Any:
     import tvm
 
     return tvm.compile(mod, target=llvm_target(contract=option.form in FMA_FORMS))
 
 
-def variant(kind: str, *shape: int) -> cpu.Variant | None:
-    """The register tile kernel ``(kind, *shape)`` uses on this machine (selecting it now
-    if needed); None for tuned and fixed schedules. Whole-model compilation reads it."""
-    kernel(kind, *shape)
-    if kind.removesuffix("_lp") not in cpu.SELECTABLE:
+def variant(w: Workload) -> Variant | None:
+    """The register tile kernel ``w`` uses on this machine (selecting it now if needed);
+    None for tuned and fixed schedules. Whole-model compilation reads it."""
+    kernel(w)
+    if not w.spec.selectable:
         return None
-    label = _CHOSEN.get((kind, *shape))
-    return next((c for c in cpu.candidates(kind, *shape) if str(c) == label), None)
+    label = _CHOSEN.get(w)
+    return next((c for c in candidates(w) if str(c) == label), None)
 
 
-def workloads(run: Callable[[], Any]) -> list[tuple[Any, ...]]:
-    """The adder kernels (``(kind, *shape)``; not the :data:`UNTUNED` ones) that
-    ``run()`` uses, e.g. a forward and backward of
-    a converted model, in first-use order: the tuning tasks of that model."""
-    seen: dict[tuple[Any, ...], None] = {}
+def workloads(run: Callable[[], Any]) -> list[Workload]:
+    """The adder kernels that ``run()`` uses (the kinds that are tuning tasks), e.g. a
+    forward and backward of a converted model, in first-use order: the tuning tasks of
+    that model."""
+    seen: dict[Workload, None] = {}
     _STATE["recording"] = seen
     try:
         run()

@@ -29,39 +29,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from adderize._errors import AdderizeError
 from adderize.tvm_schedules import int8
-from adderize.tvm_schedules.compute import CHANNEL_BLOCK, FORM_KINDS, computes, out_size
+from adderize.tvm_schedules.compute import CHANNEL_BLOCK, out_size
 from adderize.tvm_schedules.target import cpu_isa
 
 __all__ = [
-    "SELECTABLE",
+    "CHANNEL_FORMS",
+    "HandTile",
+    "TileLayout",
     "Variant",
-    "candidates",
+    "channel_tile",
+    "depthwise_plane_tiles",
+    "fma_form",
+    "int8_schedule",
+    "int8_tiles",
+    "one_position_schedule",
+    "plane_tiles",
+    "pointwise_tiles",
+    "register_candidates",
     "register_tile",
-    "schedule",
     "tile",
+    "transpose_schedule",
     "vector_lanes",
 ]
 
-#: kernel kinds whose schedule is a :class:`Variant` of :func:`register_tile` (with ``_lp``)
-SELECTABLE = (
-    "forward",
-    "grad_a",
-    "conv_forward",
-    "conv_forward_nchw",
-    "conv_mac_forward",
-    "conv_grad_input",
-    "depthwise_forward",
-    "depthwise_forward_nchw",
-    "depthwise_grad_input",
-    "depthwise_grad_input_nchw",
-    "int8_conv_forward",
-    "pointwise_forward_nchw",
-    "pointwise_grad_input_nchw",
-)
-#: the dense conv forwards: NHWC and NCHW output, adder and (compiled models) MAC
-DENSE_FORWARDS = ("conv_forward", "conv_forward_nchw", "conv_mac_forward")
+#: the NCHW depthwise forward's channel-vectorised forms (:func:`channel_tile`)
+CHANNEL_FORMS = ("channels", "channels_fma")
 #: at most this many candidates are timed per kernel (a few ms to compile each)
 MAX_CANDIDATES = 10
 #: the max forms (``max``/``maxfma``) are candidates from this many terms per output on:
@@ -107,8 +100,9 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class _Layout:
-    """Where a kind's tile sits in its compute's loops."""
+class TileLayout:
+    """Where a kind's register tile sits in its compute's loops (each kind's ``layout`` in
+    :mod:`~adderize.tvm_schedules.kinds` gives it for a shape)."""
 
     n_reduce: int  # reduction loops of the "acc" block
     row_axis: int  # spatial loop tiled by rows
@@ -118,37 +112,24 @@ class _Layout:
     grad: bool  # input-gradient kernels keep more values live per row
 
 
-def _layout(kind: str, shape: tuple[int, ...]) -> _Layout:
-    base = kind.removesuffix("_lp")
-    if base in ("forward", "grad_a"):
-        m, t, k = shape
-        return _Layout(1, 0, m, tile(t if base == "forward" else k)[1], False, base == "grad_a")
-    if base in DENSE_FORWARDS:
-        _, _, _, wp, t, _, kw, stride, dil, g = shape
-        return _Layout(3, 2, out_size(wp, kw, stride, dil), t // g, True, False)
-    if base == "depthwise_forward":
-        _, c, _, wp, _, kw, stride, dil = shape
-        return _Layout(2, 2, out_size(wp, kw, stride, dil), c, False, False)
-    if base == "depthwise_forward_nchw":
-        _, _, h, w, kh, kw, stride, dil, pt, pb, pl, pr = shape
-        oh = out_size(h + pt + pb, kh, stride, dil)
-        return _Layout(2, 2, oh, out_size(w + pl + pr, kw, stride, dil), False, False)
-    if base == "depthwise_grad_input_nchw":
-        _, _, h, w, *_ = shape
-        return _Layout(2, 2, h, w, False, True)
-    if base == "depthwise_grad_input":
-        _, c, _, wp, *_ = shape
-        return _Layout(2, 2, wp, c, False, True)
-    if base == "pointwise_forward_nchw":  # batch 1: the column tiles in parallel
-        n, _, m, t = shape
-        return _Layout(1, 1, t, m, n == 1, False)
-    if base == "pointwise_grad_input_nchw":  # column tiles outermost: batch 1 in parallel
-        _, c, m, _ = shape
-        return _Layout(1, 1, c, m, True, True)
-    if base == "conv_grad_input":
-        _, c, _, wp, *_, g = shape
-        return _Layout(3, 2, wp, c // g, True, True)
-    raise AdderizeError(f"kernel kind {kind!r} has no register-tile schedule; known: {SELECTABLE}")
+@dataclass(frozen=True)
+class HandTile:
+    """A kind's first-guess tile, chosen by hand on AVX-512 (Zen 5): the first of ``wide``
+    (32-wide column tiles) or ``narrow`` row counts that divides the rows (``divide``),
+    else the first as it is."""
+
+    wide: tuple[int, ...]
+    narrow: tuple[int, ...]
+    divide: bool = True
+
+    def variant(self, lay: TileLayout) -> Variant:
+        cols = tile(lay.col_extent)[0]
+        choices = self.wide if cols == 32 else self.narrow
+        rows = choices[0]
+        if self.divide:
+            ext = lay.row_extent
+            rows = next((r for r in choices if ext % r == 0), min(choices[0], ext))
+        return Variant(rows, cols, lay.cols_outer)
 
 
 #: unrolled rows per tile at most (code size)
@@ -166,75 +147,29 @@ def _rows(extent: int, most: int) -> list[int]:
     return [most, divisor] if divisor * 2 >= most else [most]
 
 
-def _hand_tile(kind: str, lay: _Layout) -> Variant:
-    """The tiles chosen by hand on AVX-512 (Zen 5), kept as that machine's first guess."""
-    base = kind.removesuffix("_lp")
-    cols = tile(lay.col_extent)[0]
-
-    def pick(choices: tuple[int, ...]) -> int:
-        ext = lay.row_extent
-        return next((r for r in choices if ext % r == 0), min(choices[0], ext))
-
-    wide = cols == 32
-    if base == "forward":
-        return Variant(6 if wide else 12, cols, lay.cols_outer)
-    if base in ("grad_a", "pointwise_grad_input_nchw"):
-        return Variant(4 if wide else 8, cols, lay.cols_outer)
-    if base in DENSE_FORWARDS:
-        choices = (7, 8, 6, 5, 4) if wide else (14, 12, 8, 7, 6)
-    elif base == "conv_grad_input":
-        choices = (4, 5, 3, 6) if wide else (8, 7, 6, 5, 4)
-    elif base == "depthwise_forward":
-        choices = (8, 7, 6, 5, 4)
-    else:  # depthwise_grad_input
-        choices = (4, 5, 6, 7, 3)
-    return Variant(pick(choices), cols, lay.cols_outer)
+def fma_form(lp: bool = False) -> bool:
+    """Whether a kernel gets the inner loops accumulated by FMAs: p = 1 kernels on CPUs
+    with FMA instructions."""
+    return "fma" in cpu_isa() and not lp
 
 
-def _fma_form(kind: str) -> bool:
-    """Whether kernel ``kind`` gets the inner loops accumulated by FMAs: p = 1 kernels on
-    CPUs with FMA instructions."""
-    return "fma" in cpu_isa() and not kind.endswith("_lp")
-
-
-def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant]:
-    """Register tiles for kernel ``(kind, *shape)``, best guess first (at most
+def register_candidates(
+    lay: TileLayout, hand: HandTile, lanes: int, form_terms: int | None = None
+) -> list[Variant]:
+    """Register tiles for a kernel laid out as ``lay``, best guess first (at most
     :data:`MAX_CANDIDATES`).
 
-    The first is the tile measured by hand on AVX-512 (Zen 5) in earlier releases (the
-    ``first`` selection mode keeps it). The others fit this CPU's register file: with
-    ``v = cols / lanes`` vectors per row a tile holds ``rows * v`` accumulators besides the
-    ``v`` weight vectors and a few temporaries (more for input gradients, which keep
-    ``x - 1``, ``x + 1`` and the gradient per row). Convolutions also get the other loop
-    order of the two leading tiles (column tiles outermost or not: 2x apart on 1x1 convs on
-    AVX2 Zen 3, either way round on other shapes), and the p = 1 forward the other forms of
-    its inner loop, ``fma`` and (from :data:`MAX_FORM_MIN_TERMS` terms per output)
+    The first is the ``hand`` tile (the ``first`` selection mode keeps it). The others fit
+    this CPU's register file: with ``v = cols / lanes`` vectors per row a tile holds
+    ``rows * v`` accumulators besides the ``v`` weight vectors and a few temporaries (more
+    for input gradients, which keep ``x - 1``, ``x + 1`` and the gradient per row).
+    Convolutions also get the other loop order of the two leading tiles (column tiles
+    outermost or not: 2x apart on 1x1 convs on AVX2 Zen 3, either way round on other
+    shapes), and, given ``form_terms`` (the terms per output of a p = 1 dense forward), the
+    other forms of the inner loop, ``fma`` and (from :data:`MAX_FORM_MIN_TERMS` terms on)
     ``maxfma``, on the leading tiles in both loop orders (256 -> 256 3x3 @14, batch 32: fma
     10% faster with the column tiles inside; Zen 4).
     """
-    if kind == "int8_conv_forward":
-        _, _, wp, _, t, _, kw, stride, dil, group = shape
-        form = "sad" if int8.sad_group() >= group else "plain"
-        ow = out_size(wp, kw, stride, dil)
-        return [Variant(r, c, False, form) for r, c in int8.candidates(ow, t, group)]
-    lanes = lanes or vector_lanes()
-    lay = _layout(kind, tuple(shape))
-    if kind == "pointwise_forward_nchw":
-        return _pointwise_tiles(kind, lay, lanes, shape[0])
-    if kind.removesuffix("_lp") == "depthwise_forward_nchw":
-        planes = _plane_tiles(lay, lanes)
-        kh, kw = shape[4], shape[5]
-        # the channel tile splits the output rows and taps: compute_at drops loops of
-        # extent 1 (a 1-wide output or kernel), which it has no schedule for
-        if shape[1] % CHANNEL_BLOCK or min(lay.row_extent, lay.col_extent, kh, kw) < 2:
-            return planes
-        # channel blocks: a whole output row per tile where it fits the registers
-        rows = _rows(lay.col_extent, 8)
-        forms = ["channels", "channels_fma"] if _fma_form(kind) else ["channels"]
-        blocks = [Variant(r, CHANNEL_BLOCK, False, f) for f in forms for r in rows]
-        return planes[: MAX_CANDIDATES - len(blocks)] + blocks
-    if kind.removesuffix("_lp") == "depthwise_grad_input_nchw":
-        return _plane_tiles(lay, lanes)
     regs = 32 if lanes >= 16 else 16
     reserve = 5 if lay.grad else 3
     fitted: list[Variant] = []
@@ -246,20 +181,50 @@ def candidates(kind: str, *shape: int, lanes: int | None = None) -> list[Variant
         if lay.grad:
             most = min(most, (regs - reserve) // (v + 1))
         fitted += [Variant(r, cols, lay.cols_outer) for r in _rows(lay.row_extent, most)]
-    found = [_hand_tile(kind, lay), *fitted[:1]]
+    found = [hand.variant(lay), *fitted[:1]]
     if lay.n_reduce == 3:  # dense convs: both loop orders
         found += [Variant(c.rows, c.cols, not c.cols_outer) for c in found]
-    if kind in FORM_KINDS:  # the other inner loops, on the leading tiles in both orders
+    if form_terms is not None:  # the other inner loops, on the leading tiles in both orders
         lead = found
-        _, c, _, _, _, kh, kw, *_, groups = shape
-        maxes = "maxfma" if _fma_form(kind) else "max"
-        forms = [maxes, "fma"] if c // groups * kh * kw >= MAX_FORM_MIN_TERMS else ["fma"]
+        maxes = "maxfma" if fma_form() else "max"
+        forms = [maxes, "fma"] if form_terms >= MAX_FORM_MIN_TERMS else ["fma"]
         found = [*lead, *(Variant(v.rows, v.cols, v.cols_outer, f) for f in forms for v in lead)]
     found += fitted[1:]
     return list(dict.fromkeys(found))[:MAX_CANDIDATES]
 
 
-def _pointwise_tiles(kind: str, lay: _Layout, lanes: int, batch: int) -> list[Variant]:
+def depthwise_plane_tiles(
+    lay: TileLayout, lanes: int, channels: int, kh: int, kw: int, fma: bool
+) -> list[Variant]:
+    """Tiles of the NCHW depthwise forward: the plane tiles (:func:`plane_tiles`), and
+    where the channels come in blocks of 16, the channel-vectorised forms
+    (:func:`channel_tile`; with ``fma``, also accumulated by FMAs)."""
+    planes = plane_tiles(lay, lanes)
+    # the channel tile splits the output rows and taps: compute_at drops loops of
+    # extent 1 (a 1-wide output or kernel), which it has no schedule for
+    if channels % CHANNEL_BLOCK or min(lay.row_extent, lay.col_extent, kh, kw) < 2:
+        return planes
+    # channel blocks: a whole output row per tile where it fits the registers
+    rows = _rows(lay.col_extent, 8)
+    forms = list(CHANNEL_FORMS) if fma else ["channels"]
+    blocks = [Variant(r, CHANNEL_BLOCK, False, f) for f in forms for r in rows]
+    return planes[: MAX_CANDIDATES - len(blocks)] + blocks
+
+
+def int8_tiles(shape: tuple[int, ...]) -> list[Variant]:
+    """Tiles of the int8 kernel (:func:`adderize.tvm_schedules.int8.candidates`), with the
+    byte-SAD instruction where this CPU has it for the group."""
+    _, _, wp, _, t, _, kw, stride, dil, group = shape
+    form = "sad" if int8.sad_group() >= group else "plain"
+    ow = out_size(wp, kw, stride, dil)
+    return [Variant(r, c, False, form) for r, c in int8.candidates(ow, t, group)]
+
+
+def int8_schedule(tensors: list[Any], variant: Variant, group: int) -> Any:
+    return int8.schedule(tensors, variant.rows, variant.cols, group, variant.form == "sad")
+
+
+def pointwise_tiles(lay: TileLayout, lanes: int, batch: int, fma: bool) -> list[Variant]:
     """Tiles of the pointwise NCHW forward: few output channels (unrolled, each weight a
     broadcast) x 16 or 32 positions (vectorised), both forms; at batch 1 the position
     tiles run in parallel (column tiles outermost), else either order. Small tiles
@@ -271,12 +236,12 @@ def _pointwise_tiles(kind: str, lay: _Layout, lanes: int, batch: int) -> list[Va
     widths = [w for w in (16, 32) if m % w == 0 and w <= 4 * lanes]
     tiles = [(rows[0], w) for w in widths] + [(r, widths[0]) for r in rows[1:]]
     orders = [True] if batch == 1 else [False, True]
-    forms = ["abs", "fma"] if _fma_form(kind) else ["abs"]
+    forms = ["abs", "fma"] if fma else ["abs"]
     found = [Variant(r, w, o, f) for f in forms for o in orders for r, w in tiles]
     return found[:MAX_CANDIDATES]
 
 
-def _plane_tiles(lay: _Layout, lanes: int) -> list[Variant]:
+def plane_tiles(lay: TileLayout, lanes: int) -> list[Variant]:
     """Tiles of the NCHW depthwise kernels (forward and input gradient), whose columns are
     positions of one channel's plane: a whole row when it fits four vectors (a 7- or
     14-wide row wastes at most one partial vector), else a divisor of the row; a few rows
@@ -293,34 +258,7 @@ def _plane_tiles(lay: _Layout, lanes: int) -> list[Variant]:
     return [Variant(r, w, False) for w in widths[:2] for r in rows][:MAX_CANDIDATES]
 
 
-def schedule(kind: str, *shape: int, variant: Variant | None = None) -> Any:
-    """The scheduled IRModule of kernel ``(kind, *shape)``: ``variant`` (default: the first
-    of :func:`candidates`) for the register-tiled kinds (the int8 kernel's in
-    :mod:`~adderize.tvm_schedules.int8`), the fixed schedules for the binary kernel and the
-    weight transpose."""
-    tensors = computes(kind, *shape)
-    base = kind.removesuffix("_lp")
-    if base == "transpose":
-        return _transpose_schedule(tensors)
-    if base in ("one_position_forward", "one_position_backward"):
-        return _one_position_schedule(base, tensors)
-    if base == "binary_conv_forward":
-        _, _, wp, _, t, _, kw, stride, dil = shape
-        ow = out_size(wp, kw, stride, dil)
-        rows = next((r for r in (8, 7, 6, 5, 4) if ow % r == 0), min(8, ow))
-        return register_tile(tensors, 3, 2, Variant(rows, tile(t)[0], False))
-    variant = variant or candidates(kind, *shape)[0]
-    if base == "int8_conv_forward":
-        return int8.schedule(tensors, variant.rows, variant.cols, shape[-1], variant.form == "sad")
-    if variant.form in ("channels", "channels_fma"):
-        return _channel_tile(computes(kind, *shape, form=variant.form), variant.rows)
-    lay = _layout(kind, tuple(shape))
-    if variant.form != "abs":
-        tensors = computes(kind, *shape, form=variant.form)
-    return register_tile(tensors, lay.n_reduce, lay.row_axis, variant)
-
-
-def _channel_tile(tensors: list[Any], rows: int) -> Any:
+def channel_tile(tensors: list[Any], rows: int) -> Any:
     """Schedule of the channel-vectorised depthwise forward
     (:func:`~adderize.tvm_schedules.compute.depthwise_forward_nchw_compute`, ``channels``):
     per image and channel block (in parallel), the padded input and the weights staged, then
@@ -364,7 +302,7 @@ def _block(n: int) -> int:
     return next(b for b in (16, 8, 4, 2, 1) if n % b == 0)
 
 
-def _transpose_schedule(tensors: list[Any]) -> Any:
+def transpose_schedule(tensors: list[Any]) -> Any:
     """The batched transpose (:func:`~adderize.tvm_schedules.compute.transpose_compute`) in
     blocks of up to 16 x 16 that stay in L1, rows unrolled and columns vectorised, blocks in
     parallel (a 512 x 4608 weight: 0.62 ms against 2.7 ms for PyTorch's permute-copy; Zen 4)
@@ -386,7 +324,7 @@ def _transpose_schedule(tensors: list[Any]) -> Any:
     return sch.mod
 
 
-def _one_position_schedule(kind: str, tensors: list[Any]) -> Any:
+def one_position_schedule(backward: bool, tensors: list[Any]) -> Any:
     """The one-position kernels (:func:`~adderize.tvm_schedules.compute.dense
     .one_position_forward_compute`), on the calling thread: a batch-1 squeeze-excite
     layer's 55K terms take microseconds, less than waking the pool. The forward's sums
@@ -400,7 +338,7 @@ def _one_position_schedule(kind: str, tensors: list[Any]) -> Any:
     sch = s_tir.Schedule(te.create_prim_func(tensors))
     c = int(tensors[0].shape[0])
     lanes = next(n for n in (16, 8, 4, 2, 1) if n <= vector_lanes() and c % n == 0)
-    if kind == "one_position_forward":
+    if not backward:
         acc = sch.get_sblock("acc")
         _, r = sch.get_loops(acc)
         # at least 4 vectors a row: the partial sums' final add costs more than a row of

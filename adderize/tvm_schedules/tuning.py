@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adderize.tvm_schedules.compute import computes
+from adderize.tvm_schedules.kinds import Workload, computes
 from adderize.tvm_schedules.target import cache_dir, llvm_target
 
 __all__ = ["tune", "tuned", "tuned_module", "tuning_dir", "tuning_stamp"]
@@ -24,12 +24,12 @@ def tuning_stamp() -> str:
     return f"{records.stat().st_mtime_ns}" if records.is_file() else "untuned"
 
 
-def tuned(kind: str, *shape: int) -> bool:
-    """Whether the tuning database holds a schedule for this kernel."""
-    return tuned_module(kind, *shape) is not None
+def tuned(w: Workload) -> bool:
+    """Whether the tuning database holds a schedule for kernel ``w``."""
+    return tuned_module(w) is not None
 
 
-def tuned_module(kind: str, *shape: int) -> Any | None:
+def tuned_module(w: Workload) -> Any | None:
     """The best MetaSchedule schedule recorded for this kernel, if the database has one."""
     records = tuning_dir() / "database_tuning_record.json"
     if not records.is_file():
@@ -39,7 +39,7 @@ def tuned_module(kind: str, *shape: int) -> Any | None:
     from tvm.s_tir import meta_schedule as ms
 
     database = ms.database.JSONDatabase(work_dir=str(tuning_dir()))
-    mod = tvm.IRModule({"main": te.create_prim_func(computes(kind, *shape))})
+    mod = tvm.IRModule({"main": te.create_prim_func(computes(w))})
     sch = database.query_schedule(mod, llvm_target(), workload_name="main")
     return None if sch is None else sch.mod
 
@@ -51,18 +51,17 @@ def _warm_builder() -> None:
 
 
 def tune(
-    kind: str,
-    *shape: int,
+    w: Workload,
+    *,
     trials: int = 64,
     timeout_sec: float = 60.0,
     runner: Any = "local",
     target: Any = None,
 ) -> Path:
-    """Tune one kernel with MetaSchedule into the tuning database, which later builds of
+    """Tune kernel ``w`` with MetaSchedule into the tuning database, which later builds of
     that kernel use (``~/.cache/adderize/tuning``; interrupted runs keep their records).
 
-    ``kind`` and ``shape`` are those of the kernel cache (e.g. ``"conv_forward", N, C, Hp,
-    Wp, T, kh, kw, stride, dilation, groups``). ``runner`` is where candidates are measured:
+    ``runner`` is where candidates are measured:
     ``"local"`` (this machine) or a MetaSchedule runner, e.g. an ``ms.runner.RPCRunner`` for
     a board behind TVM's RPC tracker, with that board's ``target`` (a ``tvm.target.Target``;
     default: this CPU). Returns the database directory.
@@ -79,7 +78,7 @@ def tune(
     cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
     work_dir = tuning_dir()
     work_dir.mkdir(parents=True, exist_ok=True)
-    mod = tvm.IRModule({"main": te.create_prim_func(computes(kind, *shape))})
+    mod = tvm.IRModule({"main": te.create_prim_func(computes(w))})
     builder = ms.builder.LocalBuilder(
         max_workers=1, timeout_sec=timeout_sec, initializer=_warm_builder
     )

@@ -11,15 +11,13 @@ schedules are in :mod:`adderize.tvm_schedules.cpu`), as in TVM's topi.
   ``sum_t G[m, t] clamp(b[t, k], a[m, k] - 1, a[m, k] + 1) - a[m, k] sum_t G[m, t]``:
   3 vector ops per MAC (max, min, fma).
 
-A kernel is named by ``(kind, *shape)``: :func:`computes` maps it to its tensors.
-TVM is imported inside the functions (``import adderize`` must not import it).
+A kernel is a :class:`~adderize.tvm_schedules.kinds.Workload`; the table of kinds
+(:mod:`adderize.tvm_schedules.kinds`) maps it to its compute here. TVM is imported inside
+the functions (``import adderize`` must not import it).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from adderize._errors import AdderizeError
 from adderize.tvm_schedules.compute.common import out_size, pow_nonneg
 from adderize.tvm_schedules.compute.dense import (
     FMA_FORMS,
@@ -46,16 +44,11 @@ from adderize.tvm_schedules.compute.lowbit import (
     int8_conv_forward_compute,
 )
 
-#: the kernels with inner-loop forms besides "abs" (the p = 1 dense conv forwards)
-FORM_KINDS = ("conv_forward", "conv_forward_nchw", "pointwise_forward_nchw")
-
 __all__ = [
     "CHANNEL_BLOCK",
     "FMA_FORMS",
     "FORMS",
-    "FORM_KINDS",
     "binary_conv_forward_compute",
-    "computes",
     "conv_forward_compute",
     "conv_grad_input_compute",
     "depthwise_forward_compute",
@@ -73,45 +66,3 @@ __all__ = [
     "pow_nonneg",
     "transpose_compute",
 ]
-
-
-def computes(kind: str, *shape: int, form: str = "abs") -> list[Any]:
-    """The compute definition (tensors) behind kernel ``kind`` (``form``: the p = 1 dense
-    conv forward's inner loop, see :func:`conv_forward_compute`; the NCHW depthwise
-    forward's vectorised axis, see :func:`depthwise_forward_nchw_compute`)."""
-    lp = kind.endswith("_lp")
-    base = kind.removesuffix("_lp")
-    if base == "depthwise_forward_nchw":
-        return depthwise_forward_nchw_compute(*shape, lp=lp, form=form)
-    if kind == "pointwise_forward_nchw":
-        return pointwise_forward_nchw_compute(*shape, form=form)
-    if form != "abs":
-        if kind not in FORM_KINDS:
-            raise AdderizeError(f"only {FORM_KINDS} have the {form!r} form, not {kind!r}")
-        return conv_forward_compute(*shape, form=form, nchw_out=kind == "conv_forward_nchw")
-    if base == "conv_forward_nchw":
-        return conv_forward_compute(*shape, lp=lp, nchw_out=True)
-    if base in ("forward", "grad_a"):
-        return (l1_forward_compute if base == "forward" else l1_grad_a_compute)(*shape)
-    if base == "conv_mac_forward":
-        return conv_forward_compute(*shape, mac=True)
-    if base == "int8_conv_forward":
-        return int8_conv_forward_compute(*shape)
-    if base == "binary_conv_forward":
-        return binary_conv_forward_compute(*shape)
-    if base == "pointwise_grad_input_nchw":
-        return pointwise_grad_input_nchw_compute(*shape)
-    if base == "transpose":
-        return transpose_compute(*shape)
-    if base == "one_position_forward":
-        return one_position_forward_compute(*shape)
-    if base == "one_position_backward":
-        return one_position_backward_compute(*shape)
-    fn = {
-        "conv_forward": conv_forward_compute,
-        "conv_grad_input": conv_grad_input_compute,
-        "depthwise_forward": depthwise_forward_compute,
-        "depthwise_grad_input": depthwise_grad_input_compute,
-        "depthwise_grad_input_nchw": depthwise_grad_input_nchw_compute,
-    }[base]
-    return fn(*shape, lp=lp)
