@@ -23,7 +23,8 @@ import torch
 from adderize import log_to_stdout
 from adderize.search import SearchSettings
 from adderize.search.evaluate import Evaluator, evaluate_assignment
-from adderize.search.oneshot import OpSupernet, score_subnet, train_supernet
+from adderize.search.oneshot import OpSupernet, score_subnet
+from adderize.search.oneshot_run import train_supernet
 from adderize.train.recipe import Recipe
 from adderize.tvm_schedules.target import describe
 

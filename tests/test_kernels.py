@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from adderize.kernels import l1 as l1_mod
-from adderize.kernels import tvm_l1
+from adderize.kernels import tvm_grad, tvm_l1
 from adderize.kernels.reference import adder2d_reference, adder_rows_reference
 from adderize.nn import Adder2d, AdderLinear
 from adderize.tvm_schedules import build as tvm_build
@@ -38,7 +38,8 @@ def _kernel_kinds(monkeypatch) -> list[str]:
     ones), in call order."""
     kinds: list[str] = []
     original = tvm_l1.kernel
-    monkeypatch.setattr(tvm_l1, "kernel", lambda w: kinds.append(w.name) or original(w))
+    for module in (tvm_l1, tvm_grad):  # forwards, input gradients
+        monkeypatch.setattr(module, "kernel", lambda w: kinds.append(w.name) or original(w))
     return kinds
 
 

@@ -222,7 +222,7 @@ def test_build_experiment_configures_nni_without_starting_it(tmp_path, space):
 
 
 def test_scoring_batches_kept_in_memory_only_when_small():
-    from adderize.search.oneshot import kept_in_memory
+    from adderize.search.oneshot_run import kept_in_memory
 
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.randn(10, 3), torch.arange(10)), batch_size=4
@@ -267,7 +267,7 @@ def test_exported_subnet_computes_what_was_scored_and_round_trips(model, space, 
 
 
 def test_energy_levels_spread_the_trials_from_the_cheapest_model_to_the_budget(space):
-    from adderize.search.oneshot import energy_levels
+    from adderize.search.oneshot_run import energy_levels
 
     floor = space.min_energy()
     cheapest = {n: "binary" for n in space.layers}  # binary: the cheapest op on every layer

@@ -9,7 +9,7 @@ from torch import fx
 
 import adderize
 from adderize.nn import WithNorm
-from adderize.passes.registry import classify
+from adderize.passes.sources import classify
 from adderize.passes.trace import Tracer
 
 # (model, input size): one or two per family; the default run stays quick.

@@ -7,8 +7,9 @@ MetaSchedule-tuned when the tuning database has them), lets TVM lower everything
 builds a shared library that :class:`CompiledModel` loads and runs in the Relax VM.
 
 Modules: ``export`` (the adder layers as ``torch.library`` ops for ``torch.export``),
-``quant`` (int8 and binary layers and the int8 model pass), ``model`` (the Relax import,
-build and runtime). Reads :mod:`adderize.tvm_schedules`, which never imports this.
+``quant`` (int8 and binary layers and the int8 model pass), ``relax_ops`` (each adderize
+layer as its kernel in Relax, and the compile report), ``model`` (the Relax import, build
+and runtime). Reads :mod:`adderize.tvm_schedules`, which never imports this.
 """
 
 from __future__ import annotations

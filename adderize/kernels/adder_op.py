@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
 
 from adderize._errors import AdderizeError
-from adderize.kernels import tvm_l1
+from adderize.kernels import tvm_grad, tvm_l1
 from adderize.kernels.l1 import (
     DEFAULT_MAX_TEMP_BYTES,
     l1_forward,
@@ -201,7 +201,7 @@ def _direct_conv_backward(
     layout = ctx.layout
     n, t, oh, ow = grad_out.shape
     if tvm_l1.one_position(x, weight, layout.stride[0], layout.groups, ctx.p, ctx.pads):
-        gx, gw = tvm_l1.one_position_backward(x, weight, grad_out)
+        gx, gw = tvm_grad.one_position_backward(x, weight, grad_out)
         return gx if ctx.needs_input_grad[0] else None, gw if ctx.needs_input_grad[1] else None
     grad_x = grad_w = None
     few = n * oh * ow <= ROWS_BACKWARD_MAX and weight.shape[1] > 1
@@ -216,7 +216,7 @@ def _direct_conv_backward(
                 left, _, top, _ = ctx.pads
                 grad_x = grad_x[..., top : top + x.shape[-2], left : left + x.shape[-1]]
         else:
-            grad_x = tvm_l1.conv_grad_input(
+            grad_x = tvm_grad.conv_grad_input(
                 x,
                 weight,
                 grad_out,

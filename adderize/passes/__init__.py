@@ -7,14 +7,13 @@ from adderize.passes.registry import (
     OpConfig,
     OpSpec,
     ShiftParams,
-    Source,
-    classify,
     get_op,
     op_names,
     register_op,
     registered,
 )
 from adderize.passes.report import LayerRecord, RewriteReport
+from adderize.passes.sources import Source, classify
 from adderize.passes.trace import GraphFacts, analyse
 
 __all__ = [

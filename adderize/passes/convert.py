@@ -27,8 +27,9 @@ from torch import fx, nn
 from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize.nn import BatchNormLastDim, Blendable, Conv2dLike, LinearLike, WithNorm
 from adderize.passes.mapping import OpMapping
-from adderize.passes.registry import OpConfig, Source, classify, get_op
+from adderize.passes.registry import OpConfig, get_op
 from adderize.passes.report import LayerRecord, RewriteReport
+from adderize.passes.sources import Source, classify
 from adderize.passes.trace import FunctionalSite, GraphFacts, Tracer, analyse
 
 __all__ = ["adderize"]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from adderize._errors import brief
-from adderize.passes.registry import Kind, classify
+from adderize.passes.sources import Kind, classify
 
 __all__ = ["FunctionalSite", "GraphFacts", "Tracer", "analyse", "is_norm"]
 

@@ -51,7 +51,7 @@ def search(
         f"feasible fraction {frac:.3f} (estimate)"
     )
     if settings.mode == "oneshot":
-        from adderize.search.oneshot import run_oneshot
+        from adderize.search.oneshot_run import run_oneshot
 
         run_oneshot(ev, settings, out)
     elif settings.engine == "sequential":

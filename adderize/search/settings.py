@@ -46,7 +46,7 @@ class SearchSettings:
     refit_steps: int = 30
     refit_lr: float = 0.2
     #: oneshot: the sub-networks are drawn in this many searches, each under an energy cap
-    #: from the cheapest model up to the budget (adderize.search.oneshot.energy_levels)
+    #: from the cheapest model up to the budget (adderize.search.oneshot_run.energy_levels)
     energy_levels: int = 3
 
     def __post_init__(self) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adderize._errors import AdderizeError
-from adderize.tvm_schedules import cpu
+from adderize.tvm_schedules import cpu, fixed
 from adderize.tvm_schedules.compute import FORMS, dense, depthwise, layout, lowbit
 from adderize.tvm_schedules.compute.common import out_size
 from adderize.tvm_schedules.cpu import HandTile, TileLayout, Variant
@@ -309,10 +309,10 @@ for _kind in (
     Kind("binary_conv_forward", ("n", "hp", "wp", "words", "t", "kh", "kw", "stride", "dil"),
          lowbit.binary_conv_forward_compute, fixed=_binary_schedule, family="binary"),
     Kind("transpose", ("g", "t", "r"), layout.transpose_compute,
-         fixed=lambda w, tensors: cpu.transpose_schedule(tensors), tuned=False),
+         fixed=lambda w, tensors: fixed.transpose_schedule(tensors), tuned=False),
     Kind("one_position_forward", ("t", "c"), dense.one_position_forward_compute,
-         fixed=lambda w, tensors: cpu.one_position_schedule(False, tensors), tuned=False),
+         fixed=lambda w, tensors: fixed.one_position_schedule(False, tensors), tuned=False),
     Kind("one_position_backward", ("t", "c"), dense.one_position_backward_compute,
-         fixed=lambda w, tensors: cpu.one_position_schedule(True, tensors), tuned=False),
+         fixed=lambda w, tensors: fixed.one_position_schedule(True, tensors), tuned=False),
 ):  # fmt: skip
     register_kind(_kind)
