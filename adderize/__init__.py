@@ -4,8 +4,6 @@ import timm, adderize
 ann, report = adderize.adderize(timm.create_model("resnet50"), return_report=True)
 """
 
-# first: OpenMP settings take effect only before torch is imported (see adderize._threads)
-from adderize import _threads  # noqa: F401  # isort: skip
 from adderize._api import adderize
 from adderize._errors import AdderizeError, AdderizeTypeError
 from adderize._log import log_to_stdout

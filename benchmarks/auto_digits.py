@@ -15,7 +15,7 @@ with the teacher on the validation set, its compute energy against all-conv, and
 from __future__ import annotations
 
 # isort: off
-import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+import adderize  # noqa: F401
 
 # isort: on
 import argparse

@@ -14,7 +14,7 @@ scored on the validation split, the int8 one on the int8 TVM kernel.
 from __future__ import annotations
 
 # isort: off
-import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+import adderize  # noqa: F401
 
 # isort: on
 import argparse

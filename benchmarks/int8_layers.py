@@ -20,7 +20,7 @@ against the targets (int8 adder <= 0.5x fp32 conv, <= 2x int8 conv).
 from __future__ import annotations
 
 # isort: off
-import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+import adderize  # noqa: F401
 
 # isort: on
 import argparse

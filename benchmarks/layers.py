@@ -13,7 +13,7 @@ temporary exceeds --max-gib) and torch.cdist(p=1) on the unfolded input.
 from __future__ import annotations
 
 # isort: off
-import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+import adderize  # noqa: F401
 
 # isort: on
 import argparse

@@ -7,7 +7,7 @@ as ratios to conv2d of the same shape, side by side in one run.
 from __future__ import annotations
 
 # isort: off
-import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+import adderize  # noqa: F401
 
 # isort: on
 import time

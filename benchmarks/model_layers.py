@@ -14,7 +14,7 @@ forward+backward 3.0x).
 from __future__ import annotations
 
 # isort: off
-import adderize  # before torch: sets its OpenMP spin (adderize._threads)
+import adderize
 
 # isort: on
 import argparse
@@ -107,14 +107,13 @@ def measure_conv(shape: Shape, batch: int, backward: bool) -> tuple[float, float
 
 
 def plain_pytorch_conv(args: argparse.Namespace) -> dict[str, list[float]]:
-    """Conv times of every shape in a child process with libgomp's default OpenMP spin
-    (plain PyTorch, not the setting importing adderize makes), keyed by label and batch."""
+    """Conv times of every shape in a child process that times the convs only (plain
+    PyTorch), keyed by label and batch."""
     cmd = [sys.executable, __file__, "--conv-child", "--size", str(args.size), "--only",
            args.only, "--models", *args.models, "--batch", *map(str, args.batch)]  # fmt: skip
     if args.no_backward:
         cmd.append("--no-backward")
-    env = {**os.environ, "GOMP_SPINCOUNT": "300000"}
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -141,9 +140,8 @@ def main() -> None:
         return
     print(describe())
     print(f"torch {torch.__version__}; ratios are adder / oneDNN conv of the same shape, the "
-          "conv's time the faster of\nthis process's (adderize's OpenMP spin, timed in "
-          "alternation with the adder) and a plain-PyTorch\nprocess's (libgomp's default "
-          "spin)")  # fmt: skip
+          "conv's time the faster of\nthis process's (timed in alternation with the adder) "
+          "and a plain-PyTorch process's")  # fmt: skip
     plain = plain_pytorch_conv(args)
     print(f"{len(shapes)} distinct converted conv shapes in {', '.join(args.models)}")
     header = f"{'layer':30s} {'batch':>5s} {'conv fwd':>9s} {'adder':>7s} {'conv f+b':>9s} {'adder':>7s}  models"  # noqa: E501

@@ -25,7 +25,7 @@ and the wall time of the conversion; and the CPU::
 from __future__ import annotations
 
 # isort: off
-import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+import adderize  # noqa: F401
 
 # isort: on
 import argparse

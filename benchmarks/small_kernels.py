@@ -15,7 +15,7 @@ Each pair is timed in alternation (``layers.paired``), microseconds per call, mi
 from __future__ import annotations
 
 # isort: off
-import adderize  # noqa: F401  (before torch: sets its OpenMP spin, adderize._threads)
+import adderize  # noqa: F401
 
 # isort: on
 import os

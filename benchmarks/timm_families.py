@@ -17,7 +17,7 @@ reason); exits 1 if any family fails. ``tests/test_timm.py`` runs it in the slow
 from __future__ import annotations
 
 # isort: off
-import adderize  # before torch: sets its OpenMP spin (adderize._threads)
+import adderize
 
 # isort: on
 import argparse

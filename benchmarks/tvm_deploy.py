@@ -18,7 +18,7 @@ int8 and binary kernels are compared in ``benchmarks/int8_layers.py``.
 from __future__ import annotations
 
 # isort: off
-import adderize  # before torch: sets its OpenMP spin (adderize._threads)
+import adderize
 
 # isort: on
 import argparse

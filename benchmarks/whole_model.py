@@ -18,9 +18,9 @@ ratios.
         efficientnet_b0 --batch 8 --size 160 --variants conv adder
 
 Kernels are built (and their tiles selected) in a child run before the measured one (the
-disk cache then holds them), and any left in a warm-up step that is not timed. The conv
-baseline runs with libgomp's default spin (plain PyTorch), the adder variants with the
-one importing adderize sets (``adderize._threads``).
+disk cache then holds them), and any left in a warm-up step that is not timed. adderize
+changes no OpenMP setting (its kernels run on torch's OpenMP pool,
+``adderize.tvm_schedules.pool``), so the conv baseline is what a plain torch user gets.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adderize._threads import spin_set_by_adderize
 from adderize.tvm_schedules.target import describe
 
 VARIANTS = ("conv", "adder", "anneal")
@@ -118,11 +117,7 @@ def _child(
     steps = steps or args.steps
     cmd = [sys.executable, __file__, "--child", variant, "--model", model, "--batch",
            str(args.batch), "--size", str(args.size), "--steps", str(steps)]  # fmt: skip
-    env = dict(os.environ)
-    if variant == "conv" and spin_set_by_adderize():
-        # the baseline is plain PyTorch: libgomp's default spin, not adderize's setting
-        env["GOMP_SPINCOUNT"] = "300000"
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -85,8 +85,7 @@ def test_compiled_model_takes_the_chosen_inner_loop_accumulated_by_adds(form, mo
     contraction), and matches PyTorch."""
     from torch import nn
 
-    from adderize.deploy import compile_model
-    from adderize.deploy import relax_ops
+    from adderize.deploy import compile_model, relax_ops
     from adderize.tvm_schedules import build as tvm_build
     from adderize.tvm_schedules import cpu, kinds
 

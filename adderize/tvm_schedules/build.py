@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
-from adderize import _threads
 from adderize._errors import AdderizeError
-from adderize.tvm_schedules import tuning
+from adderize.tvm_schedules import pool, tuning
 from adderize.tvm_schedules.compute import FMA_FORMS
 from adderize.tvm_schedules.cpu import Variant
 from adderize.tvm_schedules.kinds import Workload, candidates, schedule
@@ -70,7 +69,6 @@ def available() -> bool:
     a process that imported TVM earlier keeps its own settings.
     """
     if "ok" not in _STATE:
-        _threads.advise()
         os.environ.setdefault("TVM_NUM_THREADS", str(max(1, torch.get_num_threads())))
         os.environ.setdefault("TVM_BIND_THREADS", "0")
         # idle workers block at once instead of spinning on the cores torch needs next
@@ -176,6 +174,10 @@ def kernel(w: Workload) -> Callable[..., Any]:
         if lib is None:
             lib, _CHOSEN[key] = build(w)
             _cache_write(lib, path, _CHOSEN[key])
+            if pool.enabled() and _cache_intact(path):  # the exported library: its
+                lib = tvm.runtime.load_module(str(path))  # launcher can be repointed
+        if pool.enabled() and _cache_intact(path):
+            pool.attach(path)  # parallel loops on torch's OpenMP pool (tvm_schedules.pool)
         fn = _bind(lib["main"], _CHOSEN[key])
         _KERNELS[key] = fn
         return fn
