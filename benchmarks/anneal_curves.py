@@ -7,7 +7,9 @@ teacher is then converted three ways and fine-tuned for the same epochs with the
 * anneal: ``adderize(model, preserve=True)``, the adder weights refit to the conv layers'
   outputs (``anneal.refit_steps``), then blended from the conv model into the adder model
   over the first half of fine-tuning (:mod:`adderize.train.anneal`);
-* no refit: the same anneal without the refit (``anneal.refit_steps=0``), the ablation.
+* no refit: the same anneal without the refit (``anneal.refit_steps=0``), the ablation;
+* auto: the anneal with each layer's op chosen by ``ops="auto"`` under ``--budget`` (0.5 of
+  the all-conv energy): measured sensitivity, adder or shift per layer (issue 31's runs).
 
 The first epoch's time includes the refit and the calibration.
 
@@ -17,13 +19,13 @@ multiplication-free model), a summary table against the targets, and writes the 
 
     python benchmarks/anneal_curves.py [--models resnet10t mobilenetv3_small_100]
         [--seeds 0 1 2] [--epochs 4] [--out runs/anneal-curves] [--plot docs/anneal-digits.png]
-        [--refit-steps N]
+        [--refit-steps N] [--variants anneal auto] [--budget 0.5]
 """
 
 from __future__ import annotations
 
 # isort: off
-import adderize  # noqa: F401  # before torch: sets its OpenMP spin (adderize._threads)
+import adderize  # noqa: F401
 
 # isort: on
 import argparse
@@ -36,21 +38,32 @@ import torch
 from adderize import log_to_stdout
 from adderize.train.finetune import finetune
 from adderize.train.recipe import Recipe
-from adderize.tvm_schedules.target import cpu_model
+from adderize.tvm_schedules.target import describe
 
 VARIANTS = {
     "anneal": ["anneal.enabled=true"],  # first: trains the teacher the others start from
     "norefit": ["anneal.enabled=true", "anneal.refit_steps=0"],
     "plain": ["anneal.enabled=false"],
+    "auto": ["anneal.enabled=true"],  # + auto_budget=--budget
 }
 
 
-def run(model: str, seed: int, epochs: int, out: Path, refit_steps: int | None) -> dict[str, Any]:
+def run(
+    model: str,
+    seed: int,
+    epochs: int,
+    out: Path,
+    refit_steps: int | None,
+    variants: list[str],
+    budget: float,
+) -> dict[str, Any]:
     teacher = out / model / f"seed{seed}" / "anneal" / "teacher.safetensors"
     rows: dict[str, Any] = {}
-    for variant, extra in VARIANTS.items():
+    for variant in ["anneal", *(v for v in variants if v != "anneal")]:
         folder = variant
-        overrides = [f"seed={seed}", f"epochs={epochs}", *extra]
+        overrides = [f"seed={seed}", f"epochs={epochs}", *VARIANTS[variant]]
+        if variant == "auto":
+            overrides.append(f"auto_budget={budget}")
         if variant == "anneal" and refit_steps is not None:  # beside the default run
             folder = f"anneal-refit{refit_steps}"
             overrides.append(f"anneal.refit_steps={refit_steps}")
@@ -66,6 +79,8 @@ def run(model: str, seed: int, epochs: int, out: Path, refit_steps: int | None) 
         if variant == "anneal":
             rows["blend"] = [h["blend"] for h in student]
         rows[f"{variant}_compute"] = r.compute_pj / r.conv_compute_pj
+        rows[f"{variant}_ops"] = r.ops
+        rows[f"{variant}_float"] = r.float_layers
     return rows
 
 
@@ -73,6 +88,7 @@ STYLE = {  # variant: (label, colour)
     "plain": ("plain conversion", "tab:gray"),
     "norefit": ("function-preserving + anneal, no refit", "tab:orange"),
     "anneal": ("function-preserving: refit + anneal", "tab:red"),
+    "auto": ("ops=auto (adder/shift per layer) + anneal", "tab:green"),
 }
 
 
@@ -88,6 +104,8 @@ def plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
             ax.axhline(rows["teacher"], color="tab:blue", ls="--", alpha=0.6,
                        label="conv teacher" if lab else None)  # fmt: skip
             for variant, (label, colour) in STYLE.items():
+                if variant not in rows:
+                    continue
                 ax.plot(epochs, rows[variant], "o-", color=colour, alpha=0.8,
                         label=label if lab else None)  # fmt: skip
         ax.set_xticks(list(epochs))
@@ -109,6 +127,16 @@ def main() -> None:
     parser.add_argument("--refit-steps", type=int, default=None,
                         help="refit steps of the anneal run (default: the recipe's); runs "
                         "beside the default one, from the teacher it trained")  # fmt: skip
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=["anneal", "norefit", "plain"],
+                        help="conversions to fine-tune (anneal always runs: it trains the "
+                        "teacher)")  # fmt: skip
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=0.5,
+        help="energy budget of the auto variant (fraction of all-conv)",
+    )
     args = parser.parse_args()
     log_to_stdout()
     out = Path(args.out)
@@ -116,40 +144,57 @@ def main() -> None:
     for model in args.models:
         for seed in args.seeds:
             results.setdefault(model, {})[seed] = run(
-                model, seed, args.epochs, out, args.refit_steps
+                model, seed, args.epochs, out, args.refit_steps, args.variants, args.budget
             )
     tag = "" if args.refit_steps is None else f"-refit{args.refit_steps}"
     (out / f"curves{tag}.json").write_text(json.dumps(results, indent=1))
     plot(results, Path(args.plot))
 
-    print(f"\n{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"\n{describe()}\ntorch {torch.__version__}")
     for model, seeds in results.items():
         print(f"\n{model}: validation top-1 per fine-tuning epoch (digits, 32 px)")
         for seed, rows in sorted(seeds.items()):
             blends = " ".join(f"{b:.2f}" for b in rows["blend"])
             print(f"  seed {seed}: teacher {rows['teacher']:.4f}")
-            for variant in STYLE:
+            for variant in (v for v in STYLE if v in rows):
                 accs = " ".join(f"{a:.4f}" for a in rows[variant])
                 secs = " ".join(f"{t:.0f}" for t in rows[f"{variant}_seconds"])
                 print(f"    {variant:8s}{accs}   seconds {secs}")
             print(f"    (anneal: blend after each epoch {blends}; the first epoch's seconds "
                   "include the refit and calibration)")  # fmt: skip
-    print(
-        "\n| model | seed | teacher | plain, epoch 1 / last | no refit, epoch 1 / last "
-        "| refit + anneal, epoch 1 / last | first epoch within 2 pt | last within 0.5 pt "
-        "| refit + anneal seconds, epoch 1 / later |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for model, seeds in results.items():
-        for seed, rows in sorted(seeds.items()):
-            t, p, n, a = rows["teacher"], rows["plain"], rows["norefit"], rows["anneal"]
-            sec = rows["anneal_seconds"]
-            later = sum(sec[1:]) / max(len(sec) - 1, 1)
-            print(f"| {model} | {seed} | {t:.4f} | {p[0]:.4f} / {p[-1]:.4f} "
-                  f"| {n[0]:.4f} / {n[-1]:.4f} | {a[0]:.4f} / {a[-1]:.4f} "
-                  f"| {'yes' if a[0] >= t - 0.02 else 'no'} "
-                  f"| {'yes' if a[-1] >= t - 0.005 else 'no'} "
-                  f"| {sec[0]:.0f} / {later:.0f} |")  # fmt: skip
+    if {"plain", "norefit"} <= set(args.variants):
+        print(
+            "\n| model | seed | teacher | plain, epoch 1 / last | no refit, epoch 1 / last "
+            "| refit + anneal, epoch 1 / last | first epoch within 2 pt | last within 0.5 pt "
+            "| refit + anneal seconds, epoch 1 / later |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for model, seeds in results.items():
+            for seed, rows in sorted(seeds.items()):
+                t, p, n, a = rows["teacher"], rows["plain"], rows["norefit"], rows["anneal"]
+                sec = rows["anneal_seconds"]
+                later = sum(sec[1:]) / max(len(sec) - 1, 1)
+                print(f"| {model} | {seed} | {t:.4f} | {p[0]:.4f} / {p[-1]:.4f} "
+                      f"| {n[0]:.4f} / {n[-1]:.4f} | {a[0]:.4f} / {a[-1]:.4f} "
+                      f"| {'yes' if a[0] >= t - 0.02 else 'no'} "
+                      f"| {'yes' if a[-1] >= t - 0.005 else 'no'} "
+                      f"| {sec[0]:.0f} / {later:.0f} |")  # fmt: skip
+    if "auto" in args.variants:
+        print(
+            f"\nauto at budget {args.budget}: the issue-31 bar is the last epoch within 1 pt of "
+            "the teacher, no float layer but the stem and classifier, compute <= 0.5x"
+        )
+        print("| model | seed | teacher | auto, epoch 1 / last | within 1 pt | compute | ops "
+              "| float layers |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for model, seeds in results.items():
+            for seed, rows in sorted(seeds.items()):
+                t, a = rows["teacher"], rows["auto"]
+                ops = ", ".join(f"{n} {op}" for op, n in sorted(rows["auto_ops"].items()))
+                print(f"| {model} | {seed} | {t:.4f} | {a[0]:.4f} / {a[-1]:.4f} "
+                      f"| {'yes' if a[-1] >= t - 0.01 else 'no'} "
+                      f"| {rows['auto_compute']:.3f}x | {ops} "
+                      f"| {', '.join(rows['auto_float'])} |")  # fmt: skip
     print(f"\ncurves: {args.plot}; runs: {out}")
 
 

@@ -131,6 +131,8 @@ def test_finetune_digits_end_to_end(tmp_path):
 
     reloaded = adderize.load(result.student_file)
     assert sum(type(m).__name__ == "Adder2d" for m in reloaded.modules()) == result.replaced
+    assert result.ops == {"Adder2d": result.replaced}  # what each converted layer became
+    assert result.float_layers == ["conv1.0", "fc"]  # resnet10t's stem and classifier
     # The run directory is never overwritten by accident.
     with pytest.raises(ValueError, match="already holds a run"):
         finetune(Recipe().override([*QUICK, f"out={out}"]), progress=False)

@@ -22,7 +22,8 @@ import itertools
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ class FinetuneResult:
     conv_compute_pj: float
     history: list[dict[str, Any]]
     replaced: int
+    #: replaced layers per new layer type, e.g. ``{"Adder2d": 2, "ShiftConv2d": 50}``
+    ops: dict[str, int] = field(default_factory=dict)
+    #: conv/linear layers left in float (kept or skipped by the pass), by module name
+    float_layers: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -202,6 +207,8 @@ def _finetune(recipe: Recipe, ctx: Context, *, resume: bool, progress: bool) -> 
         conv_compute_pj=energy.baseline_compute_pj,
         history=history,
         replaced=len(report.replaced),
+        ops=dict(Counter(r.new for r in report.replaced)),
+        float_layers=[r.name for r in (*report.kept, *report.skipped)],
     )
     if ctx.main:
         save(student, result.student_file, model_name=m.name, model_kwargs=model_kwargs)
