@@ -339,31 +339,32 @@ def test_inference_reuses_its_resolved_call_and_training_keeps_none():
     """Inference keeps one resolved kernel call per weight (reused for the same input
     shape, remade for another shape or after an in-place update, dropped with the
     weight); a training step keeps no call and no weight re-layout."""
-    from adderize.kernels import adder_op
+    from adderize.kernels import weight_cache
+    from adderize.kernels.adder_op import PLAN
 
     torch.manual_seed(0)
     layer = Adder2d(16, 24, 3, padding=1, bias=False, backend="tvm")
     reference = Adder2d(16, 24, 3, padding=1, bias=False, backend="torch")
     x, x2 = torch.randn(1, 16, 6, 6), torch.randn(2, 16, 5, 5)
-    tvm_l1._PREPARED.clear()
-    adder_op.clear_plans()
+    weight_cache.clear()
     layer(x.requires_grad_()).sum().backward()  # training: nothing kept
-    assert not adder_op._PLANS and not tvm_l1._PREPARED
+    assert weight_cache.size() == 0
     with torch.no_grad():
         layer(x)
-        plan = adder_op._PLANS[id(layer.weight)]
+        plan = weight_cache.peek(layer.weight, PLAN)
+        assert plan is not None and weight_cache.size() == 2  # the call and its re-layout
         layer(x)
-        assert adder_op._PLANS[id(layer.weight)] is plan  # reused
+        assert weight_cache.peek(layer.weight, PLAN) is plan  # reused
         reference.load_state_dict(layer.state_dict())
         torch.testing.assert_close(layer(x2), reference(x2), rtol=1e-5, atol=1e-3)
-        assert adder_op._PLANS[id(layer.weight)] is not plan  # another shape: remade
-        plan = adder_op._PLANS[id(layer.weight)]
+        assert weight_cache.peek(layer.weight, PLAN) is not plan  # another shape: remade
+        plan = weight_cache.peek(layer.weight, PLAN)
         layer.weight.add_(0.25)
         reference.load_state_dict(layer.state_dict())
         torch.testing.assert_close(layer(x2), reference(x2), rtol=1e-5, atol=1e-3)
-        assert adder_op._PLANS[id(layer.weight)] is not plan  # an in-place update: remade
+        assert weight_cache.peek(layer.weight, PLAN) is not plan  # an in-place update: remade
     del layer
-    assert not adder_op._PLANS and not tvm_l1._PREPARED  # dropped with the weight
+    assert weight_cache.size() == 0  # dropped with the weight
 
 
 @pytest.mark.parametrize("out, groups", [(24, 1), (16, 16)], ids=["dense", "depthwise"])

@@ -2,8 +2,8 @@
 
 What :mod:`adderize.nn.adder`'s layers call: the row layouts of a conv and a linear layer,
 the route thresholds (direct TVM kernels, row kernels, matrix products; each measured),
-the one plan cache of resolved inference calls (per weight, keyed by the input and the
-weight's storage and version; :func:`clear_plans`), the autograd function and its backward
+the resolved inference calls, kept in :mod:`adderize.kernels.weight_cache` (one per weight,
+keyed by the input and the weight's storage and version), the autograd function and its backward
 routes, and the functional forms :func:`adder2d` and :func:`adder_linear`.
 
 Forward: l1 distance (p = 1) for inference, l_p (1 <= p <= 2) while training with the
@@ -15,7 +15,6 @@ Backward: full-precision weight gradient ``X - W`` (eq. 23) and input gradient
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
 
 from adderize._errors import AdderizeError
-from adderize.kernels import tvm_grad, tvm_l1
+from adderize.kernels import tvm_grad, tvm_l1, weight_cache
 from adderize.kernels.l1 import (
     DEFAULT_MAX_TEMP_BYTES,
     l1_forward,
@@ -41,7 +40,6 @@ __all__ = [
     "adder2d",
     "adder_linear",
     "check_p",
-    "clear_plans",
     "input_key",
     "kept_call",
     "records",
@@ -64,15 +62,15 @@ POINTWISE_MM_MIN_HW = 28 * 28
 #: for 3x3 only. Zen 4, 5x5: 240 ch @28 batch 1, 5.1 -> 0.28 ms, batch 32, 153 -> 11 ms;
 #: 144 ch s2 @56 batch 1, 5.7 -> 0.8 ms; 3x3 (kept on oneDNN): 144 ch @56, 0.22 vs 0.38 ms
 DEPTHWISE_CONV_WEIGHT_GRAD_MAX_TAPS = 9
-#: id(weight) -> (key, weak reference to the weight, resolved direct-kernel call): see _forward
-_PLANS: dict[int, tuple[tuple[Any, ...], Any, Callable[[torch.Tensor], torch.Tensor]]] = {}
+#: the weight cache's tag of a resolved direct-kernel call (see _forward)
+PLAN = "plan"
 
 
 def input_key(x: torch.Tensor, weight: torch.Tensor) -> tuple[Any, ...]:
     """What a resolved kernel call depends on besides the layer's geometry: the input's
     shape, memory format, dtype and device, and the weight's storage and version counter
     (in-place edits through ``.data`` bypass the counter and are not seen)."""
-    return (x.shape, x.is_contiguous(), x.dtype, x.device, weight.data_ptr(), weight._version)
+    return (x.shape, x.is_contiguous(), x.dtype, x.device, *weight_cache.weight_state(weight))
 
 
 def _plan_key(
@@ -114,9 +112,9 @@ def _forward(
     key: tuple[Any, ...] | None = None
     if keep and conv and not autocast:
         key = _plan_key(x, weight, layout, p, pads, backend)
-        hit = _PLANS.get(id(weight))
-        if hit is not None and hit[0] == key and hit[1]() is weight:
-            return hit[2](x), True
+        hit = weight_cache.get(weight, PLAN, key)
+        if hit is not None:
+            return hit(x), True
     direct = conv and use_direct_conv(
         x, weight, layout.stride, layout.dilation, layout.groups, backend
     )
@@ -124,11 +122,8 @@ def _forward(
         plan = tvm_l1.forward_plan(
             x, weight, layout.stride[0], layout.dilation[0], layout.groups, p, pads
         )
-        if plan is not None:
-            ident = id(weight)  # a weight that dies (a per-call transform) drops its plan
-            gone = weakref.ref(weight, lambda _: _PLANS.pop(ident, None))
-            _PLANS[ident] = (key, gone, plan)
-            return plan(x), True
+        if plan is not None:  # one per weight: another key replaces it
+            return weight_cache.put(weight, PLAN, key, plan)(x), True
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
         if direct:
             out = tvm_l1.conv_forward(
@@ -357,11 +352,6 @@ def adder_linear(
     return out
 
 
-def clear_plans() -> None:
-    """Forget every kept inference call (the plan cache; tests and memory-bound callers)."""
-    _PLANS.clear()
-
-
 def kept_call(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -377,9 +367,5 @@ def kept_call(
     (:class:`adderize.nn.Adder2d`'s fast path)."""
     if records(x, weight) or torch.is_autocast_enabled("cpu"):
         return None
-    hit = _PLANS.get(id(weight))
-    if hit is None or hit[1]() is not weight:
-        return None
     layout = conv_layout(weight, stride, dilation, groups)
-    key = _plan_key(x, weight, layout, check_p(p), pads, backend)
-    return hit[2] if hit[0] == key else None
+    return weight_cache.get(weight, PLAN, _plan_key(x, weight, layout, check_p(p), pads, backend))

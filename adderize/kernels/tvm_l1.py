@@ -16,13 +16,12 @@ Where each job lives:
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from adderize.kernels import weight_cache
 from adderize.tvm_schedules.build import available, kernel, tune, unavailable_reason, workloads
 from adderize.tvm_schedules.compute import out_size
 from adderize.tvm_schedules.cpu import tile
@@ -101,9 +100,6 @@ def grad_a(a: torch.Tensor, b: torch.Tensor, grad_out: torch.Tensor) -> torch.Te
     return out if kp == k else out[..., :k].contiguous()
 
 
-_PREPARED: dict[tuple[int, str], tuple[Any, tuple[int, int], tuple[torch.Tensor, ...]]] = {}
-
-
 def _prepared(
     weight: torch.Tensor,
     kind: str,
@@ -120,16 +116,9 @@ def _prepared(
     160 px: 0.45 -> 0.36 GiB with the backward's re-layouts no longer kept)."""
     if not keep:
         return make()
-    key = (id(weight), kind)
-    hit = _PREPARED.get(key)
-    state = (weight.data_ptr(), weight._version)
-    if hit is not None and hit[0]() is weight and hit[1] == state:
-        return hit[2]
-    value = make()
-    # a weight that dies (a per-call transform of the parameter) drops its re-layouts
-    gone = weakref.ref(weight, lambda _: _PREPARED.pop(key, None))
-    _PREPARED[key] = (gone, state, value)
-    return value
+    state = weight_cache.weight_state(weight)
+    hit = weight_cache.get(weight, kind, state)
+    return hit if hit is not None else weight_cache.put(weight, kind, state, make())
 
 
 def conv_supported(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
