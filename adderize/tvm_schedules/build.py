@@ -161,7 +161,7 @@ def kernel(w: Workload) -> Callable[..., Any]:
         import tvm
 
         path = _path(w)
-        lib = None
+        lib = None  # from the disk cache, where it is whole and still a candidate
         if _cache_intact(path):
             try:
                 lib = tvm.runtime.load_module(str(path))
@@ -171,13 +171,14 @@ def kernel(w: Workload) -> Callable[..., Any]:
                 lib = None
             if lib is not None and _stale(w, _CHOSEN[key]):
                 lib = None
+        on_disk = lib is not None
         if lib is None:
             lib, _CHOSEN[key] = build(w)
             _cache_write(lib, path, _CHOSEN[key])
             if pool.enabled() and _cache_intact(path):  # the exported library: its
-                lib = tvm.runtime.load_module(str(path))  # launcher can be repointed
-        if pool.enabled() and _cache_intact(path):
-            pool.attach(path)  # parallel loops on torch's OpenMP pool (tvm_schedules.pool)
+                lib, on_disk = tvm.runtime.load_module(str(path)), True  # launcher can be
+        if on_disk:  # repointed: parallel loops on torch's OpenMP pool (tvm_schedules.pool)
+            pool.attach(path)
         fn = _bind(lib["main"], _CHOSEN[key])
         _KERNELS[key] = fn
         return fn
