@@ -8,7 +8,9 @@ with zipfile). Each variant converts every conv but the stem and the classifier 
 and is evaluated on the 20 ImageNet images and their mirrors (40 views):
 
 * ``adder``: every layer an adder, its weights refit to the conv outputs (``--refit-steps``);
-* ``shift``: every layer shift (power-of-two weights, the range from the weights);
+* ``shift-nearest``: every layer shift (power-of-two weights, the range from the weights),
+  each weight rounded on its own;
+* ``shift``: the same, rounded with error feedback on the photos (:mod:`adderize.train.gptq`);
 * ``auto``: each layer's op (adder or shift) from its measured sensitivity under an energy
   budget of 0.5 (:mod:`adderize.train.auto`);
 * ``shift+distill``: ``shift``, then distilled from the teacher's logits on random crops of
@@ -41,7 +43,7 @@ from adderize import assets
 from adderize.train.labelfree import LabelFreeConfig, convert_pretrained
 from adderize.tvm_schedules.target import describe
 
-VARIANTS = ("adder", "shift", "auto", "shift+distill")
+VARIANTS = ("adder", "shift-nearest", "shift", "auto", "shift+distill")
 
 
 def views(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +88,9 @@ def main() -> None:
         print(f"\n{name} ({size} px), {len(photos)} unlabelled photos, {len(x)} labelled views")
         print(f"  {'teacher':14s} {scores(t_logits, t_logits, y)}")
         for variant in args.variants:
-            ops = "auto" if variant == "auto" else variant.split("+")[0]
+            ops = "auto" if variant == "auto" else variant.split("+")[0].split("-")[0]
             cfg = LabelFreeConfig(
+                gptq=variant != "shift-nearest",
                 refit_steps=args.refit_steps if ops == "adder" else 0,
                 distill_steps=args.distill_steps if "distill" in variant else 0,
             )

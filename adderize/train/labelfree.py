@@ -5,8 +5,9 @@ model out (``adderize convert --calibrate IMAGES``).
 
 1. the function-preserving conversion (``adderize(model, ops, preserve=True)``);
 2. the refit of the adder layers' weights to their float layers' outputs
-   (:func:`adderize.train.refit.reconstruct`, ``refit_steps``; shift and binary layers read
-   their float weights as they are and need none);
+   (:func:`adderize.train.refit.reconstruct`, ``refit_steps``), and the rounding of the
+   shift layers' weights with error feedback on the images (:mod:`adderize.train.gptq`,
+   ``gptq``); binary layers read their float weights as they are;
 3. the calibration of each layer's output scale and shift (:func:`calibrate`);
 4. the move to the ops (blend 0), the scales folded into the BatchNorms
    (:meth:`Anneal.finalize`; dead channels of pretrained BatchNorms fold as the constants
@@ -39,6 +40,7 @@ from adderize._errors import AdderizeError
 from adderize.train.anneal import Anneal, as_float, blend_layers, calibrate, hooked
 from adderize.train.calibrate import recalibrate_bn
 from adderize.train.distill import logit_kd
+from adderize.train.gptq import round_shift_weights
 from adderize.train.refit import fit_residual, reconstruct
 
 __all__ = [
@@ -71,6 +73,8 @@ class LabelFreeConfig:
     temperature: float = 1.0
     seed: int = 0
     budget: float = 0.5  #: energy budget of ``ops="auto"`` (a fraction of all-conv)
+    #: round shift weights with error feedback on the images (:mod:`adderize.train.gptq`)
+    gptq: bool = True
 
     def __post_init__(self) -> None:
         for name in ("refit_steps", "distill_steps", "seed"):
@@ -345,6 +349,8 @@ def convert_pretrained(
         steps.set_description("refit")
         reconstruct(student, _cycle(batches, cfg.refit_steps), cfg.refit_steps, cfg.refit_lr)
         lap("refit")
+    if cfg.gptq and round_shift_weights(student, batches):
+        lap("gptq")
     steps.update()
     steps.set_description("calibrate")
     residuals = _residuals(student, batches[0])
