@@ -226,6 +226,31 @@ def test_machine_description_names_the_cpu():
     assert f"({cpu_arch()})" in line and cpu_arch() != "unknown"  # TVM names the core
 
 
+def test_the_isa_cap_drops_avx512_from_flags_target_and_lanes(monkeypatch):
+    from adderize._errors import AdderizeError
+    from adderize.tvm_schedules import target
+
+    def fresh() -> None:
+        target.cpu_isa.cache_clear()
+        target.llvm_target.cache_clear()
+
+    monkeypatch.setenv("ADDERIZE_MAX_ISA", "AVX2")
+    fresh()
+    try:
+        assert set(target.cpu_isa()) <= {"avx2", "fma"}
+        assert "-avx512f" in str(target.llvm_target())  # a new kernel cache key too
+        assert cpu.vector_lanes() == (8 if "avx2" in target.cpu_isa() else 4)
+        assert "ADDERIZE_MAX_ISA=avx2" in describe() and "ONEDNN_MAX_CPU_ISA" in describe()
+        monkeypatch.setenv("ADDERIZE_MAX_ISA", "sse9")
+        fresh()
+        with pytest.raises(AdderizeError, match=r"ADDERIZE_MAX_ISA='sse9'.*valid: avx2"):
+            target.cpu_isa()
+    finally:
+        monkeypatch.delenv("ADDERIZE_MAX_ISA")
+        fresh()
+    assert "-avx512f" not in str(target.llvm_target())
+
+
 _DENSE = W("conv_forward_nchw", 1, 16, 9, 9, 32, 3, 3, 1, 1, 1)
 _DW = W("depthwise_forward_nchw", 1, 32, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1)
 _PW = W("pointwise_forward_nchw", 1, 16, 64, 32)

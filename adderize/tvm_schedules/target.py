@@ -1,6 +1,11 @@
 """What CPU this process runs on: printed by every benchmark, and part of the key under
 which kernel choices measured on this machine are cached (a choice timed on one CPU can be
-2x off on another)."""
+2x off on another).
+
+``ADDERIZE_MAX_ISA=avx2`` caps the instruction set the kernels are built and chosen for at
+AVX2 + FMA (no AVX-512, VNNI or AMX), as ``ONEDNN_MAX_CPU_ISA=AVX2`` and
+``ATEN_CPU_CAPABILITY=avx2`` cap torch's: with all three, an AVX-512 machine measures what
+an AVX2 machine's code does (its cores' widths and caches stay its own)."""
 
 from __future__ import annotations
 
@@ -20,7 +25,11 @@ __all__ = [
     "cpu_model",
     "describe",
     "llvm_target",
+    "max_isa",
 ]
+
+#: ``ADDERIZE_MAX_ISA`` values: the :data:`ISA_FLAGS` each keeps
+MAX_ISA = {"avx2": ("avx2", "fma")}
 
 #: the instruction-set flags that change which kernel is fastest (x86 and ARM names)
 ISA_FLAGS = (
@@ -54,14 +63,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def max_isa() -> str | None:
+    """The ``ADDERIZE_MAX_ISA`` cap (module docstring), None where unset."""
+    from adderize._errors import AdderizeError
+
+    cap = os.environ.get("ADDERIZE_MAX_ISA", "").strip().lower() or None
+    if cap is not None and cap not in MAX_ISA:
+        raise AdderizeError(
+            f"ADDERIZE_MAX_ISA={cap!r} is not a known cap; valid: {', '.join(MAX_ISA)} "
+            f"(or unset: this CPU's own)"
+        )
+    return cap
+
+
 @functools.cache
 def cpu_isa() -> tuple[str, ...]:
-    """The :data:`ISA_FLAGS` this CPU has, in that order."""
+    """The :data:`ISA_FLAGS` this CPU has, in that order (within ``ADDERIZE_MAX_ISA``)."""
     flags: set[str] = set()
     for line in _cpuinfo():
         if line.startswith(("flags", "Features")):
             flags.update(line.split(":", 1)[1].split())
-    return tuple(f for f in ISA_FLAGS if f in flags)
+    cap = max_isa()
+    return tuple(f for f in ISA_FLAGS if f in flags and (cap is None or f in MAX_ISA[cap]))
 
 
 @functools.cache
@@ -90,7 +113,18 @@ def describe() -> str:
     """One line for a benchmark's header: CPU model and microarchitecture, ISA flags, torch
     threads."""
     isa = " ".join(cpu_isa()) or "no SIMD flags found"
-    return f"CPU: {cpu_model()} ({cpu_arch()}) [{isa}], {torch.get_num_threads()} torch threads"
+    line = f"CPU: {cpu_model()} ({cpu_arch()}) [{isa}], {torch.get_num_threads()} torch threads"
+    if max_isa() is not None:
+        caps = [f"{k}={os.environ.get(k, 'unset')}" for k in TORCH_ISA_VARS]
+        line += (
+            f"; ADDERIZE_MAX_ISA={max_isa()}, torch's {', '.join(caps)} (ATen dispatches "
+            f"{torch.backends.cpu.get_cpu_capability()})"
+        )
+    return line
+
+
+#: the environment variables that cap torch's instruction set (oneDNN's, ATen's)
+TORCH_ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 
 def cache_dir(*parts: str) -> Path:
@@ -113,6 +147,8 @@ def llvm_target(contract: bool = False) -> Any:
         "mcpu": codegen.llvm_get_system_cpu(),
         "num-cores": max(1, torch.get_num_threads()),
     }
+    if max_isa() is not None:  # AVX-512 off takes its extensions with it
+        options["mattr"] = ["-avx512f", "-avxvnni", "-amx-tile"]
     if contract:
         options["fast-math-contract"] = True
     return tvm.target.Target(options)
