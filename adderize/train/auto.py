@@ -3,7 +3,8 @@ budget, with no training: the seconds-to-minutes counterpart of :func:`adderize.
 (which can start from it).
 
 For each candidate op the model is converted function-preservingly
-(``adderize(model, op, preserve=True)``) and calibrated on the given batches
+(``adderize(model, op, preserve=True)``), its shift weights rounded with error feedback
+(:mod:`adderize.train.gptq`) and calibrated on the given batches
 (:func:`adderize.train.anneal.calibrate`: each layer's output scale and shift fitted, as
 the label-free conversion does); then each layer alone is moved to its op (blend 0, every
 other layer still float) and the change of the model's output is measured::
@@ -104,10 +105,12 @@ def sensitivity(
     """``{layer: score}`` of converting each layer alone to ``op`` (module docstring)."""
     from adderize.passes.convert import adderize
     from adderize.train.anneal import blend_layers, calibrate
+    from adderize.train.gptq import round_shift_weights
 
     base = mapping or OpMapping()
     trial = adderize(model, OpMapping(default=op, keep_first=base.keep_first,
                                       keep_last=base.keep_last, preserve=True))  # fmt: skip
+    round_shift_weights(trial, batches)  # as the conversion rounds them (no-op for others)
     calibrate(trial, batches)
     trial.eval()
     model.eval()

@@ -35,6 +35,7 @@ from adderize.train.checkpoint import (
     write_metrics,
 )
 from adderize.train.distributed import Context
+from adderize.train.gptq import round_shift_weights
 from adderize.train.objective import Objective, phase_objective
 from adderize.train.objective import mixup as make_mixup
 from adderize.train.recipe import Recipe
@@ -202,8 +203,12 @@ def _phase_state(
                         "refit %d op layer(s) to their float outputs in %d steps: mean "
                         "residual %.3f -> %.3f", len(refit), cfg.refit_steps, before, after,
                     )  # fmt: skip
-            batches = itertools.islice(train_loader, cfg.calibration_batches)
-            calibrate(model, (x.to(ctx.device) for x, _ in batches))
+            batches = [
+                x.to(ctx.device) for x, _ in itertools.islice(train_loader, cfg.calibration_batches)
+            ]
+            if cfg.gptq:
+                round_shift_weights(model, batches)
+            calibrate(model, batches)
         total = phase.epochs * updates
         anneal = Anneal(model, max(1, min(total, round(cfg.fraction * total))), cfg.shape)
     o = recipe.optim

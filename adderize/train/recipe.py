@@ -161,7 +161,9 @@ class AnnealCfg:
     first ``fraction`` of fine-tuning (``shape``: linear or cosine), after refitting the
     adder layers' weights to their conv layers' outputs for ``refit_steps`` training
     batches (Adam at ``refit_lr``; 0 = off, :func:`adderize.train.refit.reconstruct`) and
-    fitting the ops' output scales on ``calibration_batches`` training batches;
+    fitting the ops' output scales on ``calibration_batches`` training batches (on which
+    the shift layers' weights are first rounded with error feedback where ``gptq``,
+    :mod:`adderize.train.gptq`);
     ``local_weight`` weighs each op's local reconstruction of its conv layer's output in
     the loss. Used when the conv
     model is trained (a pretrained file, or ``teacher.epochs`` > 0); ``enabled: false``
@@ -176,6 +178,7 @@ class AnnealCfg:
     refit_steps: int = 100
     refit_lr: float = 0.04
     refit_chain: float = 0.0
+    gptq: bool = True
 
     def __post_init__(self) -> None:
         from adderize.train.anneal import SHAPES
