@@ -41,7 +41,7 @@ from adderize.train.recipe import Recipe
 from adderize.tvm_schedules.target import describe
 
 VARIANTS = {
-    "anneal": ["anneal.enabled=true"],  # first: trains the teacher the others start from
+    "anneal": ["anneal.enabled=true"],
     "norefit": ["anneal.enabled=true", "anneal.refit_steps=0"],
     "plain": ["anneal.enabled=false"],
     "auto": ["anneal.enabled=true"],  # + auto_budget=--budget
@@ -57,9 +57,9 @@ def run(
     variants: list[str],
     budget: float,
 ) -> dict[str, Any]:
-    teacher = out / model / f"seed{seed}" / "anneal" / "teacher.safetensors"
+    teacher: Path | None = None  # trained by the first variant's run, reused by the others
     rows: dict[str, Any] = {}
-    for variant in ["anneal", *(v for v in variants if v != "anneal")]:
+    for variant in variants:
         folder = variant
         overrides = [f"seed={seed}", f"epochs={epochs}", *VARIANTS[variant]]
         if variant == "auto":
@@ -69,9 +69,10 @@ def run(
             overrides.append(f"anneal.refit_steps={refit_steps}")
         run_dir = out / model / f"seed{seed}" / folder
         overrides += [f"model.name={model}", f"out={run_dir}"]
-        if folder != "anneal":  # the default anneal run trains the teacher
+        if teacher is not None:
             overrides.append(f"model.pretrained_file={teacher}")
         r = finetune(Recipe().override(overrides), resume=run_dir.is_dir(), progress=False)
+        teacher = teacher or run_dir / "teacher.safetensors"
         student = [h for h in r.history if h["phase"] == "student"][-epochs:]
         rows["teacher"] = r.teacher_acc
         rows[variant] = [h["val_acc"] for h in student]
@@ -99,7 +100,7 @@ def plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
     axes = fig.subplots(1, len(results), squeeze=False)
     for ax, (model, seeds) in zip(axes[0], results.items(), strict=True):
         for i, (_seed, rows) in enumerate(sorted(seeds.items())):
-            epochs = range(1, len(rows["anneal"]) + 1)
+            epochs = range(1, len(rows[next(v for v in STYLE if v in rows)]) + 1)
             lab = i == 0
             ax.axhline(rows["teacher"], color="tab:blue", ls="--", alpha=0.6,
                        label="conv teacher" if lab else None)  # fmt: skip
@@ -129,8 +130,8 @@ def main() -> None:
                         "beside the default one, from the teacher it trained")  # fmt: skip
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         default=["anneal", "norefit", "plain"],
-                        help="conversions to fine-tune (anneal always runs: it trains the "
-                        "teacher)")  # fmt: skip
+                        help="conversions to fine-tune, in order (the first trains the "
+                        "teacher the others start from)")  # fmt: skip
     parser.add_argument(
         "--budget",
         type=float,
@@ -154,14 +155,15 @@ def main() -> None:
     for model, seeds in results.items():
         print(f"\n{model}: validation top-1 per fine-tuning epoch (digits, 32 px)")
         for seed, rows in sorted(seeds.items()):
-            blends = " ".join(f"{b:.2f}" for b in rows["blend"])
+            blends = " ".join(f"{b:.2f}" for b in rows.get("blend", []))
             print(f"  seed {seed}: teacher {rows['teacher']:.4f}")
             for variant in (v for v in STYLE if v in rows):
                 accs = " ".join(f"{a:.4f}" for a in rows[variant])
                 secs = " ".join(f"{t:.0f}" for t in rows[f"{variant}_seconds"])
                 print(f"    {variant:8s}{accs}   seconds {secs}")
-            print(f"    (anneal: blend after each epoch {blends}; the first epoch's seconds "
-                  "include the refit and calibration)")  # fmt: skip
+            if blends:
+                print(f"    (anneal: blend after each epoch {blends}; the first epoch's "
+                      "seconds include the refit and calibration)")  # fmt: skip
     if {"plain", "norefit"} <= set(args.variants):
         print(
             "\n| model | seed | teacher | plain, epoch 1 / last | no refit, epoch 1 / last "
