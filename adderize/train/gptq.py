@@ -38,6 +38,8 @@ __all__ = ["nearest_power_of_two", "round_shift_weights"]
 
 #: relative diagonal damping of ``H`` (GPTQ's ``percdamp``)
 DAMP = 0.01
+#: columns rounded between two matmul updates of the rest (GPTQ's lazy batch)
+BLOCK = 128
 #: the per-channel scales tried: ``2^(i / SCALES)``
 SCALES = 8
 
@@ -94,10 +96,16 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, min_exp: int, max_exp: int) -> torch
     # the upper Cholesky factor of H^-1 (GPTQ's formulation of the error feedback)
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     q = torch.empty_like(w)
-    for j in range(w.shape[-1]):
-        q[..., j] = nearest_power_of_two(w[..., j], min_exp, max_exp)
-        err = (w[..., j] - q[..., j]) / u[:, j, j].unsqueeze(-1)  # [G, O]
-        w[..., j + 1 :] -= err.unsqueeze(-1) * u[:, j, j + 1 :].unsqueeze(1)
+    d = w.shape[-1]
+    for a in range(0, d, BLOCK):  # GPTQ's lazy batches: the rest updated by one matmul
+        b = min(a + BLOCK, d)
+        errs = torch.empty_like(w[..., a:b])
+        for j in range(a, b):
+            q[..., j] = nearest_power_of_two(w[..., j], min_exp, max_exp)
+            err = (w[..., j] - q[..., j]) / u[:, j, j].unsqueeze(-1)  # [G, O]
+            w[..., j + 1 : b] -= err.unsqueeze(-1) * u[:, j, j + 1 : b].unsqueeze(1)
+            errs[..., j - a] = err
+        w[..., b:] -= torch.bmm(errs, u[:, a:b, b:])
     return q.float()
 
 
@@ -144,11 +152,11 @@ def round_shift_weights(model: nn.Module, batches: Iterable[torch.Tensor]) -> di
 
         def err(v: torch.Tensor, h: torch.Tensor = h, rows: torch.Tensor = rows) -> float:
             # output error up to the per-channel scale that calibrate fits
-            num = torch.einsum("god,gde,goe->go", v, h, rows)
-            den = torch.einsum("god,gde,goe->go", v, h, v).clamp_min(1e-30)
-            s = num / den
+            v, h, rows = v.double(), h.double(), rows.double()
+            hv = torch.bmm(v, h)  # [G, O, d]
+            s = (hv * rows).sum(-1) / (hv * v).sum(-1).clamp_min(1e-30)
             e = rows - s.unsqueeze(-1) * v
-            return float(torch.einsum("god,gde,goe->", e, h, e))
+            return float((torch.bmm(e, h) * e).sum())
 
         out[name] = err(q) / max(err(plain), 1e-30)
         with torch.no_grad():
