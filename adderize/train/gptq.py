@@ -1,7 +1,7 @@
 """Data-aware rounding of shift layers' weights to powers of two (GPTQ's error feedback).
 
 A shift layer rounds each weight on its own to ``sign(w) * 2^k`` (:mod:`adderize.nn.shift`):
-a relative error of up to a third per weight, and the errors of one output add up. Fed the
+a relative error of up to 41% per weight, and the errors of one output add up. Fed the
 layer's inputs, the rounding can do better (Frantar et al., "GPTQ", ICLR 2023): weights are
 rounded one input column at a time, and each column's error moves onto the columns not yet
 rounded in the proportion the inputs' second moments ``H = X X^T`` give, so that the layer's
@@ -18,7 +18,7 @@ blended shift layer of a model converted with ``preserve=True``:
 * the op's weight becomes the rounded values (exact powers of two, which the layer's own
   rounding keeps), the float weight stays the original.
 
-Measured on ImageNet EfficientNet-Lite0 (``benchmarks/pretrained_lite.py``): docs/conversion.md.
+Measured on ImageNet EfficientNet-Lite0 (``benchmarks/pretrained_lite.py``): docs/measurements.md.
 """
 
 from __future__ import annotations
