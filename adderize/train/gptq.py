@@ -109,6 +109,16 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, min_exp: int, max_exp: int) -> torch
     return q.float()
 
 
+def _output_error(v: torch.Tensor, h: torch.Tensor, rows: torch.Tensor) -> float:
+    """The squared output error of weights ``v`` against ``rows`` (both ``[G, O, d]``) on
+    inputs of second moments ``h``, up to the per-channel scale that calibrate fits."""
+    v, h, rows = v.double(), h.double(), rows.double()
+    hv = torch.bmm(v, h)
+    s = (hv * rows).sum(-1) / (hv * v).sum(-1).clamp_min(1e-30)
+    e = rows - s.unsqueeze(-1) * v
+    return float((torch.bmm(e, h) * e).sum())
+
+
 def _eligible(layer: nn.Module) -> bool:
     return isinstance(layer, (ShiftConv2d, ShiftLinear)) and (
         getattr(layer, "weight_std_eps", None) is None
@@ -149,16 +159,7 @@ def round_shift_weights(model: nn.Module, batches: Iterable[torch.Tensor]) -> di
         q = _gptq(rows, hess[name], layer.min_exp, layer.max_exp)
         plain = nearest_power_of_two(rows, layer.min_exp, layer.max_exp)
         h = hess[name]
-
-        def err(v: torch.Tensor, h: torch.Tensor = h, rows: torch.Tensor = rows) -> float:
-            # output error up to the per-channel scale that calibrate fits
-            v, h, rows = v.double(), h.double(), rows.double()
-            hv = torch.bmm(v, h)  # [G, O, d]
-            s = (hv * rows).sum(-1) / (hv * v).sum(-1).clamp_min(1e-30)
-            e = rows - s.unsqueeze(-1) * v
-            return float((torch.bmm(e, h) * e).sum())
-
-        out[name] = err(q) / max(err(plain), 1e-30)
+        out[name] = _output_error(q, h, rows) / max(_output_error(plain, h, rows), 1e-30)
         with torch.no_grad():
             layer.weight.copy_(q.reshape_as(w))
     return out
